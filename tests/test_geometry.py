@@ -1,0 +1,157 @@
+import itertools
+
+import nibabel as nib
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import ndimage
+
+from lab2im.geometry import reorient_to_canonical, resample_to_grid, resample_volume, resampled_grid
+from lab2im.io import Volume
+
+
+def affine_for(axcodes, voxel_size=(1.0, 1.0, 1.0), origin=(10.0, -20.0, 5.0)):
+    """Affine whose array axes point along ``axcodes`` (e.g. ``'LPS'``), via nibabel orientations."""
+    ornt = nib.orientations.axcodes2ornt(axcodes)
+    aff = np.zeros((4, 4))
+    aff[3, 3] = 1
+    for axis, (world, flip) in enumerate(ornt):
+        aff[int(world), axis] = flip * voxel_size[axis]
+    aff[:3, 3] = origin
+    return aff
+
+
+def world(affine, index):
+    return (affine @ np.r_[index, 1.0])[:3]
+
+
+@pytest.mark.parametrize("axcodes", ["LPS", "RAS", "LIA", "SRA", "PIL", "ASR"])
+def test_reorient_preserves_world_position_and_undo_is_exact(axcodes):
+    data = np.random.default_rng(0).integers(0, 1000, (4, 5, 6)).astype(np.int32)
+    affine = affine_for(axcodes, voxel_size=(1.0, 2.0, 3.0))
+    marked = (1, 3, 4)
+    data[marked] = 5000
+    canon, record = reorient_to_canonical(Volume(data, affine))
+    assert nib.aff2axcodes(canon.affine) == ("R", "A", "S")
+    assert canon.data.dtype == data.dtype
+    (new_index,) = np.argwhere(canon.data == 5000)
+    np.testing.assert_allclose(world(canon.affine, new_index), world(affine, marked))
+    np.testing.assert_allclose(sorted(canon.voxel_size), [1.0, 2.0, 3.0])
+    assert np.array_equal(record.undo(canon.data), data)
+    assert record.is_identity == (axcodes == "RAS")
+
+
+def test_reorient_undo_4d_and_rejects_wrong_shape():
+    data = np.random.default_rng(1).random((3, 4, 5, 2)).astype(np.float32)
+    canon, record = reorient_to_canonical(Volume(data, affine_for("LIA")))
+    assert canon.shape == (3, 5, 4, 2)
+    assert np.array_equal(record.undo(canon.data), data)
+    with pytest.raises(ValueError, match="canonical shape"):
+        record.undo(data)
+
+
+@settings(max_examples=30, deadline=None)
+@given(perm=st.permutations([0, 1, 2]), flips=st.tuples(*[st.sampled_from([-1, 1])] * 3),
+       shape=st.tuples(*[st.integers(1, 5)] * 3))
+def test_reorient_round_trip_property(perm, flips, shape):
+    codes = [("L", "R"), ("P", "A"), ("I", "S")]
+    axcodes = "".join(codes[p][f > 0] for p, f in zip(perm, flips))
+    data = np.arange(np.prod(shape)).reshape(shape)
+    affine = affine_for(axcodes)
+    canon, record = reorient_to_canonical(Volume(data, affine))
+    assert nib.aff2axcodes(canon.affine) == ("R", "A", "S")
+    assert np.array_equal(record.undo(canon.data), data)
+    for index in itertools.product(*[range(s) for s in shape[:2]]):
+        (new_index,) = np.argwhere(canon.data == data[index + (0,)])
+        np.testing.assert_allclose(world(canon.affine, new_index), world(affine, index + (0,)))
+
+
+def block_volume(shape=(40, 40, 40), affine=None):
+    data = np.zeros(shape, dtype=np.float32)
+    data[8:24, 12:30, 10:20] = 100.0
+    return Volume(data, np.eye(4) if affine is None else affine)
+
+
+def world_centre_of_mass(volume):
+    return world(volume.affine, np.array(ndimage.center_of_mass(volume.data)))
+
+
+def test_resample_down_and_up_keeps_block_position():
+    affine = affine_for("LPS", origin=(3.0, 7.0, -11.0))
+    original = block_volume(affine=affine)
+    down = resample_volume(original, 2.0, order=1)
+    assert down.shape == (20, 20, 20)
+    np.testing.assert_allclose(down.voxel_size, 2.0)
+    np.testing.assert_allclose(world_centre_of_mass(down), world_centre_of_mass(original), atol=0.5)
+    up = resample_volume(down, 1.0, order=1)
+    assert up.shape == original.shape
+    np.testing.assert_allclose(up.affine, original.affine, atol=1e-9)
+    box = ndimage.find_objects((up.data > 50).astype(int))[0]
+    for got, want in zip(box, (slice(8, 24), slice(12, 30), slice(10, 20))):
+        assert abs(got.start - want.start) <= 1 and abs(got.stop - want.stop) <= 1
+    np.testing.assert_allclose(world_centre_of_mass(up), world_centre_of_mass(original), atol=0.5)
+
+
+def test_label_resample_to_own_grid_is_identity():
+    labels = np.random.default_rng(2).integers(0, 7, (9, 10, 11)).astype(np.uint8)
+    volume = Volume(labels, affine_for("LIA", voxel_size=(1.0, 1.0, 1.2)))
+    same = resample_volume(volume, volume.voxel_size, order=0)
+    assert same.data.dtype == np.uint8
+    assert np.array_equal(same.data, labels)
+    np.testing.assert_allclose(same.affine, volume.affine)
+    assert np.array_equal(resample_to_grid(labels, volume.affine, labels.shape, volume.affine, 0), labels)
+
+
+def test_label_downsampling_keeps_dtype_and_values():
+    labels = np.zeros((20, 20, 20), dtype=np.int16)
+    labels[2:10, 2:18, 4:16] = 17
+    labels[10:18, 2:18, 4:16] = 4
+    out = resample_volume(Volume(labels, np.eye(4)), 3.0, order=0)
+    assert out.data.dtype == np.int16
+    assert set(np.unique(out.data)) == {0, 4, 17}
+
+
+def test_anisotropic_to_isotropic_shape_and_affine():
+    affine = affine_for("RAS", voxel_size=(1.0, 1.0, 5.0), origin=(0.0, 0.0, 0.0))
+    volume = Volume(np.random.default_rng(3).random((10, 12, 8)).astype(np.float32), affine)
+    out = resample_volume(volume, 1.0, order=1)
+    assert out.shape == (10, 12, 40)
+    assert out.data.dtype == np.float32
+    np.testing.assert_allclose(out.voxel_size, 1.0)
+    # the field of view (outer faces of the corner voxels) is unchanged
+    for vol in (volume, out):
+        lo = world(vol.affine, -0.5 * np.ones(3))
+        hi = world(vol.affine, np.asarray(vol.shape) - 0.5)
+        np.testing.assert_allclose(lo, [-0.5, -0.5, -2.5])
+        np.testing.assert_allclose(hi, [9.5, 11.5, 37.5])
+
+
+def test_resampled_grid_rejects_bad_voxel_size():
+    with pytest.raises(ValueError, match="positive"):
+        resampled_grid((4, 4, 4), np.eye(4), 0)
+
+
+def test_resample_to_grid_maps_back_to_native_grid():
+    labels = np.zeros((24, 20, 16), dtype=np.int32)
+    labels[4:14, 5:15, 3:11] = 2
+    labels[14:20, 5:15, 3:11] = 9
+    native = Volume(labels, affine_for("LIA", voxel_size=(1.0, 1.0, 1.0)))
+    canon, _ = reorient_to_canonical(native)
+    working = resample_volume(canon, 0.5, order=0)
+    back = resample_to_grid(working.data, working.affine, labels.shape, native.affine, order=0)
+    assert back.dtype == np.int32
+    assert np.array_equal(back, labels)
+    one_hot = np.stack([working.data == k for k in (0, 2, 9)], axis=-1).astype(np.float32)
+    posteriors = resample_to_grid(one_hot, working.affine, labels.shape, native.affine, order=1)
+    assert posteriors.shape == labels.shape + (3,)
+    assert np.array_equal(np.array([0, 2, 9])[posteriors.argmax(-1)], labels)
+
+
+def test_resample_to_grid_fills_outside_source():
+    data = np.ones((4, 4, 4), dtype=np.float32)
+    target = np.eye(4)
+    target[:3, 3] = 2.0  # target grid shifted by 2 voxels: its last 2 slices per axis leave the source
+    out = resample_to_grid(data, np.eye(4), (4, 4, 4), target, order=1, fill=-1)
+    assert np.all(out[:2, :2, :2] == 1)
+    assert np.all(out[2:] == -1) and np.all(out[:, 2:] == -1)
