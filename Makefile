@@ -18,8 +18,11 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m synthseg demo
 
+# the whole suite on TensorFlow (Keras' default backend), then the backend-agnostic
+# generator tests again on JAX
 test: $(STAMP)
 	$(PY) -m pytest -q
+	KERAS_BACKEND=jax $(PY) -m pytest -q -m backends
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[bench]"

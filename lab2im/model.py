@@ -1,9 +1,9 @@
 """``labels_to_image_model``: the random layers composed into one Keras model.
 
 Per minibatch, in this order: spatial deformation (affine + diffeomorphic, with random crop)
--> left/right flip -> per-label Gaussian intensities -> bias field -> noise, clipping, min-max
-normalisation, gamma -> resolution loss (and optional blur) -> generation labels converted to
-segmentation labels. Everything runs on the device Keras runs on.
+-> left/right flip -> per-label Gaussian intensities -> bias field -> resolution loss (and
+optional blur) -> noise, clipping, min-max normalisation to [0, 1], gamma; and generation
+labels converted to segmentation labels. Everything runs on the device Keras runs on.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from lab2im.layers import (
 from lab2im.options import GeneratorOptions
 
 #: names of the random layers, in the order they are applied (and seeded)
-STAGES = ("deformation", "flip", "gmm", "bias_field", "intensity", "resolution", "blur")
+STAGES = ("deformation", "flip", "gmm", "bias_field", "resolution", "blur", "intensity")
 
 
 def stage_seeds(seed: int | None) -> dict[str, int | None]:
@@ -72,13 +72,15 @@ def labels_to_image_model(options: GeneratorOptions, input_shape: Sequence[int],
     if o.bias_std > 0 and o.bias_prob > 0:
         image = RandomBiasField(o.bias_std, o.bias_scale, o.bias_prob, seed=seeds["bias_field"],
                                 name="bias_field")(image)
-    image = IntensityAugmentation(o.noise_std, o.clip, normalise=True, gamma_std=o.gamma_std,
-                                  seed=seeds["intensity"], name="intensity")(image)
     if o.randomise_resolution:
         image = SimulateResolution(o.voxel_size, o.max_res_iso, o.max_res_aniso, o.prob_isotropic,
                                    seed=seeds["resolution"], name="resolution")(image)
     if o.blur_sigma > 0:
         image = RandomBlur(o.blur_sigma, seed=seeds["blur"], name="blur")(image)
+
+    # last, so the image the network sees is exactly in [0, 1] and its noise is not blurred
+    image = IntensityAugmentation(o.noise_std, o.clip, normalise=True, gamma_std=o.gamma_std,
+                                  seed=seeds["intensity"], name="intensity")(image)
 
     segmentation = o.segmentation_labels or o.generation_labels
     labels_out = ConvertLabels(o.generation_labels, segmentation, name="convert_labels")(labels)

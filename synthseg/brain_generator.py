@@ -104,7 +104,9 @@ class BrainGenerator:
         found = sorted(set().union(*(np.unique(m.data).tolist() for m in maps)))
         if options is None:
             voxel = overrides.pop("voxel_size", float(maps[0].voxel_size.mean()))
-            if set(found) <= set(protocol.generation_labels().tolist()):
+            if "generation_labels" in overrides:  # the caller's own label set
+                options = GeneratorOptions(voxel_size=voxel, **overrides)
+            elif set(found) <= set(protocol.generation_labels().tolist()):
                 options = brain_options(voxel_size=voxel, **overrides)
             else:
                 options = GeneratorOptions(generation_labels=found, voxel_size=voxel, **overrides)

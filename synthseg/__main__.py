@@ -1,0 +1,5 @@
+import sys
+
+from synthseg.cli import main
+
+sys.exit(main())

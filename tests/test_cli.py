@@ -1,0 +1,63 @@
+"""The command line: outputs, exit statuses and one-line errors."""
+import subprocess
+import sys
+
+import matplotlib.image as mpimg
+import nibabel as nib
+import numpy as np
+import pytest
+
+from synthseg.cli import main
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "synthseg", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=600)
+
+
+def test_generate_writes_scans_labels_and_mosaic(tmp_path, blocks_labels):
+    nib.save(nib.Nifti1Image(blocks_labels, np.eye(4)), str(tmp_path / "lab.nii.gz"))
+    out = tmp_path / "out"
+    assert main(["generate", str(tmp_path / "lab.nii.gz"), "--out", str(out), "--n", "2",
+                 "--size", "16", "--seed", "1"]) == 0
+    for i in range(2):
+        img = nib.load(str(out / f"synthetic_{i:03d}.nii.gz"))
+        assert img.shape == (16, 16, 16)
+        assert set(np.unique(np.asarray(nib.load(str(out / f"synthetic_{i:03d}_labels.nii.gz")).dataobj))) \
+            <= {0, 2, 3, 41, 42}
+    assert mpimg.imread(out / "mosaic.png").shape[2] in (3, 4)
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]  # atomic writes left nothing behind
+
+
+def test_bad_input_is_one_line_and_nonzero(tmp_path):
+    bad = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.rand(8, 8, 8).astype("float32"), np.eye(4)), str(bad))
+    r = run_cli("generate", bad, "--out", tmp_path / "out", "--n", "1")
+    assert r.returncode == 1
+    assert "scan.nii.gz: label map is not integer" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = run_cli("generate", tmp_path / "missing", "--out", tmp_path / "out")
+    assert r.returncode == 1 and "missing: no such file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bad_options_file(tmp_path, blocks_labels, capsys):
+    nib.save(nib.Nifti1Image(blocks_labels, np.eye(4)), str(tmp_path / "lab.nii.gz"))
+    (tmp_path / "o.json").write_text('{"generation_labels": [0, 2, 3, 41, 42], "rotaton": 3}')
+    code = main(["generate", str(tmp_path / "lab.nii.gz"), "--out", str(tmp_path / "o"),
+                 "--options", str(tmp_path / "o.json")])
+    assert code == 1 and "o.json: unknown option(s) ['rotaton']" in capsys.readouterr().err
+
+
+def test_fetch_list(capsys):
+    assert main(["fetch", "--list"]) == 0
+    assert "dk_atlas" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_demo(tmp_path):
+    r = run_cli("demo", "--out", tmp_path / "demo", "--n", "1", "--size", "48")
+    assert r.returncode == 0, r.stderr[-2000:]
+    img = nib.load(str(tmp_path / "demo" / "synthetic_000.nii.gz"))
+    assert img.shape == (48, 48, 48) and 0 <= img.get_fdata().min() and img.get_fdata().max() <= 1
+    assert (tmp_path / "demo" / "mosaic.png").stat().st_size > 10_000
