@@ -6,6 +6,7 @@ interrupted run never leaves a half-written output behind.
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import tempfile
@@ -160,34 +161,52 @@ def save_volume(volume: Volume | np.ndarray, path: str | os.PathLike, affine=Non
         img.set_sform(affine, code=1)
 
     suffix = ".nii.gz" if name.endswith(".nii.gz") else p.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=f".tmp{suffix}", dir=folder)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_output(p, suffix) as tmp:
+        nib.save(img, str(tmp))
     return p
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, suffix: str = ""):
+    """Write a file atomically: yield a temporary path in ``path``'s folder, then rename it.
+
+    On success the file gets the usual permissions (0o666 less the umask) and replaces
+    ``path`` in one step; on any error the temporary file is removed and ``path`` is left as
+    it was. ``suffix`` is appended to the temporary name (writers that pick the format from
+    the name need it, e.g. ``".nii.gz"``).
+
+    Raises:
+        InputError: the folder does not exist.
+    """
     p = Path(path)
     folder = p.parent if str(p.parent) else Path(".")
     if not folder.is_dir():
         raise InputError("output folder does not exist", folder)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=f".tmp{suffix}", dir=folder)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        yield Path(tmp)
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, p)
-    except BaseException:
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
-    return p
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_output`)."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 def list_volume_files(source, what: str = "volume") -> list[Path]:

@@ -70,6 +70,80 @@ def read_label_map(path: str | os.PathLike) -> Volume:
     return canonical
 
 
+class LabelMapSet:
+    """Label maps read, checked and padded to one shape, with the options that fit them.
+
+    Args:
+        labels_dir: a label map file, a folder of them, a ``.txt`` list or a list of paths.
+        options: generation options; by default :func:`brain_options` when every label found
+            belongs to the SynthSeg protocol, else each label found is its own generation and
+            segmentation label.
+        require_same_shape: refuse maps of different shapes (instead of padding them) unless
+            ``output_shape`` is set.
+        **overrides: option fields to change.
+
+    Attributes:
+        files: the label map paths; ``maps``: int32 ``(N, X, Y, Z, 1)``; ``shape``: ``(X, Y, Z)``;
+        ``options``; ``affine``: ``(4, 4)`` RAS voxel-to-world matrix of the output grid (a
+        random crop is placed at the centre).
+
+    Raises:
+        InputError: bad label maps or options (the message names the file and the problem).
+    """
+
+    def __init__(self, labels_dir, options: GeneratorOptions | None = None,
+                 require_same_shape: bool = False, **overrides):
+        self.files = list_volume_files(labels_dir, "label map")
+        maps = [read_label_map(f) for f in self.files]
+        _check_voxel_sizes(maps)
+
+        found = sorted(set().union(*(np.unique(m.data).tolist() for m in maps)))
+        if options is None:
+            voxel = overrides.pop("voxel_size", float(maps[0].voxel_size.mean()))
+            if "generation_labels" in overrides:  # the caller's own label set
+                options = GeneratorOptions(voxel_size=voxel, **overrides)
+            elif set(found) <= set(protocol.generation_labels().tolist()):
+                options = brain_options(voxel_size=voxel, **overrides)
+            else:
+                options = GeneratorOptions(generation_labels=found, voxel_size=voxel, **overrides)
+        elif overrides:
+            options = dataclasses.replace(options, **overrides)
+        self.options = options
+
+        allowed = set(options.generation_labels)
+        for f, m in zip(self.files, maps):
+            extra = sorted(set(np.unique(m.data).tolist()) - allowed)
+            if extra:
+                raise InputError(f"label map holds labels that are not generation labels: {extra[:20]}"
+                                 f"{' ...' if len(extra) > 20 else ''}", f)
+
+        shapes = sorted({m.shape for m in maps})
+        if require_same_shape and len(shapes) > 1 and options.output_shape is None:
+            raise InputError(f"label maps have different shapes {shapes[:4]}; set output_shape (the crop "
+                             "size) or resample them to one grid", self.files[0].parent)
+        self.shape = tuple(int(n) for n in np.max([m.shape for m in maps], axis=0))
+        self.maps = np.stack([crop_or_pad(m.data, self.shape)[0] for m in maps])[..., None]
+        out_shape = options.output_shape or self.shape
+        if len(out_shape) != 3:
+            raise InputError(f"output_shape must have 3 entries for 3D label maps, got {out_shape}")
+        ref_affine = crop_or_pad(maps[0].data, self.shape)[1].apply_to_affine(maps[0].affine)
+        shift = (np.array(self.shape) - np.array(out_shape)) // 2
+        self.affine = ref_affine.copy()
+        self.affine[:3, 3] = ref_affine[:3, :3] @ shift + ref_affine[:3, 3]
+
+
+def _check_voxel_sizes(maps):
+    ref = maps[0].voxel_size
+    for m in maps[1:]:
+        if not np.allclose(m.voxel_size, ref, atol=1e-3):
+            raise InputError(f"voxel size {np.round(m.voxel_size, 3).tolist()} mm differs from "
+                             f"{np.round(ref, 3).tolist()} mm of {maps[0].path}; resample the label maps "
+                             "to one voxel size (lab2im.geometry.resample_volume, order=0)", m.path)
+    if not np.allclose(ref, ref.mean(), rtol=0.05):
+        warnings.warn(f"{maps[0].path}: anisotropic voxels {np.round(ref, 3).tolist()} mm; the "
+                      "deformation treats voxels as isotropic", stacklevel=3)
+
+
 class BrainGenerator:
     """Generate random synthetic scans (and their segmentations) from label maps.
 
@@ -97,58 +171,15 @@ class BrainGenerator:
 
     def __init__(self, labels_dir, options: GeneratorOptions | None = None, batch_size: int = 1,
                  seed: int | None = None, **overrides):
-        self.files = list_volume_files(labels_dir, "label map")
-        maps = [read_label_map(f) for f in self.files]
-        self._check_voxel_sizes(maps)
-
-        found = sorted(set().union(*(np.unique(m.data).tolist() for m in maps)))
-        if options is None:
-            voxel = overrides.pop("voxel_size", float(maps[0].voxel_size.mean()))
-            if "generation_labels" in overrides:  # the caller's own label set
-                options = GeneratorOptions(voxel_size=voxel, **overrides)
-            elif set(found) <= set(protocol.generation_labels().tolist()):
-                options = brain_options(voxel_size=voxel, **overrides)
-            else:
-                options = GeneratorOptions(generation_labels=found, voxel_size=voxel, **overrides)
-        elif overrides:
-            options = dataclasses.replace(options, **overrides)
-        self.options = options
-
-        allowed = set(options.generation_labels)
-        for f, m in zip(self.files, maps):
-            extra = sorted(set(np.unique(m.data).tolist()) - allowed)
-            if extra:
-                raise InputError(f"label map holds labels that are not generation labels: {extra[:20]}"
-                                 f"{' ...' if len(extra) > 20 else ''}", f)
-
-        shape = tuple(int(n) for n in np.max([m.shape for m in maps], axis=0))
-        self.input_shape = shape
-        self.label_maps = np.stack([crop_or_pad(m.data, shape)[0] for m in maps])[..., None]
-        out_shape = options.output_shape or shape
-        if len(out_shape) != 3:
-            raise InputError(f"output_shape must have 3 entries for 3D label maps, got {out_shape}")
-        ref_affine = crop_or_pad(maps[0].data, shape)[1].apply_to_affine(maps[0].affine)
-        shift = (np.array(shape) - np.array(out_shape)) // 2
-        self.affine = ref_affine.copy()
-        self.affine[:3, 3] = ref_affine[:3, :3] @ shift + ref_affine[:3, 3]
-
+        data = LabelMapSet(labels_dir, options, **overrides)
+        self.files, self.options, self.affine = data.files, data.options, data.affine
+        self.label_maps, self.input_shape = data.maps, data.shape
         self.batch_size = int(batch_size)
         self._rng = np.random.default_rng(seed)
         from lab2im.model import labels_to_image_model  # imports Keras: keep it out of module import
 
-        self.model = labels_to_image_model(options, shape, batch_size=self.batch_size, seed=seed)
-
-    @staticmethod
-    def _check_voxel_sizes(maps):
-        ref = maps[0].voxel_size
-        for m in maps[1:]:
-            if not np.allclose(m.voxel_size, ref, atol=1e-3):
-                raise InputError(f"voxel size {np.round(m.voxel_size, 3).tolist()} mm differs from "
-                                 f"{np.round(ref, 3).tolist()} mm of {maps[0].path}; resample the label maps "
-                                 "to one voxel size (lab2im.geometry.resample_volume, order=0)", m.path)
-        if not np.allclose(ref, ref.mean(), rtol=0.05):
-            warnings.warn(f"{maps[0].path}: anisotropic voxels {np.round(ref, 3).tolist()} mm; the "
-                          "deformation treats voxels as isotropic", stacklevel=3)
+        self.model = labels_to_image_model(self.options, self.input_shape, batch_size=self.batch_size,
+                                           seed=seed)
 
     def generate_batch(self) -> tuple[np.ndarray, np.ndarray]:
         """One minibatch: images ``(B, X, Y, Z, C)`` float32 in [0, 1], labels ``(B, X, Y, Z)`` int32."""

@@ -25,7 +25,6 @@ import os
 import subprocess
 import sys
 import tarfile
-import tempfile
 import zipfile
 import zlib
 from collections import defaultdict
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from lab2im.errors import InputError
+from lab2im.io import atomic_output
 
 ENV_VAR = "SYNTHSEG_DATA"
 DEFAULT_CACHE = Path("~/.cache/synthseg")
@@ -396,17 +396,12 @@ def _write_verified(src, entry: DataFile, dest: Path) -> None:
     """Copy ``src`` to ``dest`` atomically if its sha256 matches the entry's; else raise."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for chunk in iter(lambda: src.read(_CHUNK), b""):
-                digest.update(chunk)
-                out.write(chunk)
+    with atomic_output(dest) as tmp, open(tmp, "wb") as out:
+        for chunk in iter(lambda: src.read(_CHUNK), b""):
+            digest.update(chunk)
+            out.write(chunk)
+        out.flush()
         if digest.hexdigest() != entry.sha256:
             raise DatasetError(f"checksum mismatch for {entry.name} ({entry.members[-1]} in "
                                f"{entry.source.archive}): expected sha256 {entry.sha256}, got "
                                f"{digest.hexdigest()}; the bad file was removed", dest)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -1,8 +1,6 @@
 """PNG figures people would rather look at than read: slice mosaics and label overlays."""
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lab2im.errors import InputError  # noqa: E402
+from lab2im.io import atomic_output  # noqa: E402
 
 VIEWS = ("sagittal", "coronal", "axial")
 
@@ -84,17 +82,9 @@ def save_mosaic(images: Sequence[np.ndarray], path, titles: Sequence[str] | None
 
 
 def _save_figure(fig, path) -> Path:
-    p = Path(path)
-    if not p.parent.is_dir():
-        plt.close(fig)
-        raise InputError("output folder does not exist", p.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp.png", dir=p.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, p)
+        with atomic_output(path, ".png") as tmp:
+            fig.savefig(tmp, dpi=100)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return p
+    return Path(path)

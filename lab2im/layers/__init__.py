@@ -1,7 +1,7 @@
 """Keras 3 layers of the labels-to-image model, one per file (backend-agnostic)."""
 from lab2im.layers.base import RandomLayer
 from lab2im.layers.bias_field import RandomBiasField
-from lab2im.layers.convert_labels import ConvertLabels
+from lab2im.layers.convert_labels import ConvertLabels, OneHotLabels
 from lab2im.layers.gmm import SampleConditionalGMM
 from lab2im.layers.intensity import IntensityAugmentation
 from lab2im.layers.random_crop import RandomCrop
@@ -11,5 +11,5 @@ from lab2im.layers.spatial_deformation import RandomSpatialDeformation
 
 __all__ = [
     "RandomLayer", "RandomSpatialDeformation", "RandomCrop", "RandomFlip", "SampleConditionalGMM",
-    "RandomBiasField", "SimulateResolution", "RandomBlur", "IntensityAugmentation", "ConvertLabels",
+    "RandomBiasField", "SimulateResolution", "RandomBlur", "IntensityAugmentation", "ConvertLabels", "OneHotLabels",
 ]

@@ -1,0 +1,105 @@
+"""Training checkpoints that allow an exact resume.
+
+One ``.npz`` file holds everything a run needs to continue as if it had never stopped: every
+model variable (network weights, batch-norm statistics *and* the states of the random
+layers' seed generators, which Keras does not save with weights), every optimiser variable
+(moments, iteration counter) and the step. Files are written atomically, so a run killed
+while saving leaves the previous checkpoint intact, and are checked on loading (variable
+count, names and shapes), so a corrupt or foreign file is a clear error, never garbage.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from lab2im.errors import InputError
+from lab2im.io import atomic_output
+
+FORMAT = "synthseg-checkpoint-1"
+
+
+def _variables(model, optimizer):
+    entries = [(f"model/{i:05d}", v) for i, v in enumerate(model.variables)]
+    if optimizer is not None:
+        entries += [(f"optimizer/{i:05d}", v) for i, v in enumerate(optimizer.variables)]
+    return entries
+
+
+def save_checkpoint(path, model, optimizer, step: int, meta: dict | None = None) -> Path:
+    """Write the training state to ``path`` (``.npz``) atomically.
+
+    Args:
+        path: destination file; its folder must exist.
+        model: the Keras model being trained (all its variables are saved).
+        optimizer: its optimiser (built), or ``None``.
+        step: optimiser steps done.
+        meta: JSON-serialisable extra information (e.g. the last loss).
+    """
+    p = Path(path)
+    arrays, names = {}, {}
+    for key, var in _variables(model, optimizer):
+        arrays[key] = np.asarray(var.numpy() if hasattr(var, "numpy") else var.value)
+        names[key] = var.path
+    header = {"format": FORMAT, "step": int(step), "names": names, "meta": meta or {}}
+    arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    with atomic_output(p, ".npz") as tmp:
+        np.savez(tmp, **arrays)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+    return p
+
+
+def read_header(path) -> dict:
+    """The checkpoint's header (format, step, variable names, meta); validates the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("no such checkpoint", p)
+    try:
+        with np.load(p, allow_pickle=False) as data:
+            header = json.loads(bytes(data["__header__"]).decode())
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError(f"checkpoint is corrupt or not a synthseg checkpoint ({type(exc).__name__})", p) from None
+    if header.get("format") != FORMAT:
+        raise InputError(f"unknown checkpoint format {header.get('format')!r}", p)
+    return header
+
+
+def load_checkpoint(path, model, optimizer) -> dict:
+    """Restore a checkpoint written by :func:`save_checkpoint` into ``model`` and ``optimizer``.
+
+    The model and optimiser must be built the same way as when saving. Nothing is assigned
+    unless the whole file checks out.
+
+    Returns:
+        The header: ``{"step": int, "meta": dict, ...}``.
+
+    Raises:
+        InputError: unreadable/corrupt file, or variables that do not match (count, shape).
+    """
+    p = Path(path)
+    header = read_header(p)
+    entries = _variables(model, optimizer)
+    try:
+        with np.load(p, allow_pickle=False) as data:
+            keys = [k for k in data.files if k != "__header__"]
+            if len(keys) != len(entries):
+                raise InputError(f"checkpoint holds {len(keys)} variables but the model and optimiser "
+                                 f"have {len(entries)}; was it written with other options?", p)
+            values = []
+            for key, var in entries:
+                if key not in data.files:
+                    raise InputError(f"checkpoint lacks variable {key} ({var.path})", p)
+                value = data[key]
+                if tuple(value.shape) != tuple(var.shape):
+                    raise InputError(f"variable {var.path}: shape {tuple(value.shape)} in the checkpoint, "
+                                     f"{tuple(var.shape)} in the model", p)
+                values.append(value)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError(f"checkpoint is corrupt ({type(exc).__name__}: {exc})", p) from None
+    for (_, var), value in zip(entries, values):
+        var.assign(value)
+    return header
