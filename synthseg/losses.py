@@ -196,7 +196,8 @@ class WarmupCallback(keras.callbacks.Callback):
         self._epoch_start = self._optimizer_step()
 
     def on_train_batch_begin(self, batch, logs=None):
-        if self.loss.set_step(self._epoch_start + int(batch)) and keras.backend.backend() != "tensorflow":
+        changed = self.loss.set_step(self._epoch_start + int(batch))
+        if changed and self.model is not None and keras.backend.backend() != "tensorflow":
             self.model.make_train_function(force=True)
             if getattr(self.model, "test_function", None) is not None:
                 self.model.make_test_function(force=True)

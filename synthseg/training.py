@@ -38,6 +38,7 @@ from keras import ops
 from lab2im.errors import InputError
 from lab2im.io import atomic_write_text
 from lab2im.options import GeneratorOptions
+from synthseg.losses import MeanDice, SegmentationLoss, WarmupCallback
 
 STRATEGIES = (None, "mirrored", "multiworker", "data_parallel")
 SCHEDULES = ("constant", "cosine", "linear")
@@ -245,7 +246,7 @@ def _prepare_folder(model_dir: Path, resume: bool) -> Path | None:
 
 # ----------------------------------------------------------------------------- training
 def training(labels_dir, model_dir, generator: GeneratorOptions | None = None, unet=None,
-             options: TrainingOptions | None = None, resume: bool = False,
+             options: TrainingOptions | None = None, resume: bool = False, callbacks=(),
              **generator_overrides) -> TrainingResult:
     """Train a contrast-agnostic U-Net on synthetic scans generated from label maps.
 
@@ -259,6 +260,7 @@ def training(labels_dir, model_dir, generator: GeneratorOptions | None = None, u
         options: :class:`TrainingOptions`.
         resume: continue the run in ``model_dir`` from ``last.npz`` with its saved options
             (``options.steps`` may be raised to train longer).
+        callbacks: extra Keras callbacks.
 
     Returns:
         :class:`TrainingResult` (folder, steps done, last loss).
@@ -291,7 +293,6 @@ def training(labels_dir, model_dir, generator: GeneratorOptions | None = None, u
         save_options(model_dir, generator, unet, options)
 
     from synthseg.checkpoint import load_checkpoint
-    from synthseg.losses import SegmentationLoss, WarmupCallback
 
     if options.deterministic and keras.backend.backend() == "tensorflow":
         import tensorflow as tf
@@ -320,10 +321,11 @@ def training(labels_dir, model_dir, generator: GeneratorOptions | None = None, u
         return TrainingResult(model_dir, step, None)
     batch = options.batch_size * replicas
     log = StepLog(model_dir / "training_log.csv", keep_until=step)
-    callbacks = [WarmupCallback(loss, options.warmup_steps), log,
+    extra_callbacks, callbacks = callbacks, [WarmupCallback(loss, options.warmup_steps), log,
                  Checkpointer(model_dir, model, unet_model, spc, options.keep_checkpoints)]
     if options.progress:
         callbacks.append(ProgressBar(options.n_chunks * spc, step))
+    callbacks += list(extra_callbacks)
     if options.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(model_dir / "tensorboard"), update_freq=10))
     model.fit(label_map_batches(data.maps, batch, options.seed, step), steps_per_epoch=spc,
@@ -349,30 +351,16 @@ class SplitOutputLoss(keras.losses.Loss):
         return self.loss(target, probs)
 
 
-class SplitOutputDice(keras.metrics.Metric):
-    """Mean hard Dice (argmax of the prediction vs target, labels present) for logging."""
+class SplitOutputDice(MeanDice):
+    """:class:`~synthseg.losses.MeanDice` (hard Dice of the argmax, background excluded) on the
+    training model's ``[probs | one-hot]`` output, for logging."""
 
     def __init__(self, n_labels: int, name="dice", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.n_labels = int(n_labels)
-        self.inter = self.add_variable((self.n_labels,), initializer="zeros", name="inter")
-        self.total = self.add_variable((self.n_labels,), initializer="zeros", name="total")
+        super().__init__(n_labels, name=name, **kwargs)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         probs, target = _split(y_pred, self.n_labels)
-        pred = ops.one_hot(ops.argmax(probs, axis=-1), self.n_labels, dtype="float32")
-        axes = tuple(range(len(probs.shape) - 1))
-        self.inter.assign_add(ops.sum(pred * target, axis=axes))
-        self.total.assign_add(ops.sum(pred, axis=axes) + ops.sum(target, axis=axes))
-
-    def result(self):
-        present = ops.cast(self.total > 0, "float32")
-        dice = 2 * self.inter / ops.maximum(self.total, 1e-6)
-        return ops.sum(dice * present) / ops.maximum(ops.sum(present), 1.0)
-
-    def reset_state(self):
-        self.inter.assign(ops.zeros((self.n_labels,)))
-        self.total.assign(ops.zeros((self.n_labels,)))
+        super().update_state(target, probs, sample_weight)
 
 
 # ----------------------------------------------------------------------------- callbacks

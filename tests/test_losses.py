@@ -124,12 +124,14 @@ def test_warmup_inside_compiled_fit():
     y = one_hot(rng.integers(0, 2, size=(1, 4, 4)), 2)
     model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Conv2D(2, 1, activation="softmax")])
     loss = SegmentationLoss(warmup_steps=2)
-    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=loss)  # frozen model: loss changes by the blend only
+    # frozen model (learning rate 0): the loss changes by the blend only
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=loss, metrics=[MeanDice(2, include_background=True)])
     p = np.asarray(model.predict_on_batch(x))
     ce, dice = float(np_(weighted_cross_entropy(y, p))), float(np_(soft_dice_loss(y, p)))
     assert abs(ce - dice) > 0.05
-    history = model.fit(x, y, epochs=4, verbose=0, callbacks=[WarmupCallback(loss)]).history["loss"]
-    np.testing.assert_allclose(history, [ce, ce, dice, dice], rtol=1e-4)
+    history = model.fit(x, y, epochs=4, verbose=0, callbacks=[WarmupCallback(loss)]).history
+    np.testing.assert_allclose(history["loss"], [ce, ce, dice, dice], rtol=1e-4)
+    np.testing.assert_allclose(history["mean_dice"], hard_dice(y.argmax(-1), p.argmax(-1), [0, 1]).mean(), rtol=1e-5)
     assert int(np_(model.optimizer.iterations)) == 4
 
 

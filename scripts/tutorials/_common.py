@@ -18,13 +18,16 @@ Those maps are cached beside the 1 mm ones (``<cache>/training_labels_<v>mm``).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the lesson
+# keep TensorFlow's start-up chatter and retracing warnings (one model per step) out of the lesson
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 import matplotlib  # noqa: E402
 
@@ -151,8 +154,9 @@ def save_mosaic(images: Sequence[np.ndarray], path, titles: Sequence[str],
     if len(titles) != len(images):
         raise ValueError(f"{len(images)} images but {len(titles)} titles")
     n = len(images)
-    top = 0.5 if suptitle else 0.0
-    fig, axes = plt.subplots(n, 3, figsize=(9.0, 3.25 * n + top), squeeze=False)
+    top = 0.45 if suptitle else 0.0  # inches kept free for the figure title
+    height = 3.25 * n + top
+    fig, axes = plt.subplots(n, 3, figsize=(9.0, height), squeeze=False)
     for row, image in enumerate(images):
         image = np.asarray(image, np.float32)
         lo, hi = vrange if vrange is not None else (float(image.min()), float(image.max()))
@@ -170,8 +174,8 @@ def save_mosaic(images: Sequence[np.ndarray], path, titles: Sequence[str],
             ax.set_yticks([])
         axes[row, 1].set_title(titles[row], fontsize=9)
     if suptitle:
-        fig.suptitle(suptitle, fontsize=11)
-    fig.tight_layout()
+        fig.suptitle(suptitle, fontsize=11, y=1 - 0.1 / height)
+    fig.tight_layout(rect=(0, 0, 1, 1 - top / height))
     return _save_figure(fig, Path(path))
 
 

@@ -1,0 +1,213 @@
+"""Small helpers shared by the benchmark scripts: timing, machine info, tables, JSON results.
+
+Every benchmark writes one JSON file (see :func:`write_results`) holding its settings, its
+measurements and a ``machine`` block, so a number can always be traced to where it was taken.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from importlib import metadata
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def select_keras_backend(name: str | None) -> str:
+    """Set ``KERAS_BACKEND`` before Keras is imported and return the backend in use.
+
+    ``name`` (e.g. from a ``--backend`` option) wins; otherwise the user's ``KERAS_BACKEND`` is
+    kept; otherwise TensorFlow, Keras' default.
+
+    Raises:
+        RuntimeError: Keras is already imported with another backend.
+    """
+    wanted = name or os.environ.get("KERAS_BACKEND") or "tensorflow"
+    if "keras" in sys.modules:
+        import keras
+
+        if keras.backend.backend() != wanted:
+            raise RuntimeError(f"Keras is already imported with backend {keras.backend.backend()!r}; "
+                               f"cannot switch to {wanted!r}")
+    os.environ["KERAS_BACKEND"] = wanted
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return wanted
+
+
+def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict:
+    """Call ``fn`` ``warmup`` times untimed (the first of them timed separately), then ``repeats`` times.
+
+    Returns:
+        ``{"first_call_s", "times_s", "median_s", "min_s", "mean_s", "repeats", "warmup",
+        "load_average_before", "load_average_after"}``;
+        ``first_call_s`` is the first warm-up call (tracing / compilation included), ``None``
+        without warm-up.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    first = None
+    load_before = load_average()
+    for i in range(warmup):
+        t0 = time.perf_counter()
+        fn()
+        if i == 0:
+            first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return {"first_call_s": first, "times_s": times, "median_s": statistics.median(times),
+            "min_s": min(times), "mean_s": statistics.fmean(times), "repeats": repeats,
+            "warmup": warmup, "load_average_before": load_before, "load_average_after": load_average()}
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, dict]:
+    """Like :func:`time_calls` for several functions, timed in turn (round robin).
+
+    Interleaving spreads any slowdown from other processes evenly over the functions compared,
+    so their ratio stays fair on a busy machine. A function that raises during warm-up is left
+    out of the timed rounds and reported as ``{"error": "Type: message"}``.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    out: dict[str, dict] = {}
+    live = {}
+    for name, fn in fns.items():
+        out[name] = {"first_call_s": None, "times_s": [], "repeats": repeats, "warmup": warmup}
+        try:
+            for i in range(warmup):
+                t0 = time.perf_counter()
+                fn()
+                if i == 0:
+                    out[name]["first_call_s"] = time.perf_counter() - t0
+        except Exception as exc:  # reported, not raised: the other functions still get timed
+            lines = str(exc).strip().splitlines()
+            out[name] = {"error": f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"}
+            continue
+        live[name] = fn
+    load_before = load_average()
+    for _ in range(repeats):
+        for name, fn in live.items():
+            t0 = time.perf_counter()
+            fn()
+            out[name]["times_s"].append(time.perf_counter() - t0)
+    load_after = load_average()
+    for name in live:
+        times = out[name]["times_s"]
+        out[name].update(median_s=statistics.median(times), min_s=min(times), mean_s=statistics.fmean(times),
+                         load_average_before=load_before, load_average_after=load_after)
+    return out
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (``None`` where unknown): above the core count, timings are
+    inflated by other processes."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
+def package_versions(names: Iterable[str]) -> dict[str, str | None]:
+    """Installed versions of distributions (``None`` when not installed); imports nothing."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(packages: Iterable[str] = ()) -> dict:
+    """Where a benchmark ran: CPU, core counts, OS, Python and package versions."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count()
+    mem_gib = None
+    try:
+        mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    return {"cpu_model": _cpu_model(), "cpu_count": os.cpu_count(), "cpus_usable": usable,
+            "memory_gib": mem_gib, "platform": platform.platform(), "machine": platform.machine(),
+            "python": platform.python_version(), "load_average_1min": load_average(),
+            "packages": package_versions(packages)}
+
+
+def now_iso() -> str:
+    """The current UTC date and time, ISO 8601, to the second."""
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def write_json_atomic(path: str | os.PathLike, data) -> Path:
+    """Write ``data`` as indented JSON: to a temporary file beside ``path``, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=_json_default)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _json_default(obj):
+    if hasattr(obj, "tolist"):  # numpy scalars and arrays
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def write_results(path, name: str, settings: dict, results, packages: Iterable[str] = (), **extra) -> Path:
+    """Write one benchmark's results, with the date and :func:`machine_info`, atomically."""
+    data = {"benchmark": name, "date": now_iso(), "machine": machine_info(packages),
+            "settings": settings, "results": results, **extra}
+    return write_json_atomic(path, data)
+
+
+def format_table(headers: Sequence[str], rows: Iterable[Sequence]) -> str:
+    """A plain-text table: text left-aligned, numbers right-aligned; ``None`` shows as ``-``."""
+    def cell(v):
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+        return str(v)
+
+    rows = [list(r) for r in rows]
+    text = [[cell(v) for v in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in text]) for i, h in enumerate(headers)]
+    numeric = [all(isinstance(r[i], (int, float)) or r[i] is None for r in rows) for i in range(len(headers))]
+
+    def line(values):
+        return "  ".join(v.rjust(w) if num else v.ljust(w)
+                         for v, w, num in zip(values, widths, numeric)).rstrip()
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), sep] + [line(r) for r in text])

@@ -1,0 +1,154 @@
+"""training(): learning, exact resume after kill -9, multi-replica, and bad input."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from lab2im.errors import InputError
+from synthseg.training import TrainingOptions, training
+from synthseg.unet import UNetOptions
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = UNetOptions(n_levels=2, base_features=4)
+
+
+def quiet(**kw):
+    return TrainingOptions(progress=False, tensorboard=False, **kw)
+
+
+@pytest.fixture
+def label_dir(tmp_path, blocks_labels):
+    d = tmp_path / "labels"
+    d.mkdir()
+    nib.save(nib.Nifti1Image(blocks_labels, np.eye(4)), str(d / "a.nii.gz"))
+    nib.save(nib.Nifti1Image(np.flip(blocks_labels, 1).copy(), np.eye(4)), str(d / "b.nii.gz"))
+    return d
+
+
+def read_log(model_dir):
+    with open(Path(model_dir) / "training_log.csv") as fh:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def worker(*args, env=None, wait=True):
+    cmd = [sys.executable, "-m", "tests.train_worker", *map(str, args)]
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    if wait:
+        return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=600)
+    return subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+@pytest.mark.slow
+def test_dice_goes_up_on_synthetic_data(label_dir, tmp_path):
+    result = training(label_dir, tmp_path / "run", unet=UNetOptions(n_levels=2, base_features=8),
+                      options=quiet(steps=60, steps_per_checkpoint=30, learning_rate=3e-3, seed=0),
+                      flip_prob=0.0, scaling=0.05, rotation=5, nonlin_std=1.0, randomise_resolution=False,
+                      generation_labels=[0, 2, 3, 41, 42], lr_pairs=[(2, 41), (3, 42)])
+    log = read_log(tmp_path / "run")
+    assert [r["step"] for r in log] == list(range(1, 61)) and result.step == 60
+    first, last = np.mean([r["dice"] for r in log[:10]]), np.mean([r["dice"] for r in log[-10:]])
+    assert last > first + 0.2, (first, last)
+    assert np.mean([r["loss"] for r in log[-10:]]) < np.mean([r["loss"] for r in log[:10]])
+    run = tmp_path / "run"
+    assert (run / "last.npz").exists() and (run / "unet_last.keras").exists()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000030.npz", "step-0000060.npz"]
+    assert (run / "options.json").exists() and np.load(run / "labels.npy").tolist() == [0, 2, 3, 41, 42]
+
+
+@pytest.mark.slow
+def test_kill_and_resume_continues_the_same_curve(label_dir, tmp_path):
+    ref = worker(label_dir, tmp_path / "ref", 8)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    marker = tmp_path / "paused"
+    proc = worker(label_dir, tmp_path / "run", 8, "--pause-at", 5, "--marker", marker, wait=False)
+    deadline = time.time() + 300
+    while not marker.exists():
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)  # mid-run, after the step-4 checkpoint and one more step
+    proc.wait()
+    killed = read_log(tmp_path / "run")
+    assert [r["step"] for r in killed] == [1, 2, 3, 4, 5]
+
+    resumed = worker(label_dir, tmp_path / "run", 8, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = read_log(tmp_path / "ref"), read_log(tmp_path / "run")
+    assert [r["step"] for r in b] == list(range(1, 9))  # step counter continued, no step twice
+    np.testing.assert_allclose([r["loss"] for r in b], [r["loss"] for r in a], rtol=1e-4)
+    np.testing.assert_allclose([r["dice"] for r in b], [r["dice"] for r in a], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_replicas_mirrored_strategy_on_cpu(label_dir, tmp_path):
+    r = worker(label_dir, tmp_path / "run", 4, "--replicas", 2, "--strategy", "mirrored")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [row["step"] for row in read_log(tmp_path / "run")] == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_two_devices_data_parallel_on_jax(label_dir, tmp_path):
+    env = {"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    r = worker(label_dir, tmp_path / "run", 4, "--strategy", "data_parallel", env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "CpuDevice(id=1)" in r.stdout or "cpu:1" in r.stdout, r.stdout
+    assert [row["step"] for row in read_log(tmp_path / "run")] == [1, 2, 3, 4]
+
+
+# ---------------------------------------------------------------------------- bad input
+def test_empty_label_directory(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="empty: folder contains no label map files"):
+        training(tmp_path / "empty", tmp_path / "run", unet=TINY, options=quiet(steps=1))
+
+
+def test_label_maps_of_different_shapes_without_crop(tmp_path, blocks_labels):
+    d = tmp_path / "labels"
+    d.mkdir()
+    nib.save(nib.Nifti1Image(blocks_labels, np.eye(4)), str(d / "a.nii.gz"))
+    nib.save(nib.Nifti1Image(blocks_labels[:20], np.eye(4)), str(d / "b.nii.gz"))
+    with pytest.raises(InputError, match="label maps have different shapes"):
+        training(d, tmp_path / "run", unet=TINY, options=quiet(steps=1))
+
+
+def test_priors_that_do_not_match_the_labels(label_dir, tmp_path):
+    np.save(tmp_path / "means.npy", np.zeros((2, 3)))
+    with pytest.raises(InputError, match=r"means.npy: prior_means has shape \(2, 3\)"):
+        training(label_dir, tmp_path / "run", unet=TINY, options=quiet(steps=1),
+                 prior_means=str(tmp_path / "means.npy"))
+
+
+def test_unwritable_checkpoint_folder(label_dir, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(InputError, match="cannot write checkpoints here"):
+        training(label_dir, blocker / "run", unet=TINY, options=quiet(steps=1))
+
+
+def test_output_shape_not_a_multiple_of_the_unet_levels(label_dir, tmp_path):
+    with pytest.raises(InputError, match=r"output shape \(15, 15, 15\) is not a multiple of 2"):
+        training(label_dir, tmp_path / "run", unet=TINY, options=quiet(steps=1), output_shape=(15, 15, 15))
+
+
+@pytest.mark.slow
+def test_existing_run_and_corrupt_checkpoint(label_dir, tmp_path):
+    run = tmp_path / "run"
+    training(label_dir, run, unet=TINY, options=quiet(steps=2, steps_per_checkpoint=2), output_shape=(16, 16, 16))
+    with pytest.raises(InputError, match="already holds a training run"):
+        training(label_dir, run, unet=TINY, options=quiet(steps=2), output_shape=(16, 16, 16))
+    good = (run / "checkpoints" / "step-0000002.npz").read_bytes()
+    (run / "last.npz").unlink()
+    (run / "last.npz").write_bytes(b"garbage")
+    with pytest.raises(InputError, match="last.npz: checkpoint is corrupt"):
+        training(label_dir, run, resume=True)
+    assert (run / "checkpoints" / "step-0000002.npz").read_bytes() == good  # the good one is untouched
+    with pytest.raises(InputError, match="nothing to resume"):
+        training(label_dir, tmp_path / "fresh", resume=True)
