@@ -10,14 +10,17 @@ What is timed (batch 1, one real whole-head label map of 174 x 212 x 178 at 1 mm
   after warm-up, i.e. the compiled model (a ``tf.function`` graph on TensorFlow, ``jax.jit``
   on JAX) with every default step: affine + diffeomorphic deformation with random crop, L/R
   flip, per-label GMM, bias field, resolution simulation, clip / normalise / gamma, label
-  conversion. On TensorFlow it is timed a second time after ``model.compile(jit_compile=True)``
-  (XLA); if that fails the variant is reported as unavailable with the reason.
+  conversion. On TensorFlow a second copy of the model is timed after
+  ``model.compile(jit_compile=True)`` (XLA); if that fails the variant is reported as
+  unavailable with the reason.
 * TorchIO (CPU): ``tio.Compose`` of the equivalent steps on the same label map, see
   :func:`torchio_pipeline`. torch's intra-op threads and SimpleITK's threads are set to the
   usable cores (``--threads``); TensorFlow uses all cores by default.
 
-Each measurement: ``--warmup`` untimed calls (the first one, compilation included, is reported as
-``first_call_s``), then ``--repeats`` timed calls; the median is reported. A per-step breakdown
+Each pipeline gets ``--warmup`` untimed calls (the first one, compilation included, is reported
+as ``first_call_s``), then ``--repeats`` timed calls, the pipelines taking turns call by call
+so that load from other processes slows them alike; the median is reported, with the load
+average before and after. A per-step breakdown
 of both pipelines follows (ours: each layer run alone as a compiled one-layer model on the
 previous layer's output; TorchIO: each transform called in turn). Results go to
 ``benchmarks/results/generation.json`` (``--out``), with the machine and package versions.
@@ -350,6 +353,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     backend = common.select_keras_backend(args.backend)
     threads = args.threads or usable_cores()
+    if backend == "tensorflow":  # the breakdown's one-layer models trigger retracing warnings
+        import logging
+
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
     if backend == "tensorflow" and args.threads:
         import tensorflow as tf
 

@@ -74,6 +74,31 @@ def cmd_build_labels(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from synthseg.training import TrainingOptions, training
+    from synthseg.unet import UNetOptions
+
+    if args.resume:
+        options = TrainingOptions(steps=args.steps) if args.steps else None
+        result = training(args.labels, args.model_dir, options=options, resume=True)
+    else:
+        options = TrainingOptions(
+            steps=args.steps or 1000, steps_per_checkpoint=args.checkpoint_every, batch_size=args.batch_size,
+            learning_rate=args.lr, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps,
+            mixed_precision=args.mixed_precision, seed=args.seed, strategy=args.strategy)
+        unet = UNetOptions(n_levels=args.levels, base_features=args.features)
+        overrides = {"output_shape": (args.crop,) * 3} if args.crop else {}
+        result = training(args.labels, args.model_dir, unet=unet, options=options, **overrides)
+    print(f"trained to step {result.step} (last loss {result.last_loss}); model: {result.model_dir / 'unet_last.keras'}")
+    return 0
+
+
+def cmd_estimate_priors(args) -> int:
+    from synthseg.estimate_priors import run
+
+    return run(args)
+
+
 def cmd_fetch(args) -> int:
     from synthseg import datasets
 
@@ -110,6 +135,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", type=Path)
     p.add_argument("--cache-dir", type=Path, default=None)
     p.set_defaults(func=cmd_build_labels)
+
+    p = sub.add_parser("train", help="train a contrast-agnostic U-Net on synthetic scans from label maps")
+    p.add_argument("labels", help="training label maps (file, folder or .txt list)")
+    p.add_argument("model_dir", type=Path, help="run folder (checkpoints, logs, options)")
+    p.add_argument("--resume", action="store_true", help="continue the run in model_dir from last.npz")
+    p.add_argument("--steps", type=int, default=None, help="total optimiser steps (default: 1000)")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default: 100)")
+    p.add_argument("--crop", type=int, default=None, help="training crop, voxels per axis (e.g. 160)")
+    p.add_argument("--levels", type=int, default=5, help="U-Net levels (default: 5)")
+    p.add_argument("--features", type=int, default=24, help="features at the first level (default: 24)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default: 1e-4)")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"), default="constant")
+    p.add_argument("--warmup-steps", type=int, default=0, help="cross-entropy steps before soft Dice")
+    p.add_argument("--mixed-precision", action="store_true")
+    p.add_argument("--strategy", choices=("mirrored", "multiworker", "data_parallel"), default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train)
+
+    from synthseg.estimate_priors import add_arguments
+
+    p = sub.add_parser("estimate-priors", help="per-label intensity priors (.npy) from real scans + label maps")
+    add_arguments(p)
+    p.set_defaults(func=cmd_estimate_priors)
 
     p = sub.add_parser("fetch", help="download public data files into the cache (--list to see them)")
     p.add_argument("names", nargs="*")

@@ -43,7 +43,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +51,7 @@ from typing import Sequence
 import numpy as np
 
 from lab2im.errors import InputError
+from lab2im.io import atomic_output, atomic_write_text, list_volume_files, load_volume
 
 MAD_TO_STD = 1.4826  # std of a Gaussian = 1.4826 * its median absolute deviation
 RESCALE_PERCENTILES = (0.5, 99.5)
@@ -148,7 +148,6 @@ def estimate_intensity_stats(images, label_maps, labels=None, classes=None, robu
             an image and its label map on different grids (naming both files), channels of one
             subject on different grids, ``classes`` not matching ``labels``.
     """
-    from lab2im.io import load_volume
 
     channels = _expand_images(images)
     label_maps = [str(p) for p in _expand(label_maps, "label map")]
@@ -260,7 +259,6 @@ def _rescale(x: np.ndarray) -> np.ndarray:
 
 
 def _load_labels_on_grid(lab_path, image_path, shape, affine, resample: bool) -> np.ndarray:
-    from lab2im.io import load_volume
 
     vol = load_volume(lab_path)
     data = vol.data
@@ -287,7 +285,6 @@ def _load_labels_on_grid(lab_path, image_path, shape, affine, resample: bool) ->
 
 
 def _expand(source, what: str) -> list[Path]:
-    from lab2im.io import list_volume_files
 
     if isinstance(source, np.ndarray):
         source = source.tolist()
@@ -318,7 +315,6 @@ def _resolve_labels(labels, classes, label_maps) -> tuple[np.ndarray, np.ndarray
             raise InputError(f"classes gives no class for label(s) {missing}")
         classes = [classes[int(l)] for l in labels]
     if labels is None:
-        from lab2im.io import load_volume
 
         found = set()
         for p in label_maps:
@@ -478,7 +474,6 @@ def estimate_priors(images, label_maps, out_dir, labels=None, classes=None, robu
         "prior_stds": prior_stds.tolist(),
         "files": {k: p.name for k, p in paths.items()},
     }
-    from lab2im.io import atomic_write_text
 
     paths["summary"] = atomic_write_text(out / "priors.json", json.dumps(summary, indent=2) + "\n")
     paths["stats"] = stats
@@ -486,15 +481,8 @@ def estimate_priors(images, label_maps, out_dir, labels=None, classes=None, robu
 
 
 def _save_npy(path: Path, array: np.ndarray) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npy", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_output(path, ".npy") as tmp:
+        np.save(tmp, array, allow_pickle=False)
     return path
 
 

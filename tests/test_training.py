@@ -20,7 +20,7 @@ TINY = UNetOptions(n_levels=2, base_features=4)
 
 
 def quiet(**kw):
-    return TrainingOptions(progress=False, tensorboard=False, **kw)
+    return TrainingOptions(**{"progress": False, "tensorboard": False, **kw})
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def worker(*args, env=None, wait=True):
 @pytest.mark.slow
 def test_dice_goes_up_on_synthetic_data(label_dir, tmp_path):
     result = training(label_dir, tmp_path / "run", unet=UNetOptions(n_levels=2, base_features=8),
-                      options=quiet(steps=60, steps_per_checkpoint=30, learning_rate=3e-3, seed=0),
+                      options=quiet(steps=60, steps_per_checkpoint=30, learning_rate=3e-3, seed=0, tensorboard=True),
                       flip_prob=0.0, scaling=0.05, rotation=5, nonlin_std=1.0, randomise_resolution=False,
                       generation_labels=[0, 2, 3, 41, 42], lr_pairs=[(2, 41), (3, 42)])
     log = read_log(tmp_path / "run")
@@ -60,6 +60,7 @@ def test_dice_goes_up_on_synthetic_data(label_dir, tmp_path):
     assert (run / "last.npz").exists() and (run / "unet_last.keras").exists()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000030.npz", "step-0000060.npz"]
     assert (run / "options.json").exists() and np.load(run / "labels.npy").tolist() == [0, 2, 3, 41, 42]
+    assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
 
 
 @pytest.mark.slow
