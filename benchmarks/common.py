@@ -9,6 +9,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -89,8 +90,7 @@ def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup:
                 if i == 0:
                     out[name]["first_call_s"] = time.perf_counter() - t0
         except Exception as exc:  # reported, not raised: the other functions still get timed
-            lines = str(exc).strip().splitlines()
-            out[name] = {"error": f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"}
+            out[name] = {"error": error_reason(exc)}
             continue
         live[name] = fn
     load_before = load_average()
@@ -105,6 +105,18 @@ def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup:
         out[name].update(median_s=statistics.median(times), min_s=min(times), mean_s=statistics.fmean(times),
                          load_average_before=load_before, load_average_after=load_after)
     return out
+
+
+def error_reason(exc: BaseException, max_len: int = 400) -> str:
+    """``"Type: message"`` on one line, without colour codes; Keras' "Exception encountered when
+    calling ..." wrapper keeps the message it wraps."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if len(lines) > 1 and lines[0].startswith("Exception encountered"):
+        lines = lines[:2]
+    else:
+        lines = lines[:1]
+    return f"{type(exc).__name__}: {' '.join(lines)}"[:max_len]
 
 
 def load_average() -> float | None:

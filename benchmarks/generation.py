@@ -130,11 +130,6 @@ def keras_device(backend: str) -> str:
     return "unknown"
 
 
-def _error_reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
-
-
 def measure(label_path, size: int, args, backend: str, device: str, subject=None) -> tuple[list[dict], dict]:
     """Time every pipeline at one output size, interleaved (see :func:`common.time_interleaved`).
 
@@ -164,7 +159,7 @@ def measure(label_path, size: int, args, backend: str, device: str, subject=None
             fns["xla"] = lambda: gen_xla.model.predict_on_batch(x)
             jit["xla"] = True
         except Exception as exc:  # reported, not raised
-            unavailable["xla"] = _error_reason(exc)
+            unavailable["xla"] = common.error_reason(exc)
     result = {}
     if subject is not None:
         import torchio as tio
@@ -201,8 +196,9 @@ def measure(label_path, size: int, args, backend: str, device: str, subject=None
     if not args.no_breakdown:
         reps = min(3, repeats_for(args, size))
         print(f"[{size}^3] per-step breakdown ...", flush=True)
-        breakdown["ours"] = layer_breakdown(gen.model, x, reps, 1)
-        if subject is not None:
+        if "error" not in stats["default"]:
+            breakdown["ours"] = layer_breakdown(gen.model, x, reps, 1)
+        if subject is not None and "error" not in stats["torchio"]:
             breakdown["torchio"] = torchio_breakdown(subject, size, reps)
     return rows, breakdown
 
@@ -333,7 +329,8 @@ def results_table(results: list[dict], ratio: dict) -> str:
     for r in results:
         shape = f"{r['size']}^3"
         if r["status"] != "ok":
-            rows.append([r["name"], shape, None, None, f"unavailable: {r['reason'][:60]}"])
+            reason = r["reason"].split(".call(). ")[-1]  # Keras' wrapper says little
+            rows.append([r["name"], shape, None, None, f"unavailable: {reason[:70]}"])
             continue
         rat = ratio.get(str(r["size"]), {}).get(r["variant"]) if r["pipeline"] == "ours" else None
         rows.append([r["name"], shape, r["seconds_per_volume"], r["volumes_per_second"],
@@ -364,10 +361,15 @@ def main(argv=None) -> int:
 
     import keras
 
+    from lab2im.errors import InputError
     from synthseg.brain_generator import read_label_map
 
-    label_path = args.labels or default_label_map()
-    volume = read_label_map(label_path)
+    try:
+        label_path = args.labels or default_label_map()
+        volume = read_label_map(label_path)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     device = keras_device(backend)
     settings = {"label_map": str(label_path), "label_map_shape": list(volume.shape),
                 "voxel_size_mm": [round(float(v), 4) for v in volume.voxel_size], "batch_size": 1,

@@ -26,30 +26,6 @@ PRESETS = {
 }
 
 
-def training_label_maps(voxel_mm: float, cache_dir=None) -> Path:
-    """Folder of the training label maps at ``voxel_mm`` (built and cached on first use)."""
-    import numpy as np
-
-    from lab2im.geometry import resample_volume
-    from lab2im.io import load_volume, save_volume
-    from synthseg.datasets import cache_root
-    from synthseg.training_labels import build_training_labels
-
-    base = cache_root(cache_dir) / "training_labels"
-    if len(list(base.glob("*.nii.gz"))) < 2:
-        build_training_labels(base, cache_dir)
-    if voxel_mm == 1.0:
-        return base
-    folder = cache_root(cache_dir) / f"training_labels_{voxel_mm:g}mm"
-    folder.mkdir(parents=True, exist_ok=True)
-    for f in sorted(base.glob("*.nii.gz")):
-        out = folder / f.name
-        if not out.exists():
-            vol = resample_volume(load_volume(f), voxel_mm, order=0)
-            save_volume(vol.data.astype(np.int32), out, affine=vol.affine)
-    return folder
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path)
@@ -62,6 +38,7 @@ def main(argv=None) -> int:
 
     from lab2im.errors import InputError
     from synthseg.training import TrainingOptions, training
+    from synthseg.training_labels import training_label_maps
     from synthseg.unet import UNetOptions
 
     preset = PRESETS[args.preset]

@@ -47,13 +47,9 @@ def _generate(labels, out_dir: Path, n: int, size: int | None, seed: int | None,
 
 
 def cmd_demo(args) -> int:
-    from synthseg.datasets import cache_root
-    from synthseg.training_labels import build_training_labels
+    from synthseg.training_labels import training_label_maps
 
-    labels_dir = cache_root() / "training_labels"
-    if not (labels_dir.is_dir() and len(list(labels_dir.glob("*.nii.gz"))) >= 2):
-        print(f"building real training label maps into {labels_dir} (first run only) ...", file=sys.stderr)
-        build_training_labels(labels_dir)
+    labels_dir = training_label_maps()
     written = _generate(labels_dir, Path(args.out), args.n, args.size, args.seed, None,
                         "synthetic scans of random contrast and resolution, from real label maps")
     print(f"wrote {len(written)} files to {args.out}/ (mosaic: {Path(args.out) / 'mosaic.png'})")

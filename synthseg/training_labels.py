@@ -382,3 +382,27 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def training_label_maps(voxel_mm: float = 1.0, cache_dir=None) -> Path:
+    """Folder of the training label maps at ``voxel_mm`` mm, built and cached on first use.
+
+    The 1 mm maps are :func:`build_training_labels`' output in ``<cache>/training_labels``;
+    other voxel sizes are resampled from them (nearest neighbour, so no new labels) into
+    ``<cache>/training_labels_<voxel_mm>mm``.
+    """
+    from lab2im.geometry import resample_volume
+
+    base = datasets.cache_root(cache_dir) / "training_labels"
+    if len(list(base.glob("*.nii.gz"))) < 2:
+        build_training_labels(base, cache_dir)
+    if voxel_mm == VOXEL_MM:
+        return base
+    folder = datasets.cache_root(cache_dir) / f"training_labels_{voxel_mm:g}mm"
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in sorted(base.glob("*.nii.gz")):
+        out = folder / f.name
+        if not out.exists():
+            vol = resample_volume(load_volume(f), voxel_mm, order=0)
+            save_volume(vol.data.astype(OUTPUT_DTYPE), out, affine=vol.affine)
+    return folder

@@ -74,7 +74,7 @@ def test_tutorial_2_generation_parameters(tmp_path):
                  "6_all_defaults"):
         assert_png(out / f"{name}.png")
         assert f"wrote {out / name}.png" in stdout
-    assert "drew rotation" in stdout and "drew a field of" in stdout
+    assert "drew net rotation" in stdout and "drew a field of" in stdout
 
 
 def test_tutorial_3_random_vs_t1_contrast(tmp_path):

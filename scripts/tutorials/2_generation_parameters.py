@@ -94,7 +94,7 @@ base_image, base_gen = generate(baseline)
 # Label maps are resampled nearest neighbour, so the labels stay exact.
 affine_only = dataclasses.replace(baseline, scaling=0.2, rotation=15.0, shearing=0.012)
 nonlin_only = dataclasses.replace(baseline, nonlin_std=4.0, nonlin_scale=0.04)
-nonlin_strong = dataclasses.replace(baseline, nonlin_std=12.0, nonlin_scale=0.04)  # to see it
+nonlin_strong = dataclasses.replace(baseline, nonlin_std=20.0, nonlin_scale=0.04)  # to see it
 both = dataclasses.replace(affine_only, nonlin_std=4.0, nonlin_scale=0.04)
 
 
@@ -106,7 +106,7 @@ def describe_deformation(gen):
     angle = np.degrees(np.arccos(np.clip((np.trace(rotation) - 1) / 2, -1, 1)))
     parts = []
     if gen.options.rotation or gen.options.scaling or gen.options.shearing:
-        parts.append(f"rotation {angle:.1f}\u00b0, scale factors {scales.min():.2f} to {scales.max():.2f}")
+        parts.append(f"net rotation {angle:.1f}\u00b0 (3 axes combined), scale factors {scales.min():.2f} to {scales.max():.2f}")
     disp = twin.displacement(t["velocity"][None])
     if disp is not None:
         parts.append(f"displacements up to {np.abs(np.asarray(disp)).max():.1f} voxels")
@@ -116,7 +116,7 @@ def describe_deformation(gen):
 rows = []
 for title, options in (("affine only: scaling 0.2, rotation 15\u00b0, shearing 0.012", affine_only),
                        ("nonlinear only: nonlin_std 4 voxels, nonlin_scale 0.04", nonlin_only),
-                       ("nonlinear only, exaggerated: nonlin_std 12 voxels", nonlin_strong),
+                       ("nonlinear only, exaggerated: nonlin_std 20 voxels", nonlin_strong),
                        ("affine + nonlinear (the defaults)", both)):
     image, gen = generate(options)
     rows.append((f"{title}\n{describe_deformation(gen)}", image))

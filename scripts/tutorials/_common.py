@@ -154,9 +154,8 @@ def save_mosaic(images: Sequence[np.ndarray], path, titles: Sequence[str],
     if len(titles) != len(images):
         raise ValueError(f"{len(images)} images but {len(titles)} titles")
     n = len(images)
-    top = 0.45 if suptitle else 0.0  # inches kept free for the figure title
-    height = 3.25 * n + top
-    fig, axes = plt.subplots(n, 3, figsize=(9.0, height), squeeze=False)
+    fig, axes = plt.subplots(n, 3, figsize=(9.0, 3.3 * n + (0.4 if suptitle else 0.0)),
+                             squeeze=False, layout="constrained")
     for row, image in enumerate(images):
         image = np.asarray(image, np.float32)
         lo, hi = vrange if vrange is not None else (float(image.min()), float(image.max()))
@@ -174,8 +173,7 @@ def save_mosaic(images: Sequence[np.ndarray], path, titles: Sequence[str],
             ax.set_yticks([])
         axes[row, 1].set_title(titles[row], fontsize=9)
     if suptitle:
-        fig.suptitle(suptitle, fontsize=11, y=1 - 0.1 / height)
-    fig.tight_layout(rect=(0, 0, 1, 1 - top / height))
+        fig.suptitle(suptitle, fontsize=11)
     return _save_figure(fig, Path(path))
 
 
