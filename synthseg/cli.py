@@ -23,7 +23,6 @@ def _generate(labels, out_dir: Path, n: int, size: int | None, seed: int | None,
     from lab2im.io import save_volume
     from lab2im.options import GeneratorOptions
     from synthseg import BrainGenerator
-    from synthseg import labels as protocol
     from synthseg.plots import save_mosaic
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -39,10 +38,10 @@ def _generate(labels, out_dir: Path, n: int, size: int | None, seed: int | None,
         images.append(image if image.ndim == 3 else image[..., 0])
         segs.append(seg)
     rows = images + images[:1]
-    titles = [f"scan {i}" for i in range(n)] + ["scan 0 + labels"]
-    overlays = [s * 0 for s in segs] + segs[:1]
-    written.append(save_mosaic(rows, out_dir / "mosaic.png", titles=titles, labels=overlays,
-                               colours=protocol.label_colours(), suptitle=title))
+    titles = [f"synthetic scan {i}" for i in range(n)] + ["synthetic scan 0 + its segmentation"]
+    overlays = [None] * n + segs[:1]
+    written.append(save_mosaic(rows, out_dir / "mosaic.png", titles=titles, labels=overlays, suptitle=title,
+                               vrange=(0.0, 1.0)))
     return written
 
 

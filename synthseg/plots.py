@@ -42,49 +42,59 @@ def label_colour_image(labels: np.ndarray, colours: dict[int, tuple[int, int, in
 
 
 def save_mosaic(images: Sequence[np.ndarray], path, titles: Sequence[str] | None = None,
-                labels: Sequence[np.ndarray] | None = None,
+                labels: Sequence[np.ndarray | None] | None = None,
                 colours: dict[int, tuple[int, int, int]] | None = None, alpha: float = 0.45,
-                suptitle: str | None = None) -> Path:
-    """Write a PNG: one row per volume, its three mid-slices; optional label overlays.
+                suptitle: str | None = None, vrange: tuple[float, float] | None = None) -> Path:
+    """Write a PNG, atomically: one row per volume, its sagittal, coronal and axial mid-slices.
 
     Args:
-        images: 3D volumes ``(X, Y, Z)`` (RAS), shown in grey.
-        path: PNG to write (atomically).
-        titles: one per row.
-        labels: label maps on the same grids, overlaid in ``colours`` with opacity ``alpha``.
-        colours: label -> (R, G, B) 0-255 (e.g. :func:`synthseg.labels.label_colours`).
+        images: 3D volumes ``(X, Y, Z)`` in RAS orientation, shown in grey.
+        path: the PNG to write (its folder must exist).
+        titles: one per row, written above it.
+        labels: label maps on the images' grids, one per row (``None`` for no overlay), drawn
+            in ``colours`` with opacity ``alpha``.
+        colours: label -> (R, G, B) 0-255; default: FreeSurfer colours of the protocol labels
+            (:func:`synthseg.labels.label_colours`), a fixed random colour for others.
         suptitle: figure title.
+        vrange: grey-level window, e.g. ``(0, 1)`` to compare generator outputs row to row;
+            ``None`` stretches each row between its 0.5th and 99.5th percentiles.
+
+    Returns:
+        The path written.
     """
+    if titles is not None and len(titles) != len(images):
+        raise ValueError(f"{len(images)} images but {len(titles)} titles")
+    if colours is None:
+        from synthseg.labels import label_colours
+
+        colours = label_colours()
     n = len(images)
-    fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n + (0.4 if suptitle else 0)), squeeze=False)
+    fig, axes = plt.subplots(n, 3, figsize=(9.0, 3.3 * n + (0.4 if suptitle else 0.0)), squeeze=False,
+                             layout="constrained")
     for row, image in enumerate(images):
         img = np.asarray(image, np.float32)
-        lo, hi = np.percentile(img, [0.5, 99.5]) if img.size else (0, 1)
-        slices = mid_slices(img)
-        lab_slices = mid_slices(np.asarray(labels[row])) if labels is not None else [None] * 3
-        for col, (sl, lab) in enumerate(zip(slices, lab_slices)):
+        lo, hi = vrange if vrange is not None else np.percentile(img, [0.5, 99.5])
+        overlay = None if labels is None or labels[row] is None else mid_slices(np.asarray(labels[row]))
+        for col, sl in enumerate(mid_slices(img)):
             ax = axes[row, col]
-            ax.imshow(sl, cmap="gray", origin="lower", vmin=lo, vmax=hi if hi > lo else lo + 1,
-                      interpolation="nearest")
-            if lab is not None:
-                ax.imshow(label_colour_image(lab, colours), origin="lower", alpha=alpha,
+            ax.imshow(sl, cmap="gray", origin="lower", vmin=lo, vmax=max(hi, lo + 1e-6), interpolation="nearest")
+            if overlay is not None:
+                ax.imshow(label_colour_image(overlay[col], colours), origin="lower", alpha=alpha,
                           interpolation="nearest")
+            ax.text(0.02, 0.02, VIEWS[col], transform=ax.transAxes, color="yellow", fontsize=7, va="bottom")
             ax.set_xticks([])
             ax.set_yticks([])
-            if row == 0:
-                ax.set_title(VIEWS[col], fontsize=9)
         if titles is not None:
-            axes[row, 0].set_ylabel(titles[row], fontsize=9)
+            axes[row, 1].set_title(titles[row], fontsize=9)
     if suptitle:
         fig.suptitle(suptitle, fontsize=11)
-    fig.tight_layout()
     return _save_figure(fig, path)
 
 
 def _save_figure(fig, path) -> Path:
     try:
         with atomic_output(path, ".png") as tmp:
-            fig.savefig(tmp, dpi=100)
+            fig.savefig(tmp, dpi=90)
     finally:
         plt.close(fig)
     return Path(path)

@@ -872,7 +872,7 @@ def supervised_training(images, labels, model_dir, validation=None, unet=None,
     start_epoch = step // epoch_steps
     with contextlib.closing(batches):
         model.fit(batches, steps_per_epoch=epoch_steps, epochs=total // epoch_steps, initial_epoch=start_epoch,
-                  callbacks=cbs, verbose=0)
+                  callbacks=cbs, verbose=0, shuffle=False)
     step = int(ops.convert_to_numpy(model.optimizer.iterations))
     return result(log.last_loss)
 

@@ -84,7 +84,8 @@ def test_validation_dice_goes_up_and_the_run_folder_is_complete(trained):
     val = read_csv(run / "validation_log.csv")
     assert [r["step"] for r in val] == [20, 40, 60, 80]
     assert result.best_dice > 0.7 and result.best_dice > val[0]["dice"] + 0.2, val
-    assert result.best_dice == max(r["dice"] for r in val) and val[-1]["best_dice"] == pytest.approx(result.best_dice, 1e-5)
+    assert result.best_dice == pytest.approx(max(r["dice"] for r in val), 1e-5)
+    assert val[-1]["best_dice"] == pytest.approx(result.best_dice, 1e-5)
     assert result.step == 80 and not result.stopped_early and result.last_loss is not None
     assert [r["step"] for r in read_csv(run / "training_log.csv")] == list(range(1, 81))
     for name in ("last.npz", "best.npz", "unet_last.keras", "unet_best.keras", "options.json"):
@@ -129,6 +130,35 @@ def test_early_stopping_when_nothing_can_improve(data, tmp_path, capsys):
     assert read_header(run / "last.npz")["step"] == 10 and read_header(run / "best.npz")["step"] == 5
     again = supervised_training(*train, run, validation=val, resume=True)  # a stopped run stays stopped
     assert again.stopped_early and again.step == 10
+
+
+class Crash(keras.callbacks.Callback):
+    """Dies mid-run, after a checkpoint (as kill -9 would: nothing is cleaned up)."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations) == self.at:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+def test_a_crashed_run_resumes_exactly(data, tmp_path):
+    _, train, val = data
+    opts = quiet(steps=6, steps_per_checkpoint=2, learning_rate=3e-3, seed=4, deterministic=True)
+    kw = dict(validation=val, unet=TINY, augmentation=AugmentationOptions(flip_prob=0.0))
+    supervised_training(*train, tmp_path / "ref", options=opts, **kw)
+    with pytest.raises(KeyboardInterrupt):
+        supervised_training(*train, tmp_path / "run", options=opts, callbacks=[Crash(5)], **kw)
+    assert [r["step"] for r in read_csv(tmp_path / "run" / "training_log.csv")] == [1, 2, 3, 4, 5]
+    supervised_training(*train, tmp_path / "run", validation=val, resume=True)
+    for name in ("training_log.csv", "validation_log.csv"):
+        a, b = read_csv(tmp_path / "ref" / name), read_csv(tmp_path / "run" / name)
+        assert [r["step"] for r in a] == [r["step"] for r in b]
+        for key in ("loss", "dice") if name == "training_log.csv" else ("dice",):
+            np.testing.assert_allclose([r[key] for r in b], [r[key] for r in a], rtol=1e-4, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------- transfer learning
@@ -178,18 +208,18 @@ def test_augmentation_deforms_scan_and_labels_together_or_only_crops():
     plain = PairAugmentation((16, 16, 16), AugmentationOptions(prob=0.0), seed=1)
     out_img, out_lab = (np.asarray(t) for t in plain([img, lab]))
     assert out_img.shape == (2, 16, 16, 16, 1) and out_lab.dtype == np.int32
-    np.testing.assert_array_equal(out_img * 42.0, out_lab)  # a crop: exact voxels, same window
-    windows = {tuple(np.argwhere(o[..., 0] == 3).min(0)) for o in out_lab}
+    np.testing.assert_allclose(out_img * 42.0, out_lab, atol=1e-4)  # a crop: exact voxels, same window
     aug = PairAugmentation((24, 24, 24), AugmentationOptions(prob=1.0, rotation=20, nonlin_std=2.0, bias_std=0.0,
                                                                 gamma_std=0.0, flip_prob=1.0),
                            lr_pairs=[(2, 41), (3, 42)], seed=2)
     out_img, out_lab = (np.asarray(t) for t in aug([img, lab]))
-    assert set(np.unique(out_lab)) <= set(LABELS) and windows
+    assert set(np.unique(out_lab)) <= set(LABELS)
     assert not np.array_equal(out_lab, lab)
     for i in range(2):  # one shared deformation; min-max normalised image, flipped labels swapped
         recovered = np.rint(out_img[i, ..., 0] * lab[i].max())
         swapped = np.vectorize({0: 0, 2: 41, 41: 2, 3: 42, 42: 3}.get)(out_lab[i, ..., 0])
-        assert np.mean(recovered == swapped) > 0.9
+        pure = np.isin(recovered, LABELS)  # not a blend of two labels at a boundary
+        assert pure.mean() > 0.7 and np.mean(recovered[pure] == swapped[pure]) > 0.95
 
 
 # ---------------------------------------------------------------------------- bad input
