@@ -78,7 +78,7 @@ class GeneratorOptions:
     nonlin_std: float = 4.0
     nonlin_scale: float = 0.04
     integration_steps: int = 7
-    integration_downsample: int = 2
+    integration_downsample: int = 4
 
     n_channels: int = 1
     prior_distribution: str = "uniform"

@@ -435,8 +435,7 @@ class PairAugmentation(keras.layers.Layer):
         gate = keras.random.uniform((batch,), seed=self.seed_generator) < self.options.prob
 
         t = self.deformation.get_random_transformation(batch)
-        linear = ops.where(gate[:, None, None], t["affine"][:, :, :nd],
-                           ops.broadcast_to(ops.eye(nd, dtype="float32")[None], (batch, nd, nd)))
+        linear = ops.where(gate[:, None, None], t["affine"][:, :, :nd], ops.eye(nd, dtype="float32")[None])
         affine = ops.concatenate([linear, t["affine"][:, :, nd:]], axis=-1)  # the crop offset stays
         velocity = t["velocity"] * ops.reshape(ops.cast(gate, "float32"), (-1,) + (1,) * (nd + 1))
         image, labels = self.deformation.transform([image, labels], {"affine": affine, "velocity": velocity})
@@ -520,7 +519,7 @@ def copy_matching_weights(source: keras.Model, target: keras.Model) -> tuple[lis
         ``(copied, reinitialised)``: names of the layers of ``target`` (with weights) that were
         copied, and of those left as they were (no layer of that name, or other shapes).
     """
-    by_name = {layer.name: layer for layer in source.layers}
+    by_name = {layer.name: layer for layer in _all_layers(source)}
     copied, skipped = [], []
     for layer in target.layers:
         if not layer.weights:
@@ -533,6 +532,33 @@ def copy_matching_weights(source: keras.Model, target: keras.Model) -> tuple[lis
         layer.set_weights(src.get_weights())
         copied.append(layer.name)
     return copied, skipped
+
+
+def _all_layers(model):
+    """The layers of ``model``, and those of the models nested in it."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+
+
+def run_unet_options(init_from):
+    """The :class:`~synthseg.unet.UNetOptions` of the run ``init_from`` comes from (a run
+    folder, or its ``unet_last.keras`` / ``unet_best.keras``), read from the run's
+    ``options.json``; ``None`` when there is no such file or it holds no readable ``unet``."""
+    from synthseg.unet import UNetOptions
+
+    p = Path(init_from)
+    if p.is_dir():
+        folder = p
+    elif p.name in ("unet_last.keras", "unet_best.keras"):
+        folder = p.parent
+    else:
+        return None
+    try:
+        return UNetOptions.from_dict(json.loads((folder / "options.json").read_text())["unet"])
+    except (OSError, ValueError, KeyError, TypeError):  # InputError is a ValueError
+        return None
 
 
 def encoder_layers(unet: keras.Model, n_levels: int) -> list:
@@ -703,15 +729,16 @@ def supervised_training(images, labels, model_dir, validation=None, unet=None,
         validation: ``(images, labels)`` of held-out pairs, scored every
             ``options.validate_every`` steps (whole volumes, no augmentation); the best model
             is kept as ``best.npz`` / ``unet_best.keras``. ``None``: no validation.
-        unet: :class:`synthseg.unet.UNetOptions` (3D; default: SynthSeg's 5-level U-Net). With
-            ``init_from``, pass the options the source U-Net was built with (layers are matched
-            by name and weight shapes).
+        unet: :class:`synthseg.unet.UNetOptions` (3D). Default: with ``init_from`` a run folder
+            (or its ``unet_*.keras``), that run's U-Net options; else SynthSeg's 5-level U-Net.
+            With another ``init_from`` file, pass the options it was built with (layers are
+            matched by name and weight shapes).
         options: :class:`SupervisedOptions`.
         augmentation: :class:`AugmentationOptions` (``AugmentationOptions(prob=0)``: none).
         init_from: a U-Net ``.keras`` file or a run folder to start from (transfer learning):
             the weights of layers with the same name and shapes are copied, the others (the
             final layer, when the label count differs) stay randomly initialised; the result
-            and ``options.json`` list both.
+            and ``options.json`` list both, and a line on stderr says so.
         freeze_encoder: make the encoder's layers (the levels before the bottleneck)
             non-trainable (batch normalisation there then uses its stored statistics). Needs
             ``init_from``.
@@ -720,6 +747,9 @@ def supervised_training(images, labels, model_dir, validation=None, unet=None,
             ``init_from`` and ``freeze_encoder`` come from the run). The pairs must be given
             again. A run that stopped early stays stopped.
         callbacks: extra Keras callbacks.
+
+    Early stopping (``options.patience``) ends the run cleanly: a last checkpoint at that step,
+    a line on stderr, and ``stopped_early`` in the result.
 
     Returns:
         :class:`SupervisedResult` (steps done, last loss, best validation Dice and step,
@@ -744,7 +774,7 @@ def supervised_training(images, labels, model_dir, validation=None, unet=None,
         options = dataclasses.replace(saved, steps=max(saved.steps, options.steps)) if options else saved
     else:
         options = options or SupervisedOptions()
-        unet = unet or UNetOptions()
+        unet = unet or (run_unet_options(init_from) if init_from is not None else None) or UNetOptions()
         augmentation = augmentation or AugmentationOptions()
         if freeze_encoder and init_from is None:
             raise InputError("freeze_encoder needs init_from (a frozen random encoder learns nothing)")

@@ -28,10 +28,11 @@ def test_labels_are_nearest_resampled_no_new_values(blocks_labels):
         assert set(np.unique(out)) == set(np.unique(x))
 
 
-def test_jacobian_determinant_is_positive_everywhere():
-    shape = (40, 40, 40)
+@pytest.mark.parametrize("shape, nonlin_scale", [((40, 40, 40), 0.1), ((96, 96, 96), 0.04)])
+def test_jacobian_determinant_is_positive_everywhere(shape, nonlin_scale):
+    # the second case is the default grid and integration resolution at a realistic size
     layer = RandomSpatialDeformation(scaling=0.2, rotation=15, shearing=0.012, nonlin_std=4.0,
-                                     nonlin_scale=0.1, seed=7)
+                                     nonlin_scale=nonlin_scale, seed=7)
     layer.build((2, *shape, 1))
     t = layer.get_random_transformation(2)
     assert float(ops.convert_to_numpy(ops.max(ops.abs(t["velocity"])))) > 2  # a strong field

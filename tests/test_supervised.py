@@ -120,7 +120,8 @@ def test_resume_with_more_steps_continues_the_step_counter(trained, data, tmp_pa
 def test_early_stopping_when_nothing_can_improve(data, tmp_path, capsys):
     _, train, val = data
     run = tmp_path / "run"
-    result = supervised_training(*train, run, validation=val, unet=UNetOptions(n_levels=2, base_features=4, batch_norm=False),
+    no_bn = UNetOptions(n_levels=2, base_features=4, batch_norm=False)  # lr 0 + no BN: nothing changes
+    result = supervised_training(*train, run, validation=val, unet=no_bn,
                                  options=quiet(steps=40, steps_per_checkpoint=10, validate_every=5, patience=1,
                                                learning_rate=0.0))
     assert result.stopped_early and result.step == 10 and result.best_step == 5
@@ -198,21 +199,38 @@ def test_transfer_learning_copies_all_but_the_last_layer_and_freezes_the_encoder
     assert saved["freeze_encoder"] and saved["reinitialised_layers"] == ["unet_logits"]
 
 
+def test_unet_options_default_to_those_of_the_source_run(tmp_path):
+    from synthseg.supervised import run_unet_options
+
+    (tmp_path / "options.json").write_text(json.dumps({"unet": TINY.to_dict()}))
+    assert run_unet_options(tmp_path) == TINY
+    assert run_unet_options(tmp_path / "unet_last.keras") == TINY
+    assert run_unet_options(tmp_path / "other.keras") is None
+    assert run_unet_options(tmp_path / "missing") is None
+
+
 # ---------------------------------------------------------------------------- augmentation layer
+def apply(layer, image, labels):
+    """Run a layer in a compiled model (much faster than eager on JAX)."""
+    a = keras.Input(image.shape[1:])
+    b = keras.Input(labels.shape[1:], dtype="int32")
+    return [np.asarray(t) for t in keras.Model([a, b], layer([a, b])).predict_on_batch([image, labels])]
+
+
 @pytest.mark.backends
 def test_augmentation_deforms_scan_and_labels_together_or_only_crops():
     from synthseg.supervised import PairAugmentation
 
     lab = np.stack([block_map(0), block_map(2)])[..., None]
     img = (lab / 42.0).astype(np.float32)  # the scan is the label map
-    plain = PairAugmentation((16, 16, 16), AugmentationOptions(prob=0.0), seed=1)
-    out_img, out_lab = (np.asarray(t) for t in plain([img, lab]))
+    plain = PairAugmentation((16, 16, 16), AugmentationOptions(prob=0.0, nonlin_std=0.0), seed=1)
+    out_img, out_lab = apply(plain, img, lab)
     assert out_img.shape == (2, 16, 16, 16, 1) and out_lab.dtype == np.int32
     np.testing.assert_allclose(out_img * 42.0, out_lab, atol=1e-4)  # a crop: exact voxels, same window
     aug = PairAugmentation((24, 24, 24), AugmentationOptions(prob=1.0, rotation=20, nonlin_std=2.0, bias_std=0.0,
                                                                 gamma_std=0.0, flip_prob=1.0),
                            lr_pairs=[(2, 41), (3, 42)], seed=2)
-    out_img, out_lab = (np.asarray(t) for t in aug([img, lab]))
+    out_img, out_lab = apply(aug, img, lab)
     assert set(np.unique(out_lab)) <= set(LABELS)
     assert not np.array_equal(out_lab, lab)
     for i in range(2):  # one shared deformation; min-max normalised image, flipped labels swapped
@@ -220,6 +238,12 @@ def test_augmentation_deforms_scan_and_labels_together_or_only_crops():
         swapped = np.vectorize({0: 0, 2: 41, 41: 2, 3: 42, 42: 3}.get)(out_lab[i, ..., 0])
         pure = np.isin(recovered, LABELS)  # not a blend of two labels at a boundary
         assert pure.mean() > 0.7 and np.mean(recovered[pure] == swapped[pure]) > 0.95
+
+    small = np.repeat(lab[:1, 4:20, 4:20, 4:20], 40, axis=0)  # prob: the share of samples augmented
+    half = PairAugmentation((16, 16, 16), AugmentationOptions(prob=0.5, flip_prob=0.0, nonlin_std=0.0), seed=3)
+    _, out_lab = apply(half, small.astype(np.float32), small)
+    untouched = sum(np.array_equal(o, small[0]) for o in out_lab)
+    assert 8 <= untouched <= 32, untouched
 
 
 # ---------------------------------------------------------------------------- bad input

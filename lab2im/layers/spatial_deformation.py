@@ -52,7 +52,7 @@ class RandomSpatialDeformation(RandomLayer):
 
     def __init__(self, scaling=0.2, rotation=15.0, shearing=0.012, translation=0.0,
                  nonlin_std=4.0, nonlin_scale=0.04, integration_steps=7,
-                 integration_downsample=2, output_shape=None, seed=None, **kwargs):
+                 integration_downsample=4, output_shape=None, seed=None, **kwargs):
         super().__init__(seed=seed, **kwargs)
         self.scaling = symmetric_range(scaling, "scaling", center=1.0)
         if self.scaling[0] <= 0:
