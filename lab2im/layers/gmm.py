@@ -92,7 +92,8 @@ class SampleConditionalGMM(RandomLayer):
         return (*input_shape[:-1], self.n_channels)
 
     def _draw(self, prior, batch_size):
-        a, b = prior[0::2].T, prior[1::2].T  # (n_classes, n_channels)
+        a = ops.convert_to_tensor(prior[0::2].T)  # (n_classes, n_channels)
+        b = ops.convert_to_tensor(prior[1::2].T)
         shape = (batch_size, self.n_classes, self.n_channels)
         if self.prior_distribution == "uniform":
             return a + (b - a) * self._uniform(shape, 0.0, 1.0)

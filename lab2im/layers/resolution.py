@@ -75,7 +75,7 @@ class SimulateResolution(RandomLayer):
 
     def get_random_transformation(self, batch_size):
         nd = len(self.spatial)
-        vox = self.voxel[None]
+        vox = ops.convert_to_tensor(self.voxel[None])
         iso = self._uniform((batch_size, 1), 0.0, 1.0) * (self.max_res_iso - vox) + vox
         aniso = self._uniform((batch_size, 1), 0.0, 1.0) * (self.max_res_aniso - vox) + vox
         axis = keras.random.randint((batch_size, 1), 0, nd, seed=self.seed_generator)

@@ -99,7 +99,8 @@ class RandomSpatialDeformation(RandomLayer):
         # random crop: the window centre is offset from the input centre by an integer number
         # of voxels, so a crop without deformation is an exact copy of input voxels
         delta = ((np.array(self.in_spatial) - np.array(self.out_spatial)) / 2.0).astype("float32")
-        slack = np.maximum(delta, 0.0)
+        slack = ops.convert_to_tensor(np.maximum(delta, 0.0))
+        delta = ops.convert_to_tensor(delta)
         crop = ops.round(self._uniform((batch_size, nd), -1.0, 1.0) * slack + delta) - delta
         linear = ops.matmul(ops.matmul(_rotation_matrix(angles, nd), _shear_matrix(shears, nd)),
                             _diag(scales))
