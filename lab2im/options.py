@@ -178,11 +178,7 @@ class GeneratorOptions:
     @classmethod
     def from_dict(cls, d: dict, source: str | None = None) -> "GeneratorOptions":
         """Build options from a dict; unknown keys are an error (they are usually typos)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"unknown option(s) {unknown}; known options: {sorted(known)}", source)
-        return cls(**d)
+        return options_from_dict(cls, d, "generator", source)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the options as JSON, atomically."""
@@ -201,6 +197,26 @@ class GeneratorOptions:
         if not isinstance(d, dict):
             raise InputError("options file must hold a JSON object", path)
         return cls.from_dict(d, source=str(path))
+
+
+def options_from_dict(cls, d, what: str, source: str | os.PathLike | None = None):
+    """Build the options dataclass ``cls`` from a mapping, strictly.
+
+    Unknown keys are an error (they are usually typos), and so is any invalid value; both
+    messages name ``source`` (e.g. the JSON file) and the kind of options (``what``).
+    """
+    if not isinstance(d, dict):
+        raise InputError(f"{what} options must be a mapping, got {type(d).__name__}", source)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise InputError(f"unknown {what} option(s) {unknown}; known options: {sorted(known)}", source)
+    try:
+        return cls(**d)
+    except InputError as exc:
+        raise InputError(exc.problem, exc.path or source) from None
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"invalid {what} options ({exc})", source) from None
 
 
 def load_array(path: str | os.PathLike, what: str = "array") -> np.ndarray:

@@ -50,6 +50,7 @@ from keras import ops
 
 from lab2im.errors import InputError
 from lab2im.io import atomic_write_text, list_volume_files, load_volume
+from lab2im.options import options_from_dict
 from lab2im.layers import IntensityAugmentation, OneHotLabels, RandomBiasField, RandomFlip, RandomSpatialDeformation
 from lab2im.volumes import crop_or_pad, pad_to_multiple
 from synthseg.losses import SegmentationLoss, WarmupCallback, hard_dice
@@ -133,7 +134,7 @@ class AugmentationOptions:
 
     @classmethod
     def from_dict(cls, d: dict, source=None) -> "AugmentationOptions":
-        return _from_dict(cls, d, "augmentation", source)
+        return options_from_dict(cls, d, "augmentation", source)
 
 
 @dataclass
@@ -222,22 +223,12 @@ class SupervisedOptions:
 
     @classmethod
     def from_dict(cls, d: dict, source=None) -> "SupervisedOptions":
-        return _from_dict(cls, d, "supervised", source)
+        return options_from_dict(cls, d, "supervised", source)
 
 
 def _check_int(value, name: str, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _from_dict(cls, d, what, source):
-    if not isinstance(d, dict):
-        raise InputError(f"{what} options must be a mapping, got {type(d).__name__}", source)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise InputError(f"unknown {what} option(s) {unknown}", source)
-    return cls(**d)
 
 
 @dataclass

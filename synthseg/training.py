@@ -37,7 +37,7 @@ from keras import ops
 
 from lab2im.errors import InputError
 from lab2im.io import atomic_write_text
-from lab2im.options import GeneratorOptions
+from lab2im.options import GeneratorOptions, options_from_dict
 from synthseg.losses import MeanDice, SegmentationLoss, WarmupCallback
 
 STRATEGIES = (None, "mirrored", "multiworker", "data_parallel")
@@ -126,12 +126,9 @@ def load_options(model_dir: Path):
     unknown = sorted(set(d) - {"generator", "unet", "training"})
     if unknown:
         raise InputError(f"unknown section(s) {unknown}", path)
-    known = {f.name for f in dataclasses.fields(TrainingOptions)}
-    extra = sorted(set(d.get("training", {})) - known)
-    if extra:
-        raise InputError(f"unknown training option(s) {extra}", path)
     return (GeneratorOptions.from_dict(d["generator"], source=str(path)),
-            UNetOptions.from_dict(d["unet"]), TrainingOptions(**d["training"]))
+            UNetOptions.from_dict(d["unet"], source=str(path)),
+            options_from_dict(TrainingOptions, d["training"], "training", str(path)))
 
 
 # ----------------------------------------------------------------------------- model

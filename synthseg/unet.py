@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import keras
 
 from lab2im.errors import InputError
+from lab2im.options import options_from_dict
 
 _FINAL_ACTIVATIONS = ("softmax", "sigmoid", "linear")
 
@@ -89,16 +90,7 @@ class UNetOptions:
     @classmethod
     def from_dict(cls, d: dict, source: str | None = None) -> "UNetOptions":
         """Build options from a dict; unknown keys are an error (they are usually typos)."""
-        if not isinstance(d, dict):
-            raise InputError(f"U-Net options must be a mapping, got {type(d).__name__}", source)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"unknown U-Net option(s) {unknown}; known options: {sorted(known)}", source)
-        try:
-            return cls(**d)
-        except InputError as exc:
-            raise InputError(exc.problem, source) from None
+        return options_from_dict(cls, d, "U-Net", source)
 
 
 def _int(value, name: str) -> int:

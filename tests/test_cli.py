@@ -45,7 +45,7 @@ def test_bad_options_file(tmp_path, blocks_labels, capsys):
     (tmp_path / "o.json").write_text('{"generation_labels": [0, 2, 3, 41, 42], "rotaton": 3}')
     code = main(["generate", str(tmp_path / "lab.nii.gz"), "--out", str(tmp_path / "o"),
                  "--options", str(tmp_path / "o.json")])
-    assert code == 1 and "o.json: unknown option(s) ['rotaton']" in capsys.readouterr().err
+    assert code == 1 and "o.json: unknown generator option(s) ['rotaton']" in capsys.readouterr().err
 
 
 def test_fetch_list(capsys):

@@ -19,7 +19,7 @@ def test_json_round_trip(tmp_path):
 def test_unknown_keys_are_rejected(tmp_path):
     p = tmp_path / "opts.json"
     p.write_text(json.dumps({"generation_labels": [0, 1], "rotaton": 10}))
-    with pytest.raises(InputError, match=r"opts.json: unknown option\(s\) \['rotaton'\]"):
+    with pytest.raises(InputError, match=r"opts.json: unknown generator option\(s\) \[.rotaton.\]"):
         GeneratorOptions.load(p)
 
 
