@@ -56,7 +56,8 @@ class TrainingOptions:
         learning_rate: Adam's initial learning rate.
         lr_schedule: ``"constant"``, ``"cosine"`` (to 0 at ``steps``) or ``"linear"`` (to 0).
         warmup_steps: steps of weighted cross-entropy before the loss turns to soft Dice.
-        mixed_precision: run the U-Net in float16 (the generator stays float32).
+        mixed_precision: run the U-Net in half precision (the generator stays float32):
+            float16 with loss scaling on a GPU, bfloat16 elsewhere (CPUs lack float16 kernels).
         seed: seed of the generator, the label-map choice and the weight initialisation.
         strategy: ``None``, ``"mirrored"`` (tf.distribute, GPUs of one machine),
             ``"multiworker"`` (tf.distribute across machines, ``TF_CONFIG``) or
@@ -159,7 +160,7 @@ def build_training_model(generator: GeneratorOptions, unet_options, input_shape,
         keras.utils.set_random_seed(seed)  # weight initialisation
     policy = keras.config.dtype_policy()
     if mixed_precision:
-        keras.config.set_dtype_policy("mixed_float16")
+        keras.config.set_dtype_policy(mixed_policy())
     try:
         unet = build_unet(len(labels), generator.n_channels, unet_options)
     finally:
@@ -170,6 +171,20 @@ def build_training_model(generator: GeneratorOptions, unet_options, input_shape,
     onehot = OneHotLabels(labels, name="one_hot_target")(target)
     out = keras.layers.Concatenate(axis=-1, dtype="float32", name="prediction_and_target")([probs, onehot])
     return keras.Model(label_maps, out, name="synthseg_training"), unet, labels
+
+
+def mixed_policy() -> str:
+    """``"mixed_float16"`` when Keras sees a GPU, else ``"mixed_bfloat16"``."""
+    devices = [str(d).lower() for d in keras.distribution.list_devices()]
+    return "mixed_float16" if any("gpu" in d or "cuda" in d for d in devices) else "mixed_bfloat16"
+
+
+def _optimizer(t: TrainingOptions):
+    """Adam with the learning-rate schedule, loss-scaled for float16."""
+    opt = keras.optimizers.Adam(_learning_rate(t))
+    if t.mixed_precision and mixed_policy() == "mixed_float16":
+        opt = keras.optimizers.LossScaleOptimizer(opt)
+    return opt
 
 
 def _learning_rate(t: TrainingOptions):
@@ -300,7 +315,7 @@ def training(labels_dir, model_dir, generator: GeneratorOptions | None = None, u
         model, unet_model, labels = build_training_model(generator, unet, data.shape, options.seed,
                                                          options.mixed_precision)
         loss = SegmentationLoss(warmup_steps=options.warmup_steps)
-        model.compile(optimizer=keras.optimizers.Adam(_learning_rate(options)),
+        model.compile(optimizer=_optimizer(options),
                       loss=SplitOutputLoss(loss, len(labels)),
                       metrics=[SplitOutputDice(len(labels))], jit_compile=False)
         model.build((None, *data.shape, 1))

@@ -153,3 +153,19 @@ def test_existing_run_and_corrupt_checkpoint(label_dir, tmp_path):
     assert (run / "checkpoints" / "step-0000002.npz").read_bytes() == good  # the good one is untouched
     with pytest.raises(InputError, match="nothing to resume"):
         training(label_dir, tmp_path / "fresh", resume=True)
+
+
+@pytest.mark.slow
+def test_mixed_precision_and_cosine_schedule(label_dir, tmp_path):
+    import keras
+
+    run = tmp_path / "run"
+    training(label_dir, run, unet=TINY, output_shape=(16, 16, 16),
+             options=quiet(steps=4, steps_per_checkpoint=2, mixed_precision=True, lr_schedule="cosine",
+                           learning_rate=1e-3))
+    log = read_log(run)
+    assert [r["step"] for r in log] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in log)
+    assert log[-1]["learning_rate"] < log[0]["learning_rate"]  # cosine decay
+    unet = keras.saving.load_model(run / "unet_last.keras", compile=False)
+    assert any(layer.dtype_policy.name == "mixed_bfloat16" for layer in unet.layers)  # CPU: bfloat16
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
