@@ -106,6 +106,12 @@ def cmd_fetch(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from synthseg.evaluate import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synthseg", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -160,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true")
     p.add_argument("--cache-dir", type=Path, default=None)
     p.set_defaults(func=cmd_fetch)
+
+    from synthseg.evaluate import add_arguments as add_evaluate_arguments
+
+    p = sub.add_parser("evaluate", help="Dice, surface distances and volumes of predictions vs ground truth "
+                       "(+ paired tests of two methods)")
+    add_evaluate_arguments(p)
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 

@@ -11,6 +11,7 @@ segmentation. The run lives in one folder::
         checkpoints/step-*.npz  periodic checkpoints (the newest ``keep_checkpoints``)
         unet_last.keras       the U-Net alone, for prediction
         training_log.csv      step, loss, dice, learning rate, seconds
+        dice_per_label.csv    Dice of each label over each checkpoint interval
         tensorboard/          TensorBoard logs
 
 A run killed at any point (``kill -9`` included) continues with ``resume=True`` from the last
@@ -315,9 +316,9 @@ def training(labels_dir, model_dir, generator: GeneratorOptions | None = None, u
         model, unet_model, labels = build_training_model(generator, unet, data.shape, options.seed,
                                                          options.mixed_precision)
         loss = SegmentationLoss(warmup_steps=options.warmup_steps)
-        model.compile(optimizer=_optimizer(options),
-                      loss=SplitOutputLoss(loss, len(labels)),
-                      metrics=[SplitOutputDice(len(labels))], jit_compile=False)
+        dice = SplitOutputDice(len(labels))
+        model.compile(optimizer=_optimizer(options), loss=SplitOutputLoss(loss, len(labels)),
+                      metrics=[dice], jit_compile=False)
         model.build((None, *data.shape, 1))
         model.optimizer.build(model.trainable_variables)
         step = 0
@@ -334,6 +335,7 @@ def training(labels_dir, model_dir, generator: GeneratorOptions | None = None, u
     batch = options.batch_size * replicas
     log = StepLog(model_dir / "training_log.csv", keep_until=step)
     extra_callbacks, callbacks = callbacks, [WarmupCallback(loss, options.warmup_steps), log,
+                                             LabelDiceLog(model_dir / "dice_per_label.csv", dice, labels, spc, step),
                  Checkpointer(model_dir, model, unet_model, spc, options.keep_checkpoints)]
     if options.progress:
         callbacks.append(ProgressBar(options.n_chunks * spc, step))
@@ -417,6 +419,31 @@ class StepLog(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self._fh:
             self._fh.close()
+
+
+class LabelDiceLog(keras.callbacks.Callback):
+    """At each checkpoint, one CSV row: the step and the hard Dice of every label over the
+    steps since the previous checkpoint (rows after ``keep_until`` are dropped on resume)."""
+
+    def __init__(self, path: Path, metric, labels, steps_per_checkpoint: int, keep_until: int):
+        super().__init__()
+        from synthseg.labels import label_names
+
+        names = label_names()
+        self.path, self.metric, self.spc = Path(path), metric, steps_per_checkpoint
+        header = ["step"] + [names.get(int(v), str(int(v))) for v in labels]
+        rows = []
+        if self.path.exists():
+            with open(self.path, newline="") as fh:
+                rows = [r for r in csv.reader(fh)][1:]
+            rows = [r for r in rows if r and r[0].isdigit() and int(r[0]) <= keep_until]
+        with open(self.path, "w", newline="") as fh:
+            csv.writer(fh).writerows([header] + rows)
+
+    def on_epoch_end(self, epoch, logs=None):
+        values = np.asarray(ops.convert_to_numpy(self.metric.per_label()), dtype=float)
+        with open(self.path, "a", newline="") as fh:
+            csv.writer(fh).writerow([(epoch + 1) * self.spc] + [f"{v:.4f}" for v in values])
 
 
 class Checkpointer(keras.callbacks.Callback):

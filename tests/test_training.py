@@ -61,6 +61,12 @@ def test_dice_goes_up_on_synthetic_data(label_dir, tmp_path):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000030.npz", "step-0000060.npz"]
     assert (run / "options.json").exists() and np.load(run / "labels.npy").tolist() == [0, 2, 3, 41, 42]
     assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    with open(run / "dice_per_label.csv") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["step", "Unknown", "Left-Cerebral-White-Matter", "Left-Cerebral-Cortex",
+                       "Right-Cerebral-White-Matter", "Right-Cerebral-Cortex"]
+    assert [r[0] for r in rows[1:]] == ["30", "60"]
+    assert float(rows[2][2]) > float(rows[1][2])  # white matter got better
 
 
 @pytest.mark.slow

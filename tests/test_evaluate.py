@@ -1,0 +1,324 @@
+"""Segmentation evaluation: metrics against hand-computed values, files, paired tests, CLI."""
+import csv
+import json
+import math
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage, stats
+
+from lab2im.errors import InputError
+from synthseg import evaluate as ev
+from synthseg.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _save(path, data, affine=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(data, np.int32), np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def _by_metric(rows, label):
+    return {r["metric"]: r["value"] for r in rows if r["label"] == label}
+
+
+def _spheres(shape, spacing, centre, radii):
+    """Label maps (1 inside the sphere, 0 outside) built in world mm on a grid of ``spacing``."""
+    axes = [np.arange(n) * s for n, s in zip(shape, spacing)]
+    x, y, z = np.meshgrid(*axes, indexing="ij")
+    r = np.sqrt((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2)
+    return [(r <= radius).astype(np.int32) for radius in radii]
+
+
+# ----------------------------------------------------------------------------- metrics
+def test_dice_of_two_cubes():
+    """4^3 cubes overlapping 3 x 4 x 4: Dice = 2 * 48 / (64 + 64) = 0.75; absent label: 1."""
+    a = np.zeros((10, 10, 10), np.int32)
+    b = np.zeros_like(a)
+    a[2:6, 2:6, 2:6] = 3
+    b[3:7, 2:6, 2:6] = 3
+    a[7:9, 7:9, 7:9] = 5  # 8 voxels; b has 4 of them
+    b[7:9, 7:9, 7:8] = 5
+    assert ev.dice(a, b, [3, 5, 9]) == {3: 0.75, 5: pytest.approx(2 * 4 / 12), 9: 1.0}
+    rows = ev.evaluate_arrays(a, b, [3, 5], spacing=(1, 1, 1))
+    assert _by_metric(rows, 3)["dice"] == 0.75
+    assert len(rows) == 2 * len(ev.METRICS)
+
+
+def test_distance_between_two_voxels_is_in_mm_at_anisotropic_spacing():
+    """Single voxels 3 apart along x and 1 along z at 1 x 1 x 2 mm: sqrt(3^2 + 2^2) mm... and the
+    volumes use the voxel volume (2 mm^3)."""
+    a = np.zeros((6, 4, 5), np.int32)
+    b = np.zeros_like(a)
+    a[1, 1, 1] = 7
+    b[4, 1, 2] = 7
+    d = ev.surface_distances(a, b, 7, spacing=(1, 1, 2))
+    assert d == {"hausdorff": pytest.approx(math.sqrt(13)), "hd95": pytest.approx(math.sqrt(13)),
+                 "mean_surface": pytest.approx(math.sqrt(13))}
+    b[4, 1, 3] = 7  # second voxel: directed distances a->b: sqrt(13); b->a: sqrt(13), sqrt(9+16)=5
+    d = ev.surface_distances(a, b, 7, spacing=(1, 1, 2))
+    assert d["hausdorff"] == pytest.approx(5.0)
+    assert d["mean_surface"] == pytest.approx((2 * math.sqrt(13) + 5) / 3)
+    assert d["hd95"] == pytest.approx(np.percentile([math.sqrt(13)] * 2 + [5.0], 95))
+    v = ev.volume_difference(a, b, 7, spacing=(1, 1, 2))
+    assert v == {"volume_true_mm3": 2.0, "volume_pred_mm3": 4.0, "volume_diff_mm3": 2.0, "volume_diff_rel": 1.0}
+
+
+@pytest.mark.parametrize("centre, radii", [((20.3, 19.7, 20.1), (13.0, 8.0)), ((18.0, 18.5, 17.0), (11.5, 5.0)),
+                                           ((19.6, 20.2, 21.3), (12.2, 9.1))])
+def test_concentric_spheres_match_analytic_distances_at_anisotropic_spacing(centre, radii):
+    """Concentric spheres (built in world mm at 1 x 1 x 2 mm): every surface distance is
+    |r1 - r2| analytically.
+
+    The mean surface distance matches within half a voxel (0.5 mm, half the *smallest* side).
+    The Hausdorff distance and HD95 can be off by up to one voxel along the coarse axis (2 mm):
+    a discrete sphere's boundary voxels lie up to one voxel inside the true sphere (near the
+    poles, one 2 mm slice), e.g. 8.0 mm for 6.5 mm in the second case, whose 5 mm inner sphere
+    spans only five slices. Over 30 random spheres (radii 4-14 mm) the errors were: mean surface
+    -0.35 to -0.06 mm, HD95 +0.22 to +1.4 mm, Hausdorff +0.42 to +1.81 mm.
+    """
+    spacing = (1.0, 1.0, 2.0)
+    a, b = _spheres((40, 40, 21), spacing, centre, radii)
+    expected = abs(radii[0] - radii[1])
+    for d in (ev.surface_distances(a, b, 1, spacing), ev.surface_distances(b, a, 1, spacing),
+              _by_metric(ev.evaluate_arrays(a, b, [1], spacing), 1)):
+        assert d["mean_surface"] == pytest.approx(expected, abs=0.5)
+        assert d["hd95"] == pytest.approx(expected, abs=2.0)
+        assert d["hausdorff"] == pytest.approx(expected, abs=2.0)
+        assert d["mean_surface"] <= d["hd95"] <= d["hausdorff"]
+    # the spacing matters: the same arrays read as 1 mm isotropic give a clearly wrong mean distance
+    wrong = ev.surface_distances(a, b, 1, (1.0, 1.0, 1.0))
+    assert abs(wrong["mean_surface"] - expected) > 0.6
+
+
+def test_empty_labels_are_reported_not_raised():
+    a = np.zeros((8, 8, 8), np.int32)
+    b = np.zeros_like(a)
+    a[2:5, 2:5, 2:5] = 2
+    rows = ev.evaluate_arrays(a, b, [2, 3], spacing=(1, 1, 1))
+    both = _by_metric(rows, 3)  # in neither map
+    assert both["dice"] == 1.0 and both["hausdorff"] == both["hd95"] == both["mean_surface"] == 0.0
+    assert both["volume_diff_rel"] == 0.0
+    one = _by_metric(rows, 2)  # only in the ground truth
+    assert one["dice"] == 0.0 and all(math.isinf(one[m]) for m in ("hausdorff", "hd95", "mean_surface"))
+    assert one["volume_diff_mm3"] == -27.0 and one["volume_diff_rel"] == -1.0
+    only_pred = _by_metric(ev.evaluate_arrays(b, a, [2], (1, 1, 1)), 2)
+    assert only_pred["dice"] == 0.0 and math.isinf(only_pred["hd95"]) and math.isinf(only_pred["volume_diff_rel"])
+    assert ev.surface_distances(a, b, 3, (1, 1, 1))["hausdorff"] == 0.0
+    assert math.isinf(ev.surface_distances(a, b, 2, (1, 1, 1))["mean_surface"])
+
+
+def _full_grid_reference(gt, pred, label, spacing):
+    """Plain scipy on the whole grid, as a reference for the bounding-box computation."""
+    ma, mb = gt == label, pred == label
+    sa, sb = ma & ~ndimage.binary_erosion(ma), mb & ~ndimage.binary_erosion(mb)
+    d_ab = ndimage.distance_transform_edt(~sb, sampling=spacing)[sa]
+    d_ba = ndimage.distance_transform_edt(~sa, sampling=spacing)[sb]
+    pooled = np.concatenate([d_ab, d_ba])
+    return {"dice": 2 * np.sum(ma & mb) / (ma.sum() + mb.sum()), "hausdorff": max(d_ab.max(), d_ba.max()),
+            "hd95": np.percentile(pooled, 95), "mean_surface": pooled.mean()}
+
+
+def test_bounding_box_computation_equals_full_grid():
+    rng = np.random.default_rng(3)
+    shape, spacing = (34, 30, 22), (1.2, 0.9, 2.0)
+
+    def random_map():
+        noise = ndimage.gaussian_filter(rng.normal(size=shape), 2.0)
+        out = np.digitize(noise, np.quantile(noise, [0.3, 0.5, 0.7, 0.85]))  # labels 0..4, touching the edges
+        out[out == 4] = 41
+        return out.astype(np.int32)
+
+    gt = random_map()
+    pred = np.where(rng.random(shape) < 0.05, np.roll(gt, 1, axis=2), gt)
+    pred[:5] = np.where(pred[:5] == 3, 0, pred[:5])
+    labels = [1, 2, 3, 41]
+    rows = ev.evaluate_arrays(gt, pred, labels, spacing)
+    for label in labels:
+        ref = _full_grid_reference(gt, pred, label, spacing)
+        got = _by_metric(rows, label)
+        for metric, value in ref.items():
+            assert got[metric] == pytest.approx(value, rel=1e-12, abs=1e-12), (label, metric)
+        assert ev.surface_distances(gt, pred, label, spacing)["hd95"] == pytest.approx(ref["hd95"], rel=1e-12)
+    assert ev.dice(gt, pred, labels) == {lab: pytest.approx(_by_metric(rows, lab)["dice"]) for lab in labels}
+
+
+# ----------------------------------------------------------------------------- paired test
+def test_paired_test_equals_scipy_and_gives_the_direction():
+    a = [0.91, 0.85, 0.78, 0.88, 0.69, 0.93, 0.81, 0.74]
+    b = [0.88, 0.86, 0.70, 0.80, 0.60, 0.90, 0.75, 0.73]
+    ref = stats.wilcoxon(a, b)
+    t = ev.paired_test(a, b, higher_is_better=True, names=("ours", "theirs"))
+    assert t["statistic"] == ref.statistic and t["p_value"] == ref.pvalue
+    assert t["n"] == 8 and t["median_difference"] == pytest.approx(np.median(np.subtract(a, b)))
+    assert t["better"] == "ours"
+    assert ev.paired_test(a, b, higher_is_better=False, names=("ours", "theirs"))["better"] == "theirs"
+    assert ev.paired_test(b, a, names=("x", "y"))["better"] == "y"
+
+
+def test_paired_test_edge_cases():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning from scipy either
+        same = ev.paired_test([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+    assert same["p_value"] == 1.0 and same["statistic"] == 0.0 and same["better"] is None
+    assert "zero" in same["note"]
+    both_inf = ev.paired_test([math.inf, 2.0, 3.0], [math.inf, 1.0, 1.0], higher_is_better=False)
+    assert both_inf["n"] == 3 and both_inf["better"] == "B" and not math.isnan(both_inf["p_value"])
+    nan = ev.paired_test([math.nan, 2.0], [1.0, 1.0])
+    assert nan["n"] == 1
+    empty = ev.paired_test([], [])
+    assert empty["n"] == 0 and math.isnan(empty["p_value"])
+    with pytest.raises(ValueError, match="same length"):
+        ev.paired_test([1.0, 2.0], [1.0])
+
+
+# ----------------------------------------------------------------------------- files
+def test_prediction_on_another_grid_is_resampled_with_a_warning_or_refused(tmp_path):
+    spacing = (1.0, 1.0, 1.0)
+    (gt,) = _spheres((24, 24, 24), spacing, (12, 12, 12), (7.0,))
+    gt_path = _save(tmp_path / "gt" / "s1.nii.gz", gt)
+    # the prediction: the same sphere on a 2 mm grid shifted by 1 mm (different shape and affine)
+    affine2 = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine2[:3, 3] = -1.0
+    (pred2mm,) = _spheres((14, 14, 14), (2.0, 2.0, 2.0), (13, 13, 13), (7.0,))
+    pred_path = _save(tmp_path / "pred" / "s1_synthseg.nii.gz", pred2mm, affine2)
+    with pytest.warns(UserWarning, match="resampled onto the ground-truth grid"):
+        rows = ev.evaluate_pair(gt_path, pred_path, [1])
+    got = _by_metric(rows, 1)
+    assert got["dice"] > 0.8 and got["hausdorff"] <= 2.5
+    with pytest.raises(InputError) as err:
+        ev.evaluate_pair(gt_path, pred_path, [1], on_mismatch="error")
+    assert str(gt_path) in str(err.value) and str(pred_path) in str(err.value)
+    # same grid: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _by_metric(ev.evaluate_pair(gt_path, gt_path, [1]), 1)["dice"] == 1.0
+
+
+def test_subject_names_and_matching():
+    assert ev.subject_key("pred/sub-01_T1w_synthseg.nii.gz") == "sub-01_T1w"
+    assert ev.subject_key("sub-02.seg.mgz") == "sub-02"
+    assert ev.subject_key("gt/sub-03_aseg.nii") == "sub-03"
+    assert ev.subject_key("seg.nii.gz") == "seg"  # never stripped to nothing
+    pairs, gt_only, pred_only = ev.match_subjects(
+        ["gt/a.nii.gz", "gt/b_labels.nii.gz", "gt/c.nii.gz"],
+        ["p/a_synthseg.nii.gz", "p/b_SynthSeg.nii.gz", "p/d_synthseg.nii.gz"])
+    assert list(pairs) == ["a", "b"] and pairs["b"] == (Path("gt/b_labels.nii.gz"), Path("p/b_SynthSeg.nii.gz"))
+    assert gt_only == ["c"] and pred_only == ["d"]
+    with pytest.raises(InputError, match="same subject name|subject name 'a'"):
+        ev.match_subjects(["gt/a.nii.gz"], ["p/a.nii.gz", "p/a_synthseg.nii.gz"])
+
+
+def _study(tmp_path, n=5):
+    """Ground truth (two boxes, labels 2 and 41), method A (1-voxel shift), method B (2-voxel shift)."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        gt = np.zeros((16, 14, 12), np.int32)
+        x0 = 2 + int(rng.integers(0, 3))
+        gt[x0:x0 + 5, 3:10, 3:9] = 2
+        gt[x0 + 6:x0 + 10, 3:10, 3:9] = 41
+        _save(tmp_path / "gt" / f"sub-{i:02d}.nii.gz", gt)
+        _save(tmp_path / "predA" / f"sub-{i:02d}_synthseg.nii.gz", np.roll(gt, 1 if i % 2 else -1, axis=1))
+        _save(tmp_path / "predB" / f"sub-{i:02d}_synthseg.nii.gz", np.roll(gt, 2, axis=1))
+
+
+def test_evaluate_folders_reports_missing_subjects_and_writes_outputs(tmp_path):
+    _study(tmp_path)
+    _save(tmp_path / "predA" / "sub-99_synthseg.nii.gz", np.zeros((16, 14, 12)))  # no ground truth
+    (tmp_path / "predB" / "sub-04_synthseg.nii.gz").unlink()  # B misses a subject
+    with pytest.warns(UserWarning) as record:
+        res = ev.evaluate_folders(tmp_path / "gt", tmp_path / "predA", [2, 41], pred2_dir=tmp_path / "predB",
+                                  out_dir=tmp_path / "out")
+    messages = " ".join(str(w.message) for w in record)
+    assert "sub-99" in messages and "sub-04" in messages
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["methods"]["predA"]["predictions_without_gt"] == ["sub-99"]
+    assert summary["methods"]["predB"]["gt_without_prediction"] == ["sub-04"]
+    assert summary["methods"]["predA"]["n_matched"] == 5 and summary["paired_subjects"] == [f"sub-0{i}" for i in range(4)]
+    assert summary["mean_dice"]["predA"]["2"] > summary["mean_dice"]["predB"]["2"]
+    with open(tmp_path / "out" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == ev.CSV_COLUMNS
+    assert len(rows) == (5 + 4) * 2 * len(ev.METRICS)
+    assert {r["name"] for r in rows} == {"Left-Cerebral-White-Matter", "Right-Cerebral-White-Matter"}
+    paired = {(t["label"], t["metric"]): t for t in res.paired}
+    assert paired[(2, "dice")]["better"] == "predA" and paired[(2, "hd95")]["better"] == "predA"
+    assert paired[(2, "dice")]["n"] == 4
+    assert (tmp_path / "out" / "paired_tests.csv").read_text().startswith(",".join(ev.PAIRED_COLUMNS))
+    for png in ("dice_boxplot.png", "hd95_boxplot.png"):
+        assert (tmp_path / "out" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list((tmp_path / "out").glob(".*"))  # no temporary files left
+
+
+def test_evaluate_folders_without_any_match_is_an_input_error(tmp_path):
+    _save(tmp_path / "gt" / "a.nii.gz", np.zeros((4, 4, 4)))
+    _save(tmp_path / "pred" / "b.nii.gz", np.zeros((4, 4, 4)))
+    with pytest.raises(InputError, match="no prediction matches"), pytest.warns(UserWarning):
+        ev.evaluate_folders(tmp_path / "gt", tmp_path / "pred", [1])
+
+
+# ----------------------------------------------------------------------------- command line
+def test_cli_end_to_end(tmp_path, capsys):
+    _study(tmp_path, n=4)
+    np.save(tmp_path / "labels.npy", np.array([2, 41]))
+    out = tmp_path / "eval"
+    rc = main(["evaluate", "--gt", str(tmp_path / "gt"), "--pred", str(tmp_path / "predA"), "--pred2",
+               str(tmp_path / "predB"), "--labels", str(tmp_path / "labels.npy"), "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "Left-Cerebral-White-Matter" in captured.out and "p Dice" in captured.out
+    for name in ("metrics.csv", "paired_tests.csv", "summary.json", "dice_boxplot.png", "hd95_boxplot.png"):
+        assert (out / name).is_file(), name
+    rc = main(["evaluate", "--gt", str(tmp_path / "gt"), "--pred", str(tmp_path / "predA"), "--labels", "2", "41",
+               "--out", str(tmp_path / "eval1"), "--on-mismatch", "error"])
+    assert rc == 0 and (tmp_path / "eval1" / "metrics.csv").is_file()
+    assert not (tmp_path / "eval1" / "paired_tests.csv").exists()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--gt", "{tmp}/missing", "--pred", "{tmp}/predA", "--labels", "2"], "missing: no such file or directory"),
+    (["--gt", "{tmp}/gt", "--pred", "{tmp}/predA", "--labels", "two"], "--labels must be integers"),
+    (["--gt", "{tmp}/gt", "--pred", "{tmp}/predA", "--labels", "{tmp}/nope.npy"], "no such label list file"),
+])
+def test_cli_bad_input_is_one_line(tmp_path, capsys, args, expected):
+    _study(tmp_path, n=1)
+    rc = main(["evaluate", *[a.format(tmp=tmp_path) for a in args], "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert err.startswith("synthseg: error: ") and expected in err and err.count("\n") == 1
+
+
+def test_cli_grid_mismatch_error_mode_names_both_files(tmp_path, capsys):
+    _save(tmp_path / "gt" / "s.nii.gz", np.ones((6, 6, 6)))
+    _save(tmp_path / "pred" / "s_synthseg.nii.gz", np.ones((3, 3, 3)), np.diag([2.0, 2.0, 2.0, 1.0]))
+    rc = main(["evaluate", "--gt", str(tmp_path / "gt"), "--pred", str(tmp_path / "pred"), "--labels", "1",
+               "--out", str(tmp_path / "out"), "--on-mismatch", "error"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "s.nii.gz" in err and "s_synthseg.nii.gz" in err and err.count("\n") == 1
+    rc = main(["evaluate", "--gt", str(tmp_path / "gt"), "--pred", str(tmp_path / "pred"), "--labels", "1",
+               "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 0 and err.startswith("synthseg: warning: ") and "resampled" in err
+
+
+def test_benchmark_quick(tmp_path):
+    """``benchmarks/evaluate.py --quick`` on a small synthetic map: both implementations agree."""
+    rng = np.random.default_rng(1)
+    noise = ndimage.gaussian_filter(rng.normal(size=(40, 44, 36)), 2.0)
+    labels = np.array([0, 2, 3, 41])[np.digitize(noise, np.quantile(noise, [0.4, 0.6, 0.8]))]
+    _save(tmp_path / "labels.nii.gz", labels)
+    out = tmp_path / "evaluate.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "evaluate.py"), "--quick", "--labels",
+                        str(tmp_path / "labels.nii.gz"), "--out", str(out)],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "evaluate" and data["results"]["max_abs_difference"] < 1e-9
+    assert data["results"]["bounding_box"]["median_s"] > 0 and data["results"]["full_grid"]["median_s"] > 0
