@@ -112,6 +112,20 @@ def cmd_evaluate(args) -> int:
     return run(args)
 
 
+def cmd_predict(args) -> int:
+    from synthseg.predict import predict
+
+    report = predict(args.input, args.output, model=args.model, vol=args.vol, post=args.post,
+                     resample=args.resample, qc=args.qc, png=args.png, crop=args.crop, flip=not args.no_flip,
+                     keep_native=not args.keep_1mm, skip_existing=args.skip_existing, threads=args.threads,
+                     cleanup=not args.no_cleanup, tile_size=args.tile)
+    print(f"segmented {len(report.done)} scan(s), skipped {len(report.skipped)} (outputs exist), "
+          f"failed {len(report.failed)}")
+    for path, problem in report.failed:
+        print(f"synthseg: error: {path}: {problem}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synthseg", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -160,6 +174,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("estimate-priors", help="per-label intensity priors (.npy) from real scans + label maps")
     add_arguments(p)
     p.set_defaults(func=cmd_estimate_priors)
+
+    from synthseg.predict import DEFAULT_TILE
+
+    p = sub.add_parser("predict", help="segment scans of any contrast and resolution (like mri_synthseg)",
+                       description="Segment scans with a trained U-Net. Flags follow FreeSurfer's mri_synthseg "
+                                   "(--i/--input, --o/--output, ...).")
+    p.add_argument("--i", "--input", dest="input", required=True,
+                   help="scan (NIfTI/MGZ), folder of scans, or .txt list of scans")
+    p.add_argument("--o", "--output", dest="output", required=True,
+                   help="segmentation file (one scan) or folder (<name>_synthseg.nii.gz)")
+    p.add_argument("--vol", default=None, help="CSV of soft volumes (mm^3) per structure and total intracranial")
+    p.add_argument("--post", default=None, help="posteriors: file (one scan) or folder")
+    p.add_argument("--resample", default=None, help="the image the network saw (model voxel size): file or folder")
+    p.add_argument("--qc", default=None, help="CSV of quality scores in [0, 1]")
+    p.add_argument("--png", default=None, help="overlay PNG: file (one scan) or folder")
+    p.add_argument("--crop", type=int, nargs="+", default=None, metavar="N",
+                   help="network input size around the centre, 1 or 3 numbers (voxels)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of the backend")
+    p.add_argument("--model", default=None, help="training run folder or .keras file (default: models/)")
+    p.add_argument("--no-flip", action="store_true", help="no left/right flip averaging (about 2x faster)")
+    p.add_argument("--skip-existing", action="store_true", help="skip scans whose outputs all exist")
+    p.add_argument("--keep-1mm", action="store_true",
+                   help="outputs on the network grid (canonical RAS, model voxel size), not the input's")
+    p.add_argument("--tile", type=int, default=DEFAULT_TILE,
+                   help=f"largest network input per axis, voxels (default: {DEFAULT_TILE}; 0: whole scan, "
+                        "needs about 1.2 kB of memory per voxel)")
+    p.add_argument("--no-cleanup", action="store_true",
+                   help="keep every connected component and hole (no post-processing)")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("fetch", help="download public data files into the cache (--list to see them)")
     p.add_argument("names", nargs="*")

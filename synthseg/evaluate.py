@@ -54,7 +54,8 @@ import numpy as np
 from scipy import ndimage
 
 from lab2im.errors import InputError
-from lab2im.io import atomic_output, atomic_write_text, list_volume_files, load_volume, strip_volume_suffix, voxel_size_of
+from lab2im.io import (atomic_output, atomic_write_text, list_volume_files, load_volume, strip_volume_suffix,
+                       voxel_size_of)
 
 #: Metrics of :func:`evaluate_arrays`, in row order for each label.
 METRICS = ("dice", "hausdorff", "hd95", "mean_surface", "volume_true_mm3", "volume_pred_mm3",
@@ -184,7 +185,9 @@ def evaluate_arrays(gt: np.ndarray, pred: np.ndarray, labels: Sequence[int], spa
 def evaluate_pair(gt_path, pred_path, labels: Sequence[int], on_mismatch: str = "resample") -> list[dict]:
     """Every metric of every label for one ground-truth file and one prediction file.
 
-    The voxel size comes from the ground truth's affine. A prediction on another grid (shape
+    The voxel size comes from the ground truth's affine (norms of its columns; the distance
+    transforms assume orthogonal voxel axes, exact for any rotation, approximate for a sheared
+    grid). A prediction on another grid (shape
     or affine) is, with ``on_mismatch="resample"``, resampled onto the ground truth's grid by
     nearest neighbour in world coordinates (mm) with a warning (ground-truth voxels outside the
     prediction's extent get label 0); with ``on_mismatch="error"`` it is an :class:`InputError`
@@ -225,7 +228,8 @@ def subject_key(path) -> str:
     return name
 
 
-def match_subjects(gt_files: Sequence, pred_files: Sequence) -> tuple[dict[str, tuple[Path, Path]], list[str], list[str]]:
+def match_subjects(gt_files: Sequence,
+                   pred_files: Sequence) -> tuple[dict[str, tuple[Path, Path]], list[str], list[str]]:
     """Pair ground-truth and prediction files by :func:`subject_key`.
 
     Returns:
@@ -567,7 +571,7 @@ def boxplot(result: Evaluation, metric: str, labels: Sequence[int], path, ylabel
             data.append(v[np.isfinite(v)])
             pos.append(i + (j - (n_met - 1) / 2) * width)
         bp = ax.boxplot(data, positions=pos, widths=width * 0.85, patch_artist=True, manage_ticks=False,
-                        flierprops={"markersize": 3})
+                        flierprops={"markersize": 3}, medianprops={"color": "black"})
         for box in bp["boxes"]:
             box.set(facecolor=colours[j % len(colours)], alpha=0.6)
         ax.plot([], [], "s", color=colours[j % len(colours)], alpha=0.6, label=method)

@@ -241,7 +241,8 @@ def test_evaluate_folders_reports_missing_subjects_and_writes_outputs(tmp_path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["methods"]["predA"]["predictions_without_gt"] == ["sub-99"]
     assert summary["methods"]["predB"]["gt_without_prediction"] == ["sub-04"]
-    assert summary["methods"]["predA"]["n_matched"] == 5 and summary["paired_subjects"] == [f"sub-0{i}" for i in range(4)]
+    assert summary["methods"]["predA"]["n_matched"] == 5
+    assert summary["paired_subjects"] == [f"sub-0{i}" for i in range(4)]
     assert summary["mean_dice"]["predA"]["2"] > summary["mean_dice"]["predB"]["2"]
     with open(tmp_path / "out" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))

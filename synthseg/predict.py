@@ -1,0 +1,1047 @@
+"""Segment real scans of any contrast and resolution with a trained U-Net (``mri_synthseg``'s job).
+
+    >>> from synthseg.predict import load_model, predict
+    >>> model = load_model("runs/mine")          # a run folder, or a .keras file beside labels.npy
+    >>> report = predict("scans/", "segs/", model, vol="volumes.csv", qc="qc.csv", png="png/")
+    >>> report.failed                             # [(path, problem), ...]: the scans that could not be done
+
+Per scan (:func:`segment_volume` does steps 2-9 on a :class:`~lab2im.io.Volume` in memory):
+
+1. **Read** a NIfTI or MGZ file (:func:`read_scan`). A 4D image keeps its *first* volume (with a
+   warning when there are several); a 2D image, an axis under :data:`MIN_VOXELS` voxels, NaN or
+   infinite voxels, or an empty image (every voxel equal, e.g. all zero) are errors: the scan
+   is reported and skipped. NaN/Inf voxels are *not* silently replaced: the header or the
+   processing that produced them is usually wrong; set them to 0 yourself if they are only
+   outside the head.
+2. **Reorient** to canonical RAS (voxels moved, never interpolated; recorded, see
+   :func:`lab2im.geometry.reorient_to_canonical`).
+3. **Resample** to the model's voxel size (the generator's ``voxel_size``, 1 mm by default;
+   anti-aliased, linear) when any axis is outside [0.95, 1.05] x that size. The result is the
+   *network grid*.
+4. **Crop or pad** (centred, recorded) to a multiple of the U-Net's
+   :func:`~synthseg.unet.required_multiple`; with ``crop``, to that size around the centre
+   (rounded up to the multiple): voxels outside are background.
+5. **Normalise** intensities: the 0.5th and 99.5th percentiles go to 0 and 1, clipped to [0, 1].
+6. **U-Net** posteriors, in overlapping tiles of at most ``tile_size`` voxels per axis
+   (blended with weights that fall off linearly over the ``tile_overlap`` voxels at each tile
+   edge; a volume that fits in one tile is predicted whole). This bounds memory: the SynthSeg
+   U-Net needs about 1.2 kB per voxel of its input on the CPU, so a whole 1 mm head at once
+   (208 x 240 x 208 after padding) would need about 13 GB.
+7. **Flip averaging** (``flip=True``): each tile is also predicted left/right flipped (array
+   axis 0, which is L-R after step 2); that prediction is flipped back, its left and right
+   label channels are swapped (:meth:`SegmentationModel.flip_permutation`) and it is averaged
+   with the direct one.
+8. **Clean-up** (``cleanup=True``, :func:`clean_posteriors`): every structure keeps only its
+   largest connected component (26-connectivity); the posterior of a removed voxel for that
+   structure is set to 0 and the voxel's posteriors are renormalised (it goes to its next most
+   likely label; after three rounds, to background). Background voxels enclosed by the brain
+   (holes) get the label of the nearest structure. Changed voxels' posteriors are kept
+   consistent: the segmentation is always the argmax of the saved posteriors.
+9. **Back to the native grid** (``keep_native=True``): labels are mapped to the input's own
+   grid (shape, affine, header) through world coordinates: exactly (only moving voxels) when
+   nothing was resampled, else nearest neighbour for labels and linear for posteriors. With
+   ``keep_native=False`` every output stays on the network grid (canonical RAS, model voxel size).
+
+Outputs (each written atomically: a killed run never leaves a half-written file):
+
+* segmentation: ``int32`` labels (FreeSurfer IDs); a folder gets ``<name>_synthseg.nii.gz``;
+* ``post``: posteriors, 4D float32, one channel per label in :attr:`SegmentationModel.labels`
+  order (``<name>_posteriors.nii.gz``);
+* ``resample``: the image the network saw, on the network grid, intensities normalised to
+  [0, 1] (``<name>_resampled.nii.gz``);
+* ``vol``: CSV, one row per scan: ``subject``, ``total intracranial`` (sum of every
+  non-background structure) and one column per structure (FreeSurfer names), in mm³. Volumes
+  are **soft**: the sum of the (cleaned) posteriors on the network grid times the voxel volume,
+  as ``mri_synthseg`` reports them (more precise than counting voxels of a thick-slice grid);
+* ``qc``: CSV, one row per scan: ``qc`` (a score in [0, 1]: the mean over the structures
+  present of the mean, inside the predicted structure, of the highest posterior of each voxel,
+  i.e. how sure the network was; 0 when no structure is found) and the same score per structure;
+* ``png``: the mid sagittal, coronal and axial slices of the network's image with the labels
+  in FreeSurfer colours (``<name>_synthseg.png``).
+
+Batches: scans are read and preprocessed in a background thread while the previous one is
+segmented; a scan that fails is reported (file and problem) and skipped, the others finish,
+and :class:`PredictReport` lists the failures (the CLI then exits with status 1);
+``skip_existing`` skips the scans whose outputs (CSV rows included) are all there, so a killed
+batch can be re-run.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from lab2im.errors import InputError
+from lab2im.geometry import Reorientation, reorient_to_canonical, resample_to_grid, resample_volume, resampled_grid
+from lab2im.io import (
+    Volume,
+    atomic_write_text,
+    has_volume_suffix,
+    list_volume_files,
+    load_volume,
+    save_volume,
+    strip_volume_suffix,
+    voxel_size_of,
+)
+from lab2im.volumes import CropPad, crop_or_pad, largest_connected_component, pad_to_multiple
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+NETWORK_FILES = ("unet_best.keras", "unet_last.keras")
+MIN_VOXELS = 8
+VOXEL_SIZE_TOLERANCE = 0.05
+PERCENTILES = (0.5, 99.5)
+MAX_FIELD_OF_VIEW_MM = 512.0
+DEFAULT_TILE = 128
+DEFAULT_TILE_OVERLAP = 16
+CLEANUP_ROUNDS = 3
+SEG_SUFFIX, POST_SUFFIX, RESAMPLED_SUFFIX = "_synthseg", "_posteriors", "_resampled"
+
+
+# ----------------------------------------------------------------------------- the model
+@dataclass
+class SegmentationModel:
+    """A trained U-Net and what prediction needs to know about it.
+
+    Attributes:
+        network: Keras model mapping ``(B, X, Y, Z, 1)`` images to ``(B, X, Y, Z, K)`` probabilities.
+        labels: the ``K`` segmentation labels (FreeSurfer IDs) in channel order; 0 is background.
+        lr_pairs: ``(left, right)`` label pairs swapped by a left/right flip (both in ``labels``).
+        voxel_size: voxel size (mm, per axis) of the scans it was trained on.
+        multiple: every input axis must be a multiple of this (``2 ** (n_levels - 1)``).
+        path: where it was loaded from (``None`` for a model built in memory).
+    """
+
+    network: object
+    labels: np.ndarray
+    lr_pairs: list = field(default_factory=list)
+    voxel_size: np.ndarray = field(default_factory=lambda: np.ones(3))
+    multiple: int = 1
+    path: Path | None = None
+
+    def __post_init__(self):
+        self.labels = np.asarray(self.labels, dtype=np.int32).ravel()
+        self.voxel_size = np.broadcast_to(np.asarray(self.voxel_size, dtype=np.float64), (3,)).copy()
+        self.lr_pairs = [(int(a), int(b)) for a, b in self.lr_pairs]
+        where = self.path
+        if len(set(self.labels.tolist())) != self.labels.size:
+            raise InputError("the label list has duplicates", where)
+        if 0 not in self.labels:
+            raise InputError("the label list has no background label 0", where)
+        missing = sorted({v for p in self.lr_pairs for v in p} - set(self.labels.tolist()))
+        if missing:
+            raise InputError(f"left/right pairs name labels the model does not predict: {missing}", where)
+        if np.any(self.voxel_size <= 0) or not np.all(np.isfinite(self.voxel_size)):
+            raise InputError(f"voxel size must be positive, got {self.voxel_size.tolist()}", where)
+
+    @property
+    def n_labels(self) -> int:
+        return int(self.labels.size)
+
+    @property
+    def background_channel(self) -> int:
+        return int(np.flatnonzero(self.labels == 0)[0])
+
+    def flip_permutation(self) -> np.ndarray:
+        """Channel order of a left/right-flipped prediction: ``flipped[..., perm]`` puts each
+        label's probability back in its channel (left and right labels swapped, others kept)."""
+        return lr_permutation(self.labels, self.lr_pairs)
+
+    def label_names(self) -> list[str]:
+        """FreeSurfer name of each label (``label_<id>`` for labels outside the protocol)."""
+        from synthseg.labels import label_names
+
+        names = label_names()
+        return [names.get(int(v), f"label_{int(v)}") for v in self.labels]
+
+    def posteriors(self, image: np.ndarray, flip: bool = True, tile_size=DEFAULT_TILE,
+                   tile_overlap: int = DEFAULT_TILE_OVERLAP) -> np.ndarray:
+        """Label probabilities of a normalised image whose every axis is a multiple of :attr:`multiple`.
+
+        Args:
+            image: ``(X, Y, Z)`` float array, intensities in [0, 1], RAS orientation.
+            flip: average with the left/right-flipped prediction (see the module docstring).
+            tile_size: largest network input per axis (voxels; rounded down to a multiple of
+                :attr:`multiple`), a number or one per axis; ``None`` or 0: the whole image.
+            tile_overlap: voxels over which neighbouring tiles are blended.
+
+        Returns:
+            ``(X, Y, Z, K)`` float32, summing to 1 over the last axis.
+        """
+        image = np.asarray(image, dtype=np.float32)
+        bad = [s for s in image.shape if s % self.multiple]
+        if image.ndim != 3 or bad:
+            raise InputError(f"image shape {image.shape} is not 3D with every axis a multiple of {self.multiple}")
+        return _tiled_posteriors(self, image, None, flip, tile_size, tile_overlap)
+
+    def _predict(self, batch: np.ndarray) -> np.ndarray:
+        out = self.network.predict_on_batch(batch)
+        return np.asarray(out, dtype=np.float32)
+
+
+def lr_permutation(labels, lr_pairs) -> np.ndarray:
+    """``perm`` with ``perm[i]`` = channel of the left/right counterpart of ``labels[i]`` (``i``
+    itself for labels without one). Pairs naming labels not in ``labels`` are ignored."""
+    labels = [int(v) for v in np.asarray(labels).ravel()]
+    index = {v: i for i, v in enumerate(labels)}
+    perm = np.arange(len(labels))
+    for left, right in lr_pairs:
+        if int(left) in index and int(right) in index:
+            i, j = index[int(left)], index[int(right)]
+            perm[i], perm[j] = j, i
+    return perm
+
+
+def default_model_path() -> Path:
+    """The model shipped in :data:`MODELS_DIR`: a run folder or a ``.keras`` file.
+
+    Raises:
+        InputError: none is shipped, or several are (then pick one with ``--model``).
+    """
+    found = []
+    if MODELS_DIR.is_dir():
+        for p in sorted(MODELS_DIR.iterdir()):
+            if p.is_dir() and any((p / n).is_file() for n in NETWORK_FILES):
+                found.append(p)
+            elif p.is_file() and p.suffix == ".keras":
+                found.append(p)
+    if not found:
+        raise InputError("no trained model shipped yet; pass --model RUN_DIR (a training run folder "
+                         "or its unet_last.keras)")
+    preferred = [p for p in found if p.name in ("synthseg", "synthseg.keras")]
+    if preferred:
+        return preferred[0]
+    if len(found) > 1:
+        raise InputError(f"several models in {MODELS_DIR} ({', '.join(p.name for p in found)}); pass --model")
+    return found[0]
+
+
+def load_model(path=None) -> SegmentationModel:
+    """Load a trained U-Net for prediction.
+
+    Args:
+        path: a training run folder (``options.json``, ``labels.npy`` and ``unet_best.keras``
+            or ``unet_last.keras``: the best one when there is one), or a ``.keras`` file with
+            ``labels.npy`` (and optionally ``options.json``) beside it; ``None``: the model
+            shipped in ``models/`` (:func:`default_model_path`).
+
+    The label order comes from ``labels.npy``; the left/right pairs from the generator's
+    ``lr_pairs`` (mapped to segmentation labels) or, for supervised runs, the augmentation's,
+    else the protocol's (:func:`synthseg.labels.lr_pairs`); the voxel size from the generator's
+    ``voxel_size`` (1 mm when unknown); the required multiple from the U-Net options (else
+    from the network's pooling layers). Keras loads the network with ``safe_mode=True`` (no
+    arbitrary code).
+
+    Raises:
+        InputError: missing or corrupt files, or a network whose outputs do not match the labels.
+    """
+    import keras
+
+    p = default_model_path() if path is None else Path(path)
+    if not p.exists():
+        raise InputError("model: no such file or folder", p)
+    if p.is_dir():
+        folder = p
+        found = [p / n for n in NETWORK_FILES if (p / n).is_file()]
+        if not found:
+            raise InputError("model folder holds no unet_best.keras or unet_last.keras (not a run folder?)", p)
+        network_file = found[0]
+    else:
+        if p.suffix != ".keras":
+            raise InputError("model: expected a run folder or a .keras file", p)
+        folder, network_file = p.parent, p
+    labels = _read_labels(folder / "labels.npy")
+    options = _read_run_options(folder / "options.json")
+    try:
+        network = keras.saving.load_model(network_file, safe_mode=True, compile=False)
+    except Exception as exc:  # Keras raises many types for unreadable files
+        raise InputError(f"cannot load the network ({_short(exc)})", network_file) from None
+    if not isinstance(network, keras.Model):
+        raise InputError("the file does not hold a Keras model", network_file)
+    in_shape, out_shape = network.input_shape, network.output_shape
+    if isinstance(in_shape, list) or len(in_shape) != 5 or len(out_shape) != 5:
+        raise InputError(f"not a 3D segmentation network (input {in_shape}, output {out_shape})", network_file)
+    if in_shape[-1] != 1:
+        raise InputError(f"the network takes {in_shape[-1]}-channel images; prediction supports 1 channel",
+                         network_file)
+    if out_shape[-1] != labels.size:
+        raise InputError(f"the network has {out_shape[-1]} output channels but labels.npy lists "
+                         f"{labels.size} labels", network_file)
+    multiple = options.get("multiple") or 2 ** sum(
+        1 for layer in network.layers if "pool" in type(layer).__name__.lower())
+    pairs = options.get("lr_pairs")
+    if pairs is None:
+        from synthseg.labels import lr_pairs as protocol_pairs
+
+        pairs = protocol_pairs()
+    present = set(labels.tolist())
+    pairs = [(a, b) for a, b in pairs if a in present and b in present and a != b]
+    return SegmentationModel(network=network, labels=labels, lr_pairs=pairs,
+                             voxel_size=options.get("voxel_size", 1.0), multiple=int(multiple),
+                             path=network_file)
+
+
+def _read_labels(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise InputError("no labels.npy beside the model (the label of each output channel)", path.parent)
+    try:
+        labels = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise InputError(f"labels file is unreadable ({_short(exc)})", path) from None
+    if labels.ndim != 1 or labels.size < 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(f"labels file must hold a 1D integer array of at least 2 labels, got "
+                         f"{labels.dtype} {labels.shape}", path)
+    return labels.astype(np.int32)
+
+
+def _read_run_options(path: Path) -> dict:
+    """What prediction needs from a run's ``options.json`` (``{}`` when there is none):
+    ``voxel_size``, ``lr_pairs`` (segmentation labels; absent: use the protocol's) and ``multiple``."""
+    from synthseg.unet import UNetOptions, required_multiple
+
+    if not path.is_file():
+        return {}
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"options file is unreadable ({_short(exc)})", path) from None
+    if not isinstance(d, dict):
+        raise InputError("options file does not hold a JSON object", path)
+    out = {}
+    try:
+        if "unet" in d:
+            out["multiple"] = required_multiple(UNetOptions.from_dict(d["unet"], source=str(path)))
+        if d.get("kind") == "supervised":
+            pairs = (d.get("augmentation") or {}).get("lr_pairs")
+            if pairs is not None:
+                out["lr_pairs"] = [(int(a), int(b)) for a, b in pairs]
+        elif "generator" in d:
+            gen = d["generator"]
+            out["voxel_size"] = gen.get("voxel_size", 1.0)
+            pairs = gen.get("lr_pairs") or []
+            if pairs:
+                generation = [int(v) for v in gen["generation_labels"]]
+                seg = gen.get("segmentation_labels") or generation
+                to_seg = {g: int(s) for g, s in zip(generation, seg)}
+                out["lr_pairs"] = [(to_seg.get(int(a), int(a)), to_seg.get(int(b), int(b))) for a, b in pairs]
+        vs = np.broadcast_to(np.asarray(out.get("voxel_size", 1.0), dtype=np.float64), (3,))
+    except InputError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"options file lacks or garbles a section ({_short(exc)})", path) from None
+    if np.any(vs <= 0):
+        raise InputError(f"voxel_size must be positive, got {vs.tolist()}", path)
+    return out
+
+
+# ----------------------------------------------------------------------------- reading
+def read_scan(path) -> tuple[Volume, list[str]]:
+    """Read a scan as a 3D float32 :class:`~lab2im.io.Volume`, applying the input rules.
+
+    Returns:
+        ``(volume, warnings)``: a 4D image gives its first volume (a warning says so when the
+        4th axis has more than one).
+
+    Raises:
+        InputError: unreadable file, 2D image, an axis under :data:`MIN_VOXELS` voxels, NaN or
+            infinite voxels, an empty image.
+    """
+    vol = load_volume(path, dtype=np.float32)
+    data, warnings = first_volume(vol.data, vol.path)
+    vol.data = data
+    check_image(data, vol.path)
+    return vol, warnings
+
+
+def first_volume(data: np.ndarray, path=None) -> tuple[np.ndarray, list[str]]:
+    """The 3D image of ``data``: itself, or the first volume of a 4D (or more) image."""
+    warnings = []
+    if data.ndim < 3:
+        raise InputError(f"image is {data.ndim}D (shape {data.shape}); expected a 3D volume", path)
+    if data.ndim > 3:
+        extra = int(np.prod(data.shape[3:]))
+        if extra > 1:
+            warnings.append(f"image is {data.ndim}D (shape {data.shape}); segmenting its first volume only")
+        data = data.reshape(data.shape[:3] + (extra,))[..., 0]
+    if sorted(data.shape)[0] == 1:
+        raise InputError(f"image is 2D (shape {data.shape}); expected a 3D volume", path)
+    return np.ascontiguousarray(data), warnings
+
+
+def check_image(data: np.ndarray, path=None) -> None:
+    """Raise :class:`InputError` for an image too small, with NaN/Inf voxels, or empty."""
+    if min(data.shape[:3]) < MIN_VOXELS:
+        raise InputError(f"image is too small (shape {data.shape}); every axis needs at least "
+                         f"{MIN_VOXELS} voxels", path)
+    finite = np.isfinite(data)
+    if not finite.all():
+        bad = int(data.size - np.count_nonzero(finite))
+        raise InputError(f"image has {bad} NaN or infinite voxel(s); replace them (e.g. by 0) first", path)
+    lo, hi = float(data.min()), float(data.max())
+    if lo == hi:
+        raise InputError(f"image is empty (every voxel is {lo:g})", path)
+
+
+def normalise_intensities(data: np.ndarray, percentiles=PERCENTILES) -> np.ndarray:
+    """Map the given percentiles of ``data`` to 0 and 1 and clip to [0, 1] (float32). Where
+    they coincide (a mostly constant image), the minimum and maximum are used instead."""
+    data = np.asarray(data, dtype=np.float32)
+    lo, hi = (float(v) for v in np.percentile(data, percentiles))
+    if hi <= lo:
+        lo, hi = float(data.min()), float(data.max())
+    if hi <= lo:
+        return np.zeros_like(data)
+    out = (data - np.float32(lo)) / np.float32(hi - lo)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+# ----------------------------------------------------------------------------- preprocessing
+@dataclass
+class Prepared:
+    """A scan ready for the network, and the record of every geometric change.
+
+    Attributes:
+        name: the scan's name (file name without suffix).
+        path: where it was read from (``None`` for in-memory volumes).
+        image: normalised image on the network grid, ``(X, Y, Z)`` float32 in [0, 1].
+        affine: ``(4, 4)`` affine of the network grid (canonical RAS, model voxel size).
+        window: the crop/pad from the network grid to the network's input.
+        reorientation: how the native array was reoriented.
+        resampled: whether the canonical grid was resampled (else the network grid is it).
+        native_shape, native_affine, native_header: the input's own grid.
+        warnings: messages about the input (e.g. the 4D rule).
+    """
+
+    name: str
+    path: Path | None
+    image: np.ndarray
+    affine: np.ndarray
+    window: CropPad
+    reorientation: Reorientation
+    resampled: bool
+    native_shape: tuple
+    native_affine: np.ndarray
+    native_header: object
+    warnings: list = field(default_factory=list)
+
+
+def prepare_volume(volume: Volume, model: SegmentationModel, crop=None, name: str | None = None,
+                   warnings=()) -> Prepared:
+    """Steps 2-5 of the pipeline (reorient, resample, crop/pad, normalise) on a 3D volume."""
+    path = volume.path
+    data, more = first_volume(np.asarray(volume.data, dtype=np.float32), path)
+    check_image(data, path)
+    native = Volume(data=data, affine=np.asarray(volume.affine, np.float64), header=volume.header, path=path)
+    canonical, reo = reorient_to_canonical(native)
+    ratio = canonical.voxel_size / model.voxel_size
+    resampled = bool(np.any(np.abs(ratio - 1) > VOXEL_SIZE_TOLERANCE))
+    fov = np.asarray(canonical.shape[:3]) * canonical.voxel_size
+    if np.any(fov > MAX_FIELD_OF_VIEW_MM):
+        raise InputError(f"field of view {np.round(fov, 1).tolist()} mm is larger than {MAX_FIELD_OF_VIEW_MM:g} "
+                         "mm: check the voxel size in the header, or crop the scan", path)
+    if resampled:
+        shape, _ = resampled_grid(canonical.shape, canonical.affine, model.voxel_size)
+        if min(shape) < MIN_VOXELS:
+            raise InputError(f"field of view {np.round(fov, 1).tolist()} mm is too small for "
+                             f"{model.voxel_size.tolist()} mm voxels: check the voxel size in the header", path)
+        canonical = resample_volume(canonical, model.voxel_size, order=1, anti_alias=True)
+    image = normalise_intensities(canonical.data)
+    window = _window(image.shape, model.multiple, crop)
+    return Prepared(name=name or (strip_volume_suffix(Path(path).name) if path else "scan"),
+                    path=Path(path) if path else None, image=image, affine=canonical.affine,
+                    window=window, reorientation=reo, resampled=resampled, native_shape=tuple(data.shape),
+                    native_affine=native.affine, native_header=volume.header,
+                    warnings=list(warnings) + more)
+
+
+def _window(shape, multiple: int, crop) -> CropPad:
+    """The centred crop/pad from a grid of ``shape`` to the network's input shape."""
+    if crop is None:
+        return pad_to_multiple(np.zeros(shape, np.uint8), multiple)[1]
+    sizes = np.broadcast_to(np.asarray(crop, dtype=np.int64), (3,))
+    target = tuple(int(-(-s // multiple) * multiple) for s in sizes)
+    return crop_or_pad(np.zeros(shape, np.uint8), target)[1]
+
+
+def parse_crop(crop) -> tuple[int, int, int] | None:
+    """``crop`` as three positive ints (``None`` stays ``None``)."""
+    if crop is None:
+        return None
+    try:
+        values = [int(v) for v in np.atleast_1d(np.asarray(crop)).ravel()]
+    except (TypeError, ValueError):
+        raise InputError(f"crop must be 1 or 3 positive integers, got {crop!r}") from None
+    if len(values) not in (1, 3) or min(values) < 1:
+        raise InputError(f"crop must be 1 or 3 positive integers (voxels), got {crop!r}")
+    return tuple(values * 3 if len(values) == 1 else values)
+
+
+# ----------------------------------------------------------------------------- network
+def _tile_starts(size: int, tile: int, overlap: int, multiple: int) -> tuple[int, list[int]]:
+    """Tile length and start positions covering ``[0, size)`` with tiles of at most ``tile``."""
+    if tile <= 0 or size <= tile:
+        return size, [0]
+    overlap = min(max(int(overlap), 0), tile - multiple)
+    n = math.ceil((size - overlap) / (tile - overlap))
+    length = min(tile, -(-math.ceil((size + (n - 1) * overlap) / n) // multiple) * multiple)
+    starts = np.round(np.linspace(0, size - length, n)).astype(int).tolist()
+    return length, starts
+
+
+def _ramp(length: int, overlap: int, whole: bool) -> np.ndarray:
+    """1D blending weights of a tile: 1 inside, falling linearly (to ~0) over ``overlap`` voxels."""
+    if whole or overlap <= 0:
+        return np.ones(length, np.float32)
+    i = np.arange(length)
+    return np.minimum(1.0, (np.minimum(i, length - 1 - i) + 1) / (overlap + 1)).astype(np.float32)
+
+
+def _tiled_posteriors(model: SegmentationModel, image: np.ndarray, window: CropPad | None, flip: bool,
+                      tile_size, tile_overlap: int) -> np.ndarray:
+    """Posteriors of ``image`` (the network input), on the grid ``window`` maps from (or on the
+    input's grid); voxels no tile covers (cropped away) are background."""
+    m = model.multiple
+    tiles = np.broadcast_to(np.asarray(0 if tile_size is None else tile_size, dtype=np.int64), (3,))
+    tiles = [int(t) // m * m if t > 0 else 0 for t in tiles]
+    tiles = [max(t, m) if t > 0 else 0 for t in tiles]
+    out_shape = image.shape if window is None else window.original_shape
+    offset = (0, 0, 0) if window is None else window.offset
+    K = model.n_labels
+    acc = np.zeros(tuple(out_shape) + (K,), np.float32)  # the only full-size array
+    weight = np.zeros(out_shape, np.float32)
+    plan = [_tile_starts(s, t, tile_overlap, m) for s, t in zip(image.shape, tiles)]
+    ramps = [_ramp(length, tile_overlap, len(starts) == 1) for length, starts in plan]
+    perm = model.flip_permutation()
+    for sx in plan[0][1]:
+        for sy in plan[1][1]:
+            for sz in plan[2][1]:
+                start = (sx, sy, sz)
+                src = tuple(slice(s, s + length) for s, (length, _) in zip(start, plan))
+                # the tile's part that lands inside the output grid
+                lo = [max(0, -(s + o)) for s, o in zip(start, offset)]
+                hi = [min(length, n - (s + o)) for (length, _), s, o, n in zip(plan, start, offset, out_shape)]
+                if any(h <= l for l, h in zip(lo, hi)):
+                    continue
+                x = image[src][None, ..., None]
+                p = model._predict(x)[0]
+                if flip:
+                    pf = model._predict(np.ascontiguousarray(x[:, ::-1]))[0]
+                    p += pf[::-1][..., perm]
+                    p *= 0.5
+                w = ramps[0][:, None, None] * ramps[1][None, :, None] * ramps[2][None, None, :]
+                part = tuple(slice(l, h) for l, h in zip(lo, hi))
+                dst = tuple(slice(s + o + l, s + o + h) for s, o, l, h in zip(start, offset, lo, hi))
+                acc[dst] += p[part] * w[part][..., None]
+                weight[dst] += w[part]
+    uncovered = weight <= 0
+    weight[uncovered] = 1
+    np.divide(acc, weight[..., None], out=acc)  # in place: no second full-size array
+    if uncovered.any():
+        acc[uncovered] = 0
+        acc[uncovered, model.background_channel] = 1
+    return acc
+
+
+# ----------------------------------------------------------------------------- clean-up
+def clean_posteriors(post: np.ndarray, background: int = 0, rounds: int = CLEANUP_ROUNDS) -> np.ndarray:
+    """Clean a segmentation: one connected component per structure, no holes (in place on ``post``).
+
+    Args:
+        post: ``(X, Y, Z, K)`` posteriors, modified in place.
+        background: channel of the background.
+        rounds: rounds of "remove stray components, renormalise"; voxels still stray after
+            them become background.
+
+    Returns:
+        ``(X, Y, Z)`` int32 channel indices, the argmax of the cleaned ``post``: every channel
+        but the background is one connected component (26-connectivity), and no background
+        voxel is enclosed by the other channels (6-connected background).
+    """
+    K = post.shape[-1]
+    idx = np.argmax(post, axis=-1).astype(np.int32)
+    structure = ndimage.generate_binary_structure(3, 3)
+    for round_ in range(rounds + 1):
+        last = round_ == rounds
+        boxes = ndimage.find_objects(idx + 1, max_label=K)
+        changed = False
+        for c, box in enumerate(boxes):
+            if box is None or c == background:
+                continue
+            region = idx[box]
+            mask = region == c
+            components, count = ndimage.label(mask, structure)
+            if count <= 1:
+                continue
+            sizes = np.bincount(components.ravel())
+            sizes[0] = 0
+            stray = (components > 0) & (components != int(np.argmax(sizes)))
+            sub = post[box]
+            values = sub[stray]
+            if last:
+                values[:] = 0
+                values[:, background] = 1
+            else:
+                values[:, c] = 0
+                total = values.sum(axis=-1, keepdims=True)
+                empty = total[:, 0] <= 0
+                values /= np.where(total > 0, total, 1)
+                values[empty, background] = 1
+            sub[stray] = values
+            region[stray] = np.argmax(values, axis=-1)
+            changed = True
+        if not changed:
+            break
+    # holes: background voxels enclosed by the brain get the label of the nearest structure
+    foreground = idx != background
+    holes = ndimage.binary_fill_holes(foreground) & ~foreground
+    box = _box(holes, margin=1)
+    if box is not None:
+        fg = foreground[box]
+        _, nearest = ndimage.distance_transform_edt(~fg, return_indices=True)
+        hole = holes[box]
+        region = idx[box]
+        fill = region[tuple(n[hole] for n in nearest)]
+        region[hole] = fill
+        sub = post[box]
+        values = np.zeros((fill.size, K), np.float32)
+        values[np.arange(fill.size), fill] = 1
+        sub[hole] = values
+    return idx
+
+
+def _box(mask: np.ndarray, margin: int = 0):
+    nz = np.nonzero(mask)
+    if nz[0].size == 0:
+        return None
+    return tuple(slice(max(int(i.min()) - margin, 0), min(int(i.max()) + 1 + margin, n))
+                 for i, n in zip(nz, mask.shape))
+
+
+# ----------------------------------------------------------------------------- segmentation
+@dataclass
+class Segmentation:
+    """The result of :func:`segment_volume` for one scan.
+
+    Attributes:
+        prepared: the preprocessed scan (network grid, records of every geometric change).
+        channels: ``(X, Y, Z)`` int32 channel index of each voxel on the network grid.
+        posteriors: ``(X, Y, Z, K)`` float32 on the network grid (after clean-up).
+        labels: the model's labels (channel order).
+    """
+
+    prepared: Prepared
+    channels: np.ndarray
+    posteriors: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def affine(self) -> np.ndarray:
+        """Affine of the network grid (canonical RAS, model voxel size)."""
+        return self.prepared.affine
+
+    @property
+    def segmentation(self) -> np.ndarray:
+        """Labels (FreeSurfer IDs, int32) on the network grid."""
+        return self.labels[self.channels]
+
+    def native_segmentation(self) -> np.ndarray:
+        """Labels on the input's own grid (its shape and affine)."""
+        return self._to_native(self.segmentation, order=0)
+
+    def native_posteriors(self) -> np.ndarray:
+        """Posteriors on the input's own grid (linear interpolation when it was resampled)."""
+        out = self._to_native(self.posteriors, order=1)
+        if self.prepared.resampled:
+            outside = out.sum(axis=-1) <= 0
+            out[outside, int(np.flatnonzero(self.labels == 0)[0])] = 1
+        return out
+
+    def _to_native(self, data: np.ndarray, order: int) -> np.ndarray:
+        prep = self.prepared
+        if not prep.resampled:  # the network grid is the canonical grid: only move voxels
+            return prep.reorientation.undo(data)
+        return resample_to_grid(data, prep.affine, prep.native_shape, prep.native_affine, order=order, fill=0)
+
+    @property
+    def voxel_volume(self) -> float:
+        """Volume of one network-grid voxel (mm³)."""
+        return float(np.prod(voxel_size_of(self.affine)))
+
+    def volumes(self) -> dict[int, float]:
+        """Soft volume of each label (mm³): the sum of its posterior times the voxel volume."""
+        sums = self.posteriors.sum(axis=(0, 1, 2), dtype=np.float64)
+        return {int(label): float(s) * self.voxel_volume for label, s in zip(self.labels, sums)}
+
+    def total_intracranial_volume(self) -> float:
+        """Sum of the soft volumes of every non-background label (mm³)."""
+        return float(sum(v for label, v in self.volumes().items() if label != 0))
+
+    def qc_scores(self) -> tuple[float, dict[int, float | None]]:
+        """Quality score: per label present, the mean over its voxels of the highest posterior;
+        overall, the mean of these over the non-background labels present (0 if none).
+
+        Returns:
+            ``(score in [0, 1], {label: score or None when absent})``.
+        """
+        K = self.labels.size
+        top = self.posteriors.max(axis=-1)
+        flat = self.channels.ravel()
+        counts = np.bincount(flat, minlength=K)
+        sums = np.bincount(flat, weights=top.ravel(), minlength=K)
+        per = {}
+        for c, label in enumerate(self.labels):
+            per[int(label)] = float(sums[c] / counts[c]) if counts[c] else None
+        present = [v for label, v in per.items() if label != 0 and v is not None]
+        return (float(np.mean(present)) if present else 0.0), per
+
+
+def segment_volume(volume: Volume, model: SegmentationModel, flip: bool = True, crop=None, cleanup: bool = True,
+                   tile_size=DEFAULT_TILE, tile_overlap: int = DEFAULT_TILE_OVERLAP) -> Segmentation:
+    """Segment one scan held in memory (steps 2-8 of the module docstring).
+
+    Args:
+        volume: 3D (or 4D: first volume) :class:`~lab2im.io.Volume` with its affine.
+        model: from :func:`load_model`.
+        flip, crop, cleanup, tile_size, tile_overlap: as in :func:`predict`.
+
+    Returns:
+        A :class:`Segmentation` (map to the input's grid with its ``native_*`` methods).
+    """
+    return _segment(prepare_volume(volume, model, parse_crop(crop)), model, flip, cleanup, tile_size, tile_overlap)
+
+
+def _segment(prep: Prepared, model: SegmentationModel, flip: bool, cleanup: bool, tile_size,
+             tile_overlap: int) -> Segmentation:
+    image = prep.window.apply(prep.image, 0.0)
+    post = _tiled_posteriors(model, image, prep.window, flip, tile_size, tile_overlap)
+    if cleanup:
+        channels = clean_posteriors(post, model.background_channel)
+    else:
+        channels = np.argmax(post, axis=-1).astype(np.int32)
+    return Segmentation(prepared=prep, channels=channels, posteriors=post, labels=model.labels)
+
+
+# ----------------------------------------------------------------------------- batch prediction
+@dataclass
+class PredictReport:
+    """What :func:`predict` did.
+
+    Attributes:
+        done: inputs segmented.
+        skipped: inputs skipped because their outputs existed (``skip_existing``).
+        failed: ``(input, problem)`` of the inputs that could not be segmented.
+        warnings: ``(input, message)``.
+        seconds: per input segmented, wall time (reading excluded when it overlapped the previous scan).
+        outputs: every file written.
+    """
+
+    done: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    failed: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+    seconds: dict = field(default_factory=dict)
+    outputs: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def check(self) -> "PredictReport":
+        """Raise :class:`InputError` if any scan failed (naming the first); else return self."""
+        if self.failed:
+            path, problem = self.failed[0]
+            more = f" (and {len(self.failed) - 1} more failure(s))" if len(self.failed) > 1 else ""
+            raise InputError(problem + more, path)
+        return self
+
+
+def set_threads(threads: int | None) -> str | None:
+    """Limit the backend's CPU threads (TensorFlow: intra- and inter-op; PyTorch: intra-op).
+
+    Must run before the backend starts computing (the CLI does it first thing).
+
+    Returns:
+        A warning message when the setting could not be applied, else ``None``.
+    """
+    if threads is None:
+        return None
+    if int(threads) < 1:
+        raise InputError(f"threads must be >= 1, got {threads}")
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        t = tf.config.threading
+        if t.get_intra_op_parallelism_threads() == threads and t.get_inter_op_parallelism_threads() == threads:
+            return None
+        try:
+            t.set_intra_op_parallelism_threads(int(threads))
+            t.set_inter_op_parallelism_threads(int(threads))
+        except RuntimeError:
+            return "threads: TensorFlow has already started; the thread count was not changed"
+        return None
+    if backend == "torch":
+        import torch
+
+        torch.set_num_threads(int(threads))
+        return None
+    return f"threads: not supported on the {backend} backend (set XLA_FLAGS before starting)"
+
+
+def predict(inputs, outputs, model=None, vol=None, post=None, resample=None, qc=None, png=None, crop=None,
+            flip: bool = True, keep_native: bool = True, skip_existing: bool = False, threads: int | None = None,
+            progress: bool = True, cleanup: bool = True, tile_size=DEFAULT_TILE,
+            tile_overlap: int = DEFAULT_TILE_OVERLAP) -> PredictReport:
+    """Segment scans from files and write the outputs (``mri_synthseg``'s flags; see the module docstring).
+
+    Args:
+        inputs: a scan (NIfTI/MGZ), a folder of scans, or a ``.txt`` file listing one per line.
+        outputs: a file (one input) or a folder (``<name>_synthseg.nii.gz`` per input).
+        model: a :class:`SegmentationModel`, a path for :func:`load_model`, or ``None`` (the
+            model shipped in ``models/``).
+        vol: CSV of the soft volumes (mm³) of every structure and the total intracranial volume.
+        post: posteriors, a file (one input) or a folder.
+        resample: the image the network saw, a file (one input) or a folder.
+        qc: CSV of the quality scores.
+        png: overlays, a ``.png`` file (one input) or a folder.
+        crop: network input size around the centre (voxels, 1 or 3 numbers; rounded up to the
+            required multiple); ``None``: the whole scan.
+        flip: average with the left/right-flipped prediction.
+        keep_native: outputs on the input's grid (else on the network grid).
+        skip_existing: skip the scans whose outputs all exist.
+        threads: CPU threads of the backend (see :func:`set_threads`).
+        progress: show a progress bar (stderr).
+        cleanup: keep the largest component of each structure and fill holes.
+        tile_size, tile_overlap: network input tiles (see :meth:`SegmentationModel.posteriors`).
+
+    Returns:
+        A :class:`PredictReport`; failures of single scans are in ``report.failed`` (the others
+        are still done), call ``report.check()`` to raise on them.
+
+    Raises:
+        InputError: before any scan is touched: missing inputs, unusable output locations,
+            a model that cannot be loaded, bad options.
+    """
+    from tqdm import tqdm
+
+    report = PredictReport()
+    warning = set_threads(threads)
+    if warning:
+        report.warnings.append((None, warning))
+        print(f"synthseg: warning: {warning}", file=sys.stderr)
+    files = list_volume_files(inputs, "image")
+    crop = parse_crop(crop)
+    names = [strip_volume_suffix(f.name) for f in files]
+    seg_paths = _output_paths(files, names, outputs, SEG_SUFFIX, ".nii.gz", "segmentation")
+    post_paths = _output_paths(files, names, post, POST_SUFFIX, ".nii.gz", "posteriors")
+    res_paths = _output_paths(files, names, resample, RESAMPLED_SUFFIX, ".nii.gz", "resampled image")
+    png_paths = _output_paths(files, names, png, SEG_SUFFIX, ".png", "overlay")
+    csv_paths = [Path(p) for p in (vol, qc) if p is not None]
+    for p in csv_paths:
+        if p.is_dir():
+            raise InputError("is a folder; expected a CSV file name", p)
+        _check_folder(_parent(p))
+    _check_distinct(files, [seg_paths, post_paths, res_paths, png_paths, csv_paths])
+    if not isinstance(model, SegmentationModel):
+        model = load_model(model)
+    folders = {_parent(p) for group in (seg_paths, post_paths, res_paths, png_paths, csv_paths) for p in group or []}
+    for folder in sorted(folders):
+        _make_folder(folder)
+    names_k = model.label_names()
+    structures = [(c, int(v), names_k[c]) for c, v in enumerate(model.labels) if v != 0]
+    vol_table = None if vol is None else _CsvTable(
+        Path(vol), ["subject", "total intracranial"] + [n for _, _, n in structures], keep=skip_existing)
+    qc_table = None if qc is None else _CsvTable(
+        Path(qc), ["subject", "qc"] + [n for _, _, n in structures], keep=skip_existing)
+
+    def per_scan(i):
+        return [p[i] for p in (seg_paths, post_paths, res_paths, png_paths) if p is not None]
+
+    todo = []
+    for i, f in enumerate(files):
+        if skip_existing and all(p.exists() for p in per_scan(i)) and all(
+                t is None or t.has(names[i]) for t in (vol_table, qc_table)):
+            report.skipped.append(f)
+        else:
+            todo.append(i)
+
+    def load(i):
+        vol_, warns = read_scan(files[i])
+        return prepare_volume(vol_, model, crop, name=names[i], warnings=warns)
+
+    bar = tqdm(total=len(files), initial=len(report.skipped), desc="segmenting", unit="scan",
+               disable=not progress, file=sys.stderr)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="synthseg-read") as pool:
+        future = pool.submit(load, todo[0]) if todo else None
+        for k, i in enumerate(todo):
+            nxt = pool.submit(load, todo[k + 1]) if k + 1 < len(todo) else None
+            t0 = time.perf_counter()
+            try:
+                prep = future.result()
+                for w in prep.warnings:
+                    report.warnings.append((files[i], w))
+                    bar.write(f"synthseg: warning: {files[i]}: {w}", file=sys.stderr)
+                seg = _segment(prep, model, flip, cleanup, tile_size, tile_overlap)
+                written = _write_outputs(seg, keep_native, *(p[i] if p else None for p in
+                                                             (post_paths, res_paths, png_paths, seg_paths)))
+                report.outputs.extend(written)
+                if vol_table is not None:
+                    volumes = seg.volumes()
+                    tiv = sum(volumes[v] for _, v, _ in structures)
+                    vol_table.set(names[i], [f"{tiv:.3f}"] + [f"{volumes[v]:.3f}" for _, v, _ in structures])
+                    report.outputs.append(vol_table.write())
+                if qc_table is not None:
+                    score, per = seg.qc_scores()
+                    qc_table.set(names[i], [f"{score:.4f}"] + ["" if per[v] is None else f"{per[v]:.4f}"
+                                                               for _, v, _ in structures])
+                    report.outputs.append(qc_table.write())
+                report.done.append(files[i])
+                report.seconds[files[i]] = time.perf_counter() - t0
+            except (KeyboardInterrupt, SystemExit):
+                if nxt is not None:
+                    nxt.cancel()
+                raise
+            except Exception as exc:  # one bad scan is reported, the others go on
+                problem = exc.problem if isinstance(exc, InputError) else f"unexpected error ({_short(exc)})"
+                report.failed.append((files[i], problem))
+                bar.write(f"synthseg: error: {files[i]}: {problem}", file=sys.stderr)
+            del future
+            future = nxt
+            bar.update(1)
+    bar.close()
+    return report
+
+
+def _write_outputs(seg: Segmentation, keep_native: bool, post_path, res_path, png_path, seg_path) -> list[Path]:
+    """Write one scan's files (the segmentation last, so its presence means the rest is there)."""
+    prep = seg.prepared
+    written = []
+    if keep_native:
+        affine, header = prep.native_affine, prep.native_header
+    else:
+        affine, header = prep.affine, None
+    if post_path is not None:
+        data = seg.native_posteriors() if keep_native else seg.posteriors
+        written.append(save_volume(data, post_path, affine=affine, header=header, dtype=np.float32))
+        del data
+    if res_path is not None:
+        written.append(save_volume(prep.image, res_path, affine=prep.affine, dtype=np.float32))
+    if png_path is not None:
+        from synthseg.plots import save_mosaic
+
+        written.append(save_mosaic([prep.image], png_path, labels=[seg.segmentation],
+                                   suptitle=f"{prep.name}: segmentation", vrange=(0.0, 1.0)))
+    labels = seg.native_segmentation() if keep_native else seg.segmentation
+    written.append(save_volume(labels, seg_path, affine=affine, header=header, dtype=np.int32))
+    return written
+
+
+def _output_paths(files, names, target, suffix: str, ext: str, what: str) -> list[Path] | None:
+    """One output path per input: ``target`` itself (a file, one input) or ``target/<name><suffix><ext>``."""
+    if target is None:
+        return None
+    t = Path(target)
+    as_file = (has_volume_suffix(t) if ext != ".png" else t.suffix.lower() == ".png") and not t.is_dir()
+    if as_file:
+        if len(files) > 1:
+            raise InputError(f"{what}: {len(files)} input scans but one output file; give a folder", t)
+        _check_folder(_parent(t))
+        return [t]
+    if t.exists() and not t.is_dir():
+        raise InputError(f"{what}: expected a folder or a {'.png' if ext == '.png' else 'NIfTI/MGZ'} file name", t)
+    _check_folder(t)
+    paths = [t / f"{n}{suffix}{ext}" for n in names]
+    seen = {}
+    for f, p in zip(files, paths):
+        if p in seen:
+            raise InputError(f"{what}: inputs {seen[p]} and {f} would both write {p.name}; rename one", t)
+        seen[p] = f
+    return paths
+
+
+def _parent(path: Path) -> Path:
+    return path.parent if str(path.parent) else Path(".")
+
+
+def _check_folder(folder: Path) -> None:
+    """Check that ``folder`` exists and is writable, or can be created (creates nothing)."""
+    p = folder
+    while not p.exists():
+        if p.parent == p:
+            break
+        p = p.parent
+    if p.exists() and not p.is_dir():
+        raise InputError(f"output folder cannot be created: {p} is a file", folder)
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise InputError("output folder is not writable" if p == folder else
+                         f"output folder cannot be created: {p} is not writable", folder)
+
+
+def _make_folder(folder: Path) -> None:
+    """Create ``folder`` if needed and check that a file can be written there."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise InputError(f"output folder cannot be written ({exc.strerror or _short(exc)})", folder) from None
+
+
+def _check_distinct(files, groups) -> None:
+    inputs = {f.resolve() for f in files}
+    seen = set()
+    for group in groups:
+        for p in group or []:
+            r = p.resolve()
+            if r in inputs:
+                raise InputError("an output would overwrite an input", p)
+            if r in seen:
+                raise InputError("two outputs would be written to the same file", p)
+            seen.add(r)
+
+
+class _CsvTable:
+    """A CSV with one row per subject, rewritten atomically after each change. With ``keep``,
+    the rows of an existing file with the same columns are kept (for re-runs)."""
+
+    def __init__(self, path: Path, header: list[str], keep: bool):
+        self.path, self.header, self.rows = path, header, {}
+        if keep and path.is_file():
+            try:
+                with open(path, newline="") as f:
+                    rows = list(csv.reader(f))
+            except (OSError, UnicodeDecodeError, csv.Error):
+                rows = []
+            if rows and rows[0] == header:
+                self.rows = {r[0]: r[1:] for r in rows[1:] if len(r) == len(header)}
+
+    def has(self, subject: str) -> bool:
+        return subject in self.rows
+
+    def set(self, subject: str, values: list[str]) -> None:
+        self.rows[subject] = values
+
+    def write(self) -> Path:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(self.header)
+        for subject, values in self.rows.items():
+            w.writerow([subject] + list(values))
+        return atomic_write_text(self.path, buf.getvalue())
+
+
+def _short(exc: BaseException) -> str:
+    msg = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {msg[0][:160]}" if msg else type(exc).__name__
