@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="outputs on the network grid (canonical RAS, model voxel size), not the input's")
     p.add_argument("--tile", type=int, default=DEFAULT_TILE,
                    help=f"largest network input per axis, voxels (default: {DEFAULT_TILE}; 0: whole scan, "
-                        "needs about 1.2 kB of memory per voxel)")
+                        "needs about 1.3 kB of memory per voxel)")
     p.add_argument("--no-cleanup", action="store_true",
                    help="keep every connected component and hole (no post-processing)")
     p.set_defaults(func=cmd_predict)

@@ -18,25 +18,28 @@ Per scan (:func:`segment_volume` does steps 2-9 on a :class:`~lab2im.io.Volume` 
 3. **Resample** to the model's voxel size (the generator's ``voxel_size``, 1 mm by default;
    anti-aliased, linear) when any axis is outside [0.95, 1.05] x that size. The result is the
    *network grid*.
-4. **Crop or pad** (centred, recorded) to a multiple of the U-Net's
+4. **Normalise** intensities: the 0.5th and 99.5th percentiles (of the whole network grid) go
+   to 0 and 1, clipped to [0, 1].
+5. **Crop or pad** (centred, recorded; padding is 0) to a multiple of the U-Net's
    :func:`~synthseg.unet.required_multiple`; with ``crop``, to that size around the centre
    (rounded up to the multiple): voxels outside are background.
-5. **Normalise** intensities: the 0.5th and 99.5th percentiles go to 0 and 1, clipped to [0, 1].
 6. **U-Net** posteriors, in overlapping tiles of at most ``tile_size`` voxels per axis
    (blended with weights that fall off linearly over the ``tile_overlap`` voxels at each tile
    edge; a volume that fits in one tile is predicted whole). This bounds memory: the SynthSeg
-   U-Net needs about 1.2 kB per voxel of its input on the CPU, so a whole 1 mm head at once
-   (208 x 240 x 208 after padding) would need about 13 GB.
+   U-Net needs about 1.3 kB per voxel of its input on the CPU (TensorFlow), so a whole 1 mm
+   head at once (208 x 240 x 208 after padding) would need about 14 GB; with the default
+   112-voxel tiles a 193 x 229 x 193 scan peaks at about 3.5 GiB (``benchmarks/predict.py``).
 7. **Flip averaging** (``flip=True``): each tile is also predicted left/right flipped (array
    axis 0, which is L-R after step 2); that prediction is flipped back, its left and right
    label channels are swapped (:meth:`SegmentationModel.flip_permutation`) and it is averaged
    with the direct one.
 8. **Clean-up** (``cleanup=True``, :func:`clean_posteriors`): every structure keeps only its
    largest connected component (26-connectivity); the posterior of a removed voxel for that
-   structure is set to 0 and the voxel's posteriors are renormalised (it goes to its next most
-   likely label; after three rounds, to background). Background voxels enclosed by the brain
-   (holes) get the label of the nearest structure. Changed voxels' posteriors are kept
-   consistent: the segmentation is always the argmax of the saved posteriors.
+   structure is set to 0 and the voxel's posteriors are renormalised, so it goes to its next
+   most likely label (voxels that would then form a stray part of that label go to
+   background). Background voxels enclosed by the brain (holes, including those) get the
+   label of the nearest structure. Changed voxels' posteriors are kept consistent: the
+   segmentation is always the argmax of the saved posteriors.
 9. **Back to the native grid** (``keep_native=True``): labels are mapped to the input's own
    grid (shape, affine, header) through world coordinates: exactly (only moving voxels) when
    nothing was resampled, else nearest neighbour for labels and linear for posteriors. With
@@ -94,7 +97,7 @@ from lab2im.io import (
     strip_volume_suffix,
     voxel_size_of,
 )
-from lab2im.volumes import CropPad, crop_or_pad, largest_connected_component, pad_to_multiple
+from lab2im.volumes import CropPad, crop_or_pad, pad_to_multiple
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 NETWORK_FILES = ("unet_best.keras", "unet_last.keras")
@@ -102,9 +105,9 @@ MIN_VOXELS = 8
 VOXEL_SIZE_TOLERANCE = 0.05
 PERCENTILES = (0.5, 99.5)
 MAX_FIELD_OF_VIEW_MM = 512.0
-DEFAULT_TILE = 128
+DEFAULT_TILE = 112
 DEFAULT_TILE_OVERLAP = 16
-CLEANUP_ROUNDS = 3
+CLEANUP_ROUNDS = 1
 SEG_SUFFIX, POST_SUFFIX, RESAMPLED_SUFFIX = "_synthseg", "_posteriors", "_resampled"
 
 
@@ -236,8 +239,9 @@ def load_model(path=None) -> SegmentationModel:
             shipped in ``models/`` (:func:`default_model_path`).
 
     The label order comes from ``labels.npy``; the left/right pairs from the generator's
-    ``lr_pairs`` (mapped to segmentation labels) or, for supervised runs, the augmentation's,
-    else the protocol's (:func:`synthseg.labels.lr_pairs`); the voxel size from the generator's
+    ``lr_pairs`` (mapped to segmentation labels; none if it had none) or, for supervised runs,
+    the augmentation's; without ``options.json`` (or with no pairs in a supervised run's), the
+    protocol's (:func:`synthseg.labels.lr_pairs`) among the model's labels; the voxel size from the generator's
     ``voxel_size`` (1 mm when unknown); the required multiple from the U-Net options (else
     from the network's pooling layers). Keras loads the network with ``safe_mode=True`` (no
     arbitrary code).
@@ -249,7 +253,7 @@ def load_model(path=None) -> SegmentationModel:
 
     p = default_model_path() if path is None else Path(path)
     if not p.exists():
-        raise InputError("model: no such file or folder", p)
+        raise InputError("no such model file or folder", p)
     if p.is_dir():
         folder = p
         found = [p / n for n in NETWORK_FILES if (p / n).is_file()]
@@ -258,7 +262,7 @@ def load_model(path=None) -> SegmentationModel:
         network_file = found[0]
     else:
         if p.suffix != ".keras":
-            raise InputError("model: expected a run folder or a .keras file", p)
+            raise InputError("not a model: expected a run folder or a .keras file", p)
         folder, network_file = p.parent, p
     labels = _read_labels(folder / "labels.npy")
     options = _read_run_options(folder / "options.json")
@@ -325,15 +329,14 @@ def _read_run_options(path: Path) -> dict:
             pairs = (d.get("augmentation") or {}).get("lr_pairs")
             if pairs is not None:
                 out["lr_pairs"] = [(int(a), int(b)) for a, b in pairs]
-        elif "generator" in d:
+        elif "generator" in d:  # the generator's pairs, even none: they are what training swapped
             gen = d["generator"]
             out["voxel_size"] = gen.get("voxel_size", 1.0)
-            pairs = gen.get("lr_pairs") or []
-            if pairs:
-                generation = [int(v) for v in gen["generation_labels"]]
-                seg = gen.get("segmentation_labels") or generation
-                to_seg = {g: int(s) for g, s in zip(generation, seg)}
-                out["lr_pairs"] = [(to_seg.get(int(a), int(a)), to_seg.get(int(b), int(b))) for a, b in pairs]
+            generation = [int(v) for v in gen["generation_labels"]]
+            seg = gen.get("segmentation_labels") or generation
+            to_seg = {g: int(s) for g, s in zip(generation, seg)}
+            out["lr_pairs"] = [(to_seg.get(int(a), int(a)), to_seg.get(int(b), int(b)))
+                               for a, b in gen.get("lr_pairs") or []]
         vs = np.broadcast_to(np.asarray(out.get("voxel_size", 1.0), dtype=np.float64), (3,))
     except InputError:
         raise
@@ -514,17 +517,27 @@ def _tiled_posteriors(model: SegmentationModel, image: np.ndarray, window: CropP
     tiles = np.broadcast_to(np.asarray(0 if tile_size is None else tile_size, dtype=np.int64), (3,))
     tiles = [int(t) // m * m if t > 0 else 0 for t in tiles]
     tiles = [max(t, m) if t > 0 else 0 for t in tiles]
-    out_shape = image.shape if window is None else window.original_shape
+    out_shape = tuple(image.shape if window is None else window.original_shape)
     offset = (0, 0, 0) if window is None else window.offset
     K = model.n_labels
-    acc = np.zeros(tuple(out_shape) + (K,), np.float32)  # the only full-size array
-    weight = np.zeros(out_shape, np.float32)
+    acc = np.zeros(out_shape + (K,), np.float32)  # the only full-size array
     plan = [_tile_starts(s, t, tile_overlap, m) for s, t in zip(image.shape, tiles)]
-    ramps = [_ramp(length, tile_overlap, len(starts) == 1) for length, starts in plan]
+    # per axis, blending weights of each tile normalised to sum to 1 over the tiles (a partition
+    # of unity): their outer products then sum to 1 at every voxel, no division needed
+    weights, covered = [], []
+    for (length, starts), size, o, n in zip(plan, image.shape, offset, out_shape):
+        ramp = _ramp(length, tile_overlap, len(starts) == 1)
+        total = np.zeros(size, np.float32)
+        for s0 in starts:
+            total[s0:s0 + length] += ramp
+        weights.append([ramp / total[s0:s0 + length] for s0 in starts])
+        inside = np.zeros(n, bool)  # output voxels under a tile (false: cropped away)
+        inside[max(0, o):min(n, size + o)] = True
+        covered.append(inside)
     perm = model.flip_permutation()
-    for sx in plan[0][1]:
-        for sy in plan[1][1]:
-            for sz in plan[2][1]:
+    for ix, sx in enumerate(plan[0][1]):
+        for iy, sy in enumerate(plan[1][1]):
+            for iz, sz in enumerate(plan[2][1]):
                 start = (sx, sy, sz)
                 src = tuple(slice(s, s + length) for s, (length, _) in zip(start, plan))
                 # the tile's part that lands inside the output grid
@@ -532,23 +545,32 @@ def _tiled_posteriors(model: SegmentationModel, image: np.ndarray, window: CropP
                 hi = [min(length, n - (s + o)) for (length, _), s, o, n in zip(plan, start, offset, out_shape)]
                 if any(h <= l for l, h in zip(lo, hi)):
                     continue
-                x = image[src][None, ..., None]
-                p = model._predict(x)[0]
-                if flip:
-                    pf = model._predict(np.ascontiguousarray(x[:, ::-1]))[0]
-                    p += pf[::-1][..., perm]
-                    p *= 0.5
-                w = ramps[0][:, None, None] * ramps[1][None, :, None] * ramps[2][None, None, :]
                 part = tuple(slice(l, h) for l, h in zip(lo, hi))
                 dst = tuple(slice(s + o + l, s + o + h) for s, o, l, h in zip(start, offset, lo, hi))
-                acc[dst] += p[part] * w[part][..., None]
-                weight[dst] += w[part]
-    uncovered = weight <= 0
-    weight[uncovered] = 1
-    np.divide(acc, weight[..., None], out=acc)  # in place: no second full-size array
-    if uncovered.any():
-        acc[uncovered] = 0
-        acc[uncovered, model.background_channel] = 1
+                wx, wy, wz = (weights[a][i][lo[a]:hi[a]] for a, i in enumerate((ix, iy, iz)))
+                w = wx[:, None, None] * wy[None, :, None] * wz[None, None, :]
+                if flip:
+                    w *= 0.5
+                x = image[src][None, ..., None]
+                # accumulate each prediction before the next network call: the network's
+                # activations are the memory peak, nothing else of size tile x K is alive then
+                p = model._predict(x)[0][part]
+                p *= w[..., None]
+                acc[dst] += p
+                del p
+                if flip:
+                    x = np.ascontiguousarray(x[:, ::-1])
+                    p = model._predict(x)[0][::-1][part]  # back to the input's orientation (a view)
+                    target = acc[dst]
+                    for c, source in enumerate(perm):  # left and right channels swapped
+                        target[..., c] += p[..., source] * w
+                    del p, target
+    for axis, inside in enumerate(covered):  # cropped away: background
+        if not inside.all():
+            index = [slice(None)] * 3
+            index[axis] = ~inside
+            acc[tuple(index)] = 0
+            acc[tuple(index) + (model.background_channel,)] = 1
     return acc
 
 
@@ -560,31 +582,36 @@ def clean_posteriors(post: np.ndarray, background: int = 0, rounds: int = CLEANU
         post: ``(X, Y, Z, K)`` posteriors, modified in place.
         background: channel of the background.
         rounds: rounds of "remove stray components, renormalise"; voxels still stray after
-            them become background.
+            them become background (then, if enclosed, the nearest structure).
 
     Returns:
         ``(X, Y, Z)`` int32 channel indices, the argmax of the cleaned ``post``: every channel
-        but the background is one connected component (26-connectivity), and no background
-        voxel is enclosed by the other channels (6-connected background).
+        but the background is one connected component (26-connectivity; filled holes join
+        the nearest structure, which borders them in all but contrived cases), and no
+        background voxel is enclosed by the other channels (6-connected background).
     """
     K = post.shape[-1]
     idx = np.argmax(post, axis=-1).astype(np.int32)
     structure = ndimage.generate_binary_structure(3, 3)
+    todo = set(range(K)) - {background}
     for round_ in range(rounds + 1):
         last = round_ == rounds
         boxes = ndimage.find_objects(idx + 1, max_label=K)
-        changed = False
-        for c, box in enumerate(boxes):
-            if box is None or c == background:
+        gained = set()  # labels that received voxels: only they can have new stray parts
+        for c in sorted(todo):
+            box = boxes[c]
+            if box is None:
                 continue
             region = idx[box]
             mask = region == c
             components, count = ndimage.label(mask, structure)
             if count <= 1:
                 continue
-            sizes = np.bincount(components.ravel())
+            sizes = np.bincount(components.ravel(), minlength=count + 1)
             sizes[0] = 0
-            stray = (components > 0) & (components != int(np.argmax(sizes)))
+            stray = components != int(np.argmax(sizes))
+            stray &= mask
+            del components, mask
             sub = post[box]
             values = sub[stray]
             if last:
@@ -597,9 +624,11 @@ def clean_posteriors(post: np.ndarray, background: int = 0, rounds: int = CLEANU
                 values /= np.where(total > 0, total, 1)
                 values[empty, background] = 1
             sub[stray] = values
-            region[stray] = np.argmax(values, axis=-1)
-            changed = True
-        if not changed:
+            new = np.argmax(values, axis=-1).astype(np.int32)
+            region[stray] = new
+            gained.update(np.unique(new).tolist())
+        todo = gained - {background}
+        if not todo:
             break
     # holes: background voxels enclosed by the brain get the label of the nearest structure
     foreground = idx != background
@@ -888,6 +917,7 @@ def predict(inputs, outputs, model=None, vol=None, post=None, resample=None, qc=
         for k, i in enumerate(todo):
             nxt = pool.submit(load, todo[k + 1]) if k + 1 < len(todo) else None
             t0 = time.perf_counter()
+            prep = seg = None
             try:
                 prep = future.result()
                 for w in prep.warnings:
@@ -901,12 +931,12 @@ def predict(inputs, outputs, model=None, vol=None, post=None, resample=None, qc=
                     volumes = seg.volumes()
                     tiv = sum(volumes[v] for _, v, _ in structures)
                     vol_table.set(names[i], [f"{tiv:.3f}"] + [f"{volumes[v]:.3f}" for _, v, _ in structures])
-                    report.outputs.append(vol_table.write())
+                    _add(report.outputs, vol_table.write())
                 if qc_table is not None:
                     score, per = seg.qc_scores()
                     qc_table.set(names[i], [f"{score:.4f}"] + ["" if per[v] is None else f"{per[v]:.4f}"
                                                                for _, v, _ in structures])
-                    report.outputs.append(qc_table.write())
+                    _add(report.outputs, qc_table.write())
                 report.done.append(files[i])
                 report.seconds[files[i]] = time.perf_counter() - t0
             except (KeyboardInterrupt, SystemExit):
@@ -917,11 +947,18 @@ def predict(inputs, outputs, model=None, vol=None, post=None, resample=None, qc=
                 problem = exc.problem if isinstance(exc, InputError) else f"unexpected error ({_short(exc)})"
                 report.failed.append((files[i], problem))
                 bar.write(f"synthseg: error: {files[i]}: {problem}", file=sys.stderr)
+            finally:
+                prep = seg = None  # free this scan's arrays before the next one's are made
             del future
             future = nxt
             bar.update(1)
     bar.close()
     return report
+
+
+def _add(paths: list, path: Path) -> None:
+    if path not in paths:
+        paths.append(path)
 
 
 def _write_outputs(seg: Segmentation, keep_native: bool, post_path, res_path, png_path, seg_path) -> list[Path]:
