@@ -202,6 +202,22 @@ def atomic_output(path: str | os.PathLike, suffix: str = ""):
             os.unlink(tmp)
 
 
+def make_writable_folder(folder: str | os.PathLike, problem: str = "cannot write in this folder") -> Path:
+    """Create ``folder`` if needed and check, by writing a temporary file, that it is writable.
+
+    Raises:
+        InputError: ``"<folder>: <problem> (<reason>)"`` when it cannot be created or written.
+    """
+    p = Path(folder)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=p, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise InputError(f"{problem} ({exc.strerror or type(exc).__name__})", p) from None
+    return p
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` atomically (see :func:`atomic_output`)."""
     with atomic_output(path) as tmp:

@@ -54,7 +54,7 @@ import numpy as np
 from scipy import ndimage
 
 from lab2im.errors import InputError
-from lab2im.io import (atomic_output, atomic_write_text, list_volume_files, load_volume, strip_volume_suffix,
+from lab2im.io import (atomic_write_text, list_volume_files, load_volume, strip_volume_suffix,
                        voxel_size_of)
 
 #: Metrics of :func:`evaluate_arrays`, in row order for each label.
@@ -551,10 +551,9 @@ def _write_outputs(result: Evaluation, out_dir: Path) -> list[Path]:
 def boxplot(result: Evaluation, metric: str, labels: Sequence[int], path, ylabel: str) -> Path:
     """PNG (written atomically) of one metric: a box per label and method over subjects;
     infinite values (a label missing from a map) are left out and counted in the title."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from synthseg.plots import save_figure  # sets the Agg backend
 
     names = _names()
     methods = result.methods
@@ -586,12 +585,7 @@ def boxplot(result: Evaluation, metric: str, labels: Sequence[int], path, ylabel
     ax.grid(axis="y", alpha=0.3)
     if n_met > 1:
         ax.legend(fontsize=8)
-    try:
-        with atomic_output(path, ".png") as tmp:
-            fig.savefig(tmp, dpi=90)
-    finally:
-        plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def _csv(columns, rows) -> str:

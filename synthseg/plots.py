@@ -88,10 +88,11 @@ def save_mosaic(images: Sequence[np.ndarray], path, titles: Sequence[str] | None
             axes[row, 1].set_title(titles[row], fontsize=9)
     if suptitle:
         fig.suptitle(suptitle, fontsize=11)
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
-def _save_figure(fig, path) -> Path:
+def save_figure(fig, path) -> Path:
+    """Write a matplotlib figure as PNG atomically, then close it."""
     try:
         with atomic_output(path, ".png") as tmp:
             fig.savefig(tmp, dpi=90)

@@ -77,7 +77,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +92,7 @@ from lab2im.io import (
     has_volume_suffix,
     list_volume_files,
     load_volume,
+    make_writable_folder,
     save_volume,
     strip_volume_suffix,
     voxel_size_of,
@@ -887,7 +887,7 @@ def predict(inputs, outputs, model=None, vol=None, post=None, resample=None, qc=
         model = load_model(model)
     folders = {_parent(p) for group in (seg_paths, post_paths, res_paths, png_paths, csv_paths) for p in group or []}
     for folder in sorted(folders):
-        _make_folder(folder)
+        make_writable_folder(folder, "output folder cannot be written")
     names_k = model.label_names()
     structures = [(c, int(v), names_k[c]) for c, v in enumerate(model.labels) if v != 0]
     vol_table = None if vol is None else _CsvTable(
@@ -1024,16 +1024,6 @@ def _check_folder(folder: Path) -> None:
     if not os.access(p, os.W_OK | os.X_OK):
         raise InputError("output folder is not writable" if p == folder else
                          f"output folder cannot be created: {p} is not writable", folder)
-
-
-def _make_folder(folder: Path) -> None:
-    """Create ``folder`` if needed and check that a file can be written there."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        raise InputError(f"output folder cannot be written ({exc.strerror or _short(exc)})", folder) from None
 
 
 def _check_distinct(files, groups) -> None:

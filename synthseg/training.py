@@ -27,7 +27,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ import numpy as np
 from keras import ops
 
 from lab2im.errors import InputError
-from lab2im.io import atomic_write_text
+from lab2im.io import atomic_write_text, make_writable_folder
 from lab2im.options import GeneratorOptions, options_from_dict
 from synthseg.losses import MeanDice, SegmentationLoss, WarmupCallback
 
@@ -230,15 +229,6 @@ def label_map_batches(maps: np.ndarray, batch_size: int, seed: int, start_step: 
 
 
 # ----------------------------------------------------------------------------- folder checks
-def _check_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        raise InputError(f"cannot write checkpoints here ({exc.strerror or exc})", folder) from None
-
-
 def _prepare_folder(model_dir: Path, resume: bool) -> Path | None:
     """Check the run folder before any heavy work; return the checkpoint to resume from."""
     from synthseg.checkpoint import read_header
@@ -252,7 +242,7 @@ def _prepare_folder(model_dir: Path, resume: bool) -> Path | None:
     if last.exists() or (model_dir / "options.json").exists():
         raise InputError("folder already holds a training run; pass resume=True to continue it, "
                          "or choose another folder", model_dir)
-    _check_writable(model_dir)
+    make_writable_folder(model_dir, "cannot write checkpoints here")
     (model_dir / "checkpoints").mkdir(exist_ok=True)
     return None
 
