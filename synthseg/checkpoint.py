@@ -72,7 +72,8 @@ def load_checkpoint(path, model, optimizer) -> dict:
     """Restore a checkpoint written by :func:`save_checkpoint` into ``model`` and ``optimizer``.
 
     The model and optimiser must be built the same way as when saving. Nothing is assigned
-    unless the whole file checks out.
+    unless the whole file checks out. With ``optimizer=None`` only the model's variables are
+    restored (weights for inference).
 
     Returns:
         The header: ``{"step": int, "meta": dict, ...}``.
@@ -85,7 +86,8 @@ def load_checkpoint(path, model, optimizer) -> dict:
     entries = _variables(model, optimizer)
     try:
         with np.load(p, allow_pickle=False) as data:
-            keys = [k for k in data.files if k != "__header__"]
+            # without an optimiser (e.g. to score the weights offline) only the model's part is read
+            keys = [k for k in data.files if k != "__header__" and (optimizer is not None or k.startswith("model/"))]
             if len(keys) != len(entries):
                 raise InputError(f"checkpoint holds {len(keys)} variables but the model and optimiser "
                                  f"have {len(entries)}; was it written with other options?", p)

@@ -94,6 +94,12 @@ def cmd_estimate_priors(args) -> int:
     return run(args)
 
 
+def cmd_validate(args) -> int:
+    from synthseg.validate import run
+
+    return run(args)
+
+
 def cmd_fetch(args) -> int:
     from synthseg import datasets
 
@@ -203,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cleanup", action="store_true",
                    help="keep every connected component and hole (no post-processing)")
     p.set_defaults(func=cmd_predict)
+
+    from synthseg.validate import add_arguments as validate_arguments
+
+    p = sub.add_parser("validate", help="score every checkpoint of a training run on real scans")
+    validate_arguments(p)
+    p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("fetch", help="download public data files into the cache (--list to see them)")
     p.add_argument("names", nargs="*")
