@@ -12,7 +12,6 @@ import platform
 import re
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from importlib import metadata
@@ -173,22 +172,12 @@ def now_iso() -> str:
 
 
 def write_json_atomic(path: str | os.PathLike, data) -> Path:
-    """Write ``data`` as indented JSON: to a temporary file beside ``path``, then rename."""
+    """Write ``data`` as indented JSON atomically (:func:`lab2im.io.atomic_write_text`)."""
+    from lab2im.io import atomic_write_text
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=_json_default)
-            f.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a results file is not
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(obj):

@@ -88,11 +88,11 @@ def load_volume(path: str | os.PathLike, dtype=None) -> Volume:
     try:
         img = nib.load(str(p))
     except Exception as exc:  # nibabel raises many types for unreadable files
-        raise InputError(f"not a readable NIfTI/MGZ image ({_short(exc)})", p) from None
+        raise InputError(f"not a readable NIfTI/MGZ image ({short_error(exc)})", p) from None
     try:
         raw = np.asanyarray(img.dataobj)
     except (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError) as exc:
-        raise InputError(f"image data is truncated or corrupt ({_short(exc)})", p) from None
+        raise InputError(f"image data is truncated or corrupt ({short_error(exc)})", p) from None
     if dtype is None:
         # native byte order: MGZ (and some NIfTI) data is big-endian on disk
         dtype = raw.dtype.newbyteorder("=") if np.issubdtype(raw.dtype, np.integer) else np.float32
@@ -260,6 +260,7 @@ def list_volume_files(source, what: str = "volume") -> list[Path]:
     return [p]
 
 
-def _short(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
+    """``"Type: first line of the message"`` (at most 160 characters), for one-line reports."""
     msg = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {msg[0][:160]}" if msg else type(exc).__name__

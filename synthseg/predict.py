@@ -94,6 +94,7 @@ from lab2im.io import (
     load_volume,
     make_writable_folder,
     save_volume,
+    short_error,
     strip_volume_suffix,
     voxel_size_of,
 )
@@ -269,7 +270,7 @@ def load_model(path=None) -> SegmentationModel:
     try:
         network = keras.saving.load_model(network_file, safe_mode=True, compile=False)
     except Exception as exc:  # Keras raises many types for unreadable files
-        raise InputError(f"cannot load the network ({_short(exc)})", network_file) from None
+        raise InputError(f"cannot load the network ({short_error(exc)})", network_file) from None
     if not isinstance(network, keras.Model):
         raise InputError("the file does not hold a Keras model", network_file)
     in_shape, out_shape = network.input_shape, network.output_shape
@@ -301,7 +302,7 @@ def _read_labels(path: Path) -> np.ndarray:
     try:
         labels = np.load(path, allow_pickle=False)
     except Exception as exc:
-        raise InputError(f"labels file is unreadable ({_short(exc)})", path) from None
+        raise InputError(f"labels file is unreadable ({short_error(exc)})", path) from None
     if labels.ndim != 1 or labels.size < 2 or not np.issubdtype(labels.dtype, np.integer):
         raise InputError(f"labels file must hold a 1D integer array of at least 2 labels, got "
                          f"{labels.dtype} {labels.shape}", path)
@@ -318,7 +319,7 @@ def _read_run_options(path: Path) -> dict:
     try:
         d = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"options file is unreadable ({_short(exc)})", path) from None
+        raise InputError(f"options file is unreadable ({short_error(exc)})", path) from None
     if not isinstance(d, dict):
         raise InputError("options file does not hold a JSON object", path)
     out = {}
@@ -341,7 +342,7 @@ def _read_run_options(path: Path) -> dict:
     except InputError:
         raise
     except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"options file lacks or garbles a section ({_short(exc)})", path) from None
+        raise InputError(f"options file lacks or garbles a section ({short_error(exc)})", path) from None
     if np.any(vs <= 0):
         raise InputError(f"voxel_size must be positive, got {vs.tolist()}", path)
     return out
@@ -944,7 +945,7 @@ def predict(inputs, outputs, model=None, vol=None, post=None, resample=None, qc=
                     nxt.cancel()
                 raise
             except Exception as exc:  # one bad scan is reported, the others go on
-                problem = exc.problem if isinstance(exc, InputError) else f"unexpected error ({_short(exc)})"
+                problem = exc.problem if isinstance(exc, InputError) else f"unexpected error ({short_error(exc)})"
                 report.failed.append((files[i], problem))
                 bar.write(f"synthseg: error: {files[i]}: {problem}", file=sys.stderr)
             finally:
@@ -1067,8 +1068,3 @@ class _CsvTable:
         for subject, values in self.rows.items():
             w.writerow([subject] + list(values))
         return atomic_write_text(self.path, buf.getvalue())
-
-
-def _short(exc: BaseException) -> str:
-    msg = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {msg[0][:160]}" if msg else type(exc).__name__
