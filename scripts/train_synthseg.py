@@ -1,6 +1,7 @@
 """Train a contrast-agnostic U-Net from the public training label maps, reproducibly.
 
     python scripts/train_synthseg.py RUN_DIR --preset small     # 2 mm, 64^3, minutes on 2 CPU cores
+    python scripts/train_synthseg.py RUN_DIR --preset cpu       # the shipped model: 2 mm, ~2 h on 2 CPU cores
     python scripts/train_synthseg.py RUN_DIR --preset synthseg  # 1 mm, 160^3, SynthSeg's U-Net (GPU)
     python scripts/train_synthseg.py RUN_DIR --resume           # continue after a stop or a kill
 
@@ -19,6 +20,10 @@ PRESETS = {
     "small": dict(voxel_mm=2.0, crop=64, unet=dict(n_levels=4, base_features=8),
                   training=dict(steps=600, steps_per_checkpoint=50, learning_rate=1e-3, warmup_steps=50,
                                 lr_schedule="constant")),
+    # the shipped model (models/): 2 mm, 5-level U-Net, trained on 2 CPU cores in about two hours
+    "cpu": dict(voxel_mm=2.0, crop=64, unet=dict(n_levels=5, base_features=16),
+                training=dict(steps=10_000, steps_per_checkpoint=250, learning_rate=1e-3, warmup_steps=500,
+                              lr_schedule="cosine")),
     # the reference configuration (SynthSeg 1.0's network and crop); for a GPU
     "synthseg": dict(voxel_mm=1.0, crop=160, unet=dict(n_levels=5, base_features=24),
                      training=dict(steps=300_000, steps_per_checkpoint=1000, learning_rate=1e-4,
