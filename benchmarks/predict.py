@@ -1,11 +1,13 @@
 """Wall time and peak memory of ``synthseg.predict`` on one 1 mm head scan, end to end, on the CPU.
 
     python benchmarks/predict.py [--threads 2] [--tile 112] [--scans 2] [--backend jax] [--quick]
+    python benchmarks/predict.py --trained shipped     # the model shipped in models/ instead
 
 The scan is MNI ICBM 2009c's 1 mm T1 (193 x 229 x 193, ``synthseg fetch mni2009c_1mm_t1``; a
 synthetic head of that shape when it cannot be fetched); the network is the SynthSeg-size U-Net
 (``UNetOptions()`` defaults, 33 labels) with random weights: the work done does not depend on
-the weights. Each configuration (flip averaging on / off) runs in a fresh Python process that
+the weights (``--trained``: a trained model instead, e.g. the shipped one, which may use another
+voxel size). Each configuration (flip averaging on / off) runs in a fresh Python process that
 imports the libraries, loads the model and segments ``--scans`` copies of the scan in one batch,
 so the peak resident memory (``getrusage``) is that of one prediction run, and both the first
 scan (graph tracing included) and the following ones are timed. ``--quick``: a 48 x 56 x 40
@@ -61,6 +63,16 @@ def make_model(folder: Path, quick: bool) -> dict:
     save_options(folder, GeneratorOptions(generation_labels=labels.tolist(), lr_pairs=pairs), unet,
                  TrainingOptions())
     return {"unet": unet.to_dict(), "unet_parameters": int(net.count_params()), "n_labels": int(len(labels))}
+
+
+def trained_model(which: str) -> tuple[Path, dict]:
+    """A trained model to time: ``"shipped"`` (models/) or a path; its size and labels."""
+    from synthseg.predict import default_model_path, load_model
+
+    path = default_model_path() if which == "shipped" else Path(which)
+    model = load_model(path)
+    return path, {"model": str(model.path), "unet_parameters": int(model.network.count_params()),
+                  "n_labels": int(model.labels.size), "model_voxel_mm": model.voxel_size.tolist()}
 
 
 def make_scan(path: Path, quick: bool) -> dict:
@@ -210,6 +222,9 @@ def main(argv=None) -> int:
     parser.add_argument("--scans", type=int, default=2, help="copies of the scan per run (default: 2)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per run (default: 1800)")
     parser.add_argument("--out", type=Path, default=None, help="JSON results file")
+    parser.add_argument("--trained", default=None, metavar="MODEL",
+                        help="time a trained model (a run folder, a .keras file, or 'shipped' for the model in "
+                             "models/) instead of the SynthSeg-size U-Net with random weights")
     # the child process
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -226,17 +241,20 @@ def main(argv=None) -> int:
     from synthseg.predict import DEFAULT_TILE
 
     args.tile = DEFAULT_TILE if args.tile is None else args.tile
-    out_path = args.out or RESULTS_DIR / ("predict_quick.json" if args.quick else
-                                          f"predict{'' if backend == 'tensorflow' else '_' + backend}.json")
+    suffix = ("" if backend == "tensorflow" else "_" + backend) + ("_trained" if args.trained else "")
+    out_path = args.out or RESULTS_DIR / ("predict_quick.json" if args.quick else f"predict{suffix}.json")
     with tempfile.TemporaryDirectory(prefix="synthseg-bench-predict-") as tmp:
         work = Path(tmp)
         (work / "model").mkdir()
         (work / "scans").mkdir()
-        model_info = make_model(work / "model", args.quick)
+        if args.trained:
+            model_dir, model_info = trained_model(args.trained)
+        else:
+            model_dir, model_info = work / "model", make_model(work / "model", args.quick)
         scan_info = make_scan(work / "scans" / "scan_0.nii.gz", args.quick)
         for i in range(1, args.scans):
             shutil.copyfile(work / "scans" / "scan_0.nii.gz", work / "scans" / f"scan_{i}.nii.gz")
-        results = [run_config(work / "model", work / "scans", work, flip, args) for flip in (True, False)]
+        results = [run_config(model_dir, work / "scans", work, flip, args) for flip in (True, False)]
     real_cleanup = None if args.quick else cleanup_on_a_real_label_map()
 
     headers = ["flip", "status", "first scan s", "next scan s", "network s/scan", "clean-up s/scan",

@@ -16,3 +16,19 @@ class InputError(ValueError):
         self.path = None if path is None else os.fspath(path)
         self.problem = problem
         super().__init__(problem if self.path is None else f"{self.path}: {problem}")
+
+
+class OutputError(InputError, OSError):
+    """An output that could not be written (disk full, read-only file system, no permission).
+
+    The message names the file and the reason, e.g.
+    ``"segs/sub-01_synthseg.nii.gz: cannot write (No space left on device); an older file of
+    that name is left as it was"``. It is an :class:`InputError` so that every caller that
+    reports bad input as one line (the CLI, a batch that goes on with the next scan) reports
+    this the same way; it is also an ``OSError`` (``errno`` is the writer's), so code that
+    caught the writer's ``OSError`` still does.
+    """
+
+    def __init__(self, problem: str, path: str | os.PathLike | None = None, errno: int | None = None):
+        super().__init__(problem, path)
+        self.errno = errno

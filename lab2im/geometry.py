@@ -47,6 +47,12 @@ class Reorientation:
             shape[int(axis)] = size
         return tuple(shape)
 
+    @property
+    def canonical_affine(self) -> np.ndarray:
+        """``(4, 4)`` affine (mm) of the canonical array."""
+        return np.asarray(self.original_affine, np.float64) @ ornt_lib.inv_ornt_aff(self.transform,
+                                                                                    self.original_shape)
+
     def undo(self, data: np.ndarray) -> np.ndarray:
         """Map an array on the canonical grid back to the original array axes (exact, no resampling).
 
@@ -216,3 +222,71 @@ def _smooth(data: np.ndarray, sigma_voxels: np.ndarray) -> np.ndarray:
 
 def _float_dtype(dtype) -> np.dtype:
     return np.dtype(dtype) if np.issubdtype(dtype, np.floating) else np.dtype(np.float32)
+
+
+def argmax_on_grid(scores: np.ndarray, source_affine: np.ndarray, target_shape, target_affine: np.ndarray,
+                   fill: int = 0, slab: int = 16) -> np.ndarray:
+    """Index of the largest channel of ``scores`` interpolated linearly at every target voxel.
+
+    Equal to ``np.argmax(resample_to_grid(scores, ..., order=1), axis=-1)`` (with ``fill`` outside
+    the source grid's extent), without holding the resampled ``(X, Y, Z, C)`` array: the target
+    is done in slabs of ``slab`` voxels along its first axis. When the two grids' axes are
+    parallel (``inv(source_affine) @ target_affine`` is diagonal, e.g. a canonical grid and
+    its resampled version) the interpolation is separable and done with two taps per axis,
+    which is much faster than a general affine resampling of every channel.
+
+    Args:
+        scores: ``(X, Y, Z, C)`` array on the source grid (e.g. posteriors).
+        source_affine, target_affine: ``(4, 4)`` voxel-to-world affines (mm).
+        target_shape: spatial shape of the target grid (voxels).
+        fill: channel index given to target voxels outside the source grid.
+        slab: target voxels per slab along the first axis (memory: about
+            ``slab * Y * Z * C * 8`` bytes).
+
+    Returns:
+        ``target_shape`` int32 array of channel indices.
+    """
+    scores = np.asarray(scores)
+    if scores.ndim != 4:
+        raise ValueError(f"expected an (X, Y, Z, C) array, got shape {scores.shape}")
+    target_shape = tuple(int(s) for s in target_shape[:3])
+    t2s = np.linalg.solve(np.asarray(source_affine, np.float64), np.asarray(target_affine, np.float64))
+    out = np.empty(target_shape, np.int32)
+    diagonal = np.allclose(t2s[:3, :3], np.diag(np.diag(t2s[:3, :3])), rtol=0, atol=1e-9)
+    if not diagonal:  # general case: resample every channel, one slab at a time
+        for start in range(0, target_shape[0], slab):
+            stop = min(start + slab, target_shape[0])
+            shift = np.eye(4)
+            shift[0, 3] = start
+            part = resample_to_grid(scores, source_affine, (stop - start,) + target_shape[1:],
+                                    np.asarray(target_affine, np.float64) @ shift, order=1, fill=0)
+            inside = _inside_mask(t2s @ shift, part.shape[:3], scores.shape[:3])
+            out[start:stop] = np.where(inside, np.argmax(part, axis=-1), fill)
+        return out
+    taps = [_linear_taps(scores.shape[d], t2s[d, d] * np.arange(target_shape[d]) + t2s[d, 3]) for d in range(3)]
+    work = scores.astype(np.result_type(scores.dtype, np.float32), copy=False)
+    (y0, y1, wy, iny), (z0, z1, wz, inz) = taps[1], taps[2]
+    wy, wz = wy[None, :, None, None], wz[None, None, :, None]
+    inside_yz = iny[:, None] & inz[None, :]
+    x0, x1, wx, inx = taps[0]
+    for start in range(0, target_shape[0], slab):
+        sl = slice(start, min(start + slab, target_shape[0]))
+        w = wx[sl, None, None, None]
+        part = work[x0[sl]] * (1 - w) + work[x1[sl]] * w
+        part = part[:, y0] * (1 - wy) + part[:, y1] * wy
+        part = part[:, :, z0] * (1 - wz) + part[:, :, z1] * wz
+        channels = np.argmax(part, axis=-1).astype(np.int32)
+        channels[~(inx[sl, None, None] & inside_yz[None])] = fill
+        out[sl] = channels
+    return out
+
+
+def _linear_taps(n: int, coords: np.ndarray):
+    """Two-tap linear interpolation along one axis of ``n`` source voxels at source coordinates
+    ``coords`` (edge values extended up to half a voxel out): ``(i0, i1, weight of i1, inside)``."""
+    inside = (coords >= -0.5 - _TOL) & (coords <= n - 0.5 + _TOL)
+    c = np.clip(coords, 0, n - 1)
+    i0 = np.minimum(np.floor(c).astype(np.intp), max(n - 2, 0))
+    i1 = np.minimum(i0 + 1, n - 1)
+    weight = np.where(i1 > i0, c - i0, 0.0).astype(np.float32)
+    return i0, i1, weight, inside

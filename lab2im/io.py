@@ -2,11 +2,25 @@
 
 Every reader error is an :class:`lab2im.errors.InputError` naming the file and the problem;
 every write is atomic (temporary file in the destination folder, then ``os.replace``), so an
-interrupted run never leaves a half-written output behind.
+interrupted run never leaves a half-written output behind, and a write that fails (disk full,
+read-only file system) is an :class:`lab2im.errors.OutputError` naming the file, with the
+previous file of that name left as it was.
+
+Input rules (:func:`load_volume`):
+
+* A file whose header describes more than :data:`MAX_VOXELS` voxels (2**28, about 268 million:
+  1 GiB as float32; e.g. 1024^3 is refused, 640^3 is read) is refused *before its data is read*,
+  so a corrupt or hostile header cannot make a process allocate gigabytes and be killed. Raise
+  the limit with ``max_voxels=`` or the environment variable ``LAB2IM_MAX_VOXELS``. With
+  ``first_volume=True`` (used by prediction for 4D scans) only the first 3D volume is read and
+  counted.
+* An uncompressed ``.nii`` file shorter than its header says (header/data size mismatch) is
+  refused naming both sizes; a compressed one is reported as truncated.
 """
 from __future__ import annotations
 
 import contextlib
+import glob
 import gzip
 import os
 import tempfile
@@ -17,9 +31,15 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from lab2im.errors import InputError
+from lab2im.errors import InputError, OutputError
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mgz")
+#: Largest number of voxels :func:`load_volume` reads (the product of the header's dimensions;
+#: of the first three with ``first_volume=True``): 2**28, 1 GiB as float32. Environment
+#: variable ``LAB2IM_MAX_VOXELS`` overrides it.
+MAX_VOXELS = 2 ** 28
+#: Temporary files of :func:`atomic_output` are ``<folder>/.<name>.<random>.tmp<suffix>``.
+TEMP_PREFIX = "."
 
 
 @dataclass
@@ -66,31 +86,64 @@ def strip_volume_suffix(path: str | os.PathLike) -> str:
     return s
 
 
-def load_volume(path: str | os.PathLike, dtype=None) -> Volume:
+def max_voxels_limit() -> int:
+    """The voxel limit of :func:`load_volume`: ``LAB2IM_MAX_VOXELS`` if set, else :data:`MAX_VOXELS`."""
+    value = os.environ.get("LAB2IM_MAX_VOXELS")
+    if not value:
+        return MAX_VOXELS
+    try:
+        limit = int(float(value))
+    except ValueError:
+        raise InputError(f"LAB2IM_MAX_VOXELS must be a number of voxels, got {value!r}") from None
+    if limit < 1:
+        raise InputError(f"LAB2IM_MAX_VOXELS must be >= 1, got {value!r}")
+    return limit
+
+
+def load_volume(path: str | os.PathLike, dtype=None, max_voxels: int | None = None,
+                first_volume: bool = False) -> Volume:
     """Read a NIfTI or MGZ file into a :class:`Volume`.
 
     Args:
         path: file to read.
         dtype: numpy dtype to convert the data to; by default the on-disk data type for
             integer data, float32 for scaled or floating-point data.
+        max_voxels: refuse files with more voxels than this (default :func:`max_voxels_limit`);
+            checked from the header, before any data is read.
+        first_volume: read only the first 3D volume of a 4D (or 5D) image; the data is then 3D
+            (the full shape stays in ``volume.header.get_data_shape()``).
 
     Raises:
         InputError: missing path, a folder, an empty/truncated/corrupt file, a file that is
-            not an image, or a header whose size does not match the data.
+            not an image, a header whose size does not match the data, or more voxels than
+            ``max_voxels``.
     """
     p = Path(path)
     if not p.exists():
         raise InputError("no such file", p)
     if p.is_dir():
         raise InputError("is a directory, expected an image file", p)
-    if p.stat().st_size == 0:
+    size = p.stat().st_size
+    if size == 0:
         raise InputError("file is empty", p)
     try:
         img = nib.load(str(p))
     except Exception as exc:  # nibabel raises many types for unreadable files
         raise InputError(f"not a readable NIfTI/MGZ image ({short_error(exc)})", p) from None
+    shape = tuple(int(n) for n in img.shape)
+    read_shape = shape[:3] if first_volume and len(shape) > 3 else shape
+    limit = max_voxels_limit() if max_voxels is None else int(max_voxels)
+    n_voxels = int(np.prod(read_shape, dtype=np.float64))
+    if n_voxels > limit:
+        raise InputError(f"image is too large: its header describes {n_voxels:,} voxels (shape {shape}), more "
+                         f"than the limit of {limit:,} (set LAB2IM_MAX_VOXELS to raise it); the data was not read",
+                         p)
+    _check_data_size(img, p, size)
     try:
-        raw = np.asanyarray(img.dataobj)
+        if read_shape != shape:
+            raw = np.asanyarray(img.dataobj[(slice(None),) * 3 + (0,) * (len(shape) - 3)])
+        else:
+            raw = np.asanyarray(img.dataobj)
     except (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError) as exc:
         raise InputError(f"image data is truncated or corrupt ({short_error(exc)})", p) from None
     if dtype is None:
@@ -101,6 +154,59 @@ def load_volume(path: str | os.PathLike, dtype=None) -> Volume:
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise InputError("header has an invalid (singular or non-finite) affine", p)
     return Volume(data=data, affine=affine, header=img.header, path=str(p))
+
+
+def _check_data_size(img, path: Path, file_size: int) -> None:
+    """Refuse an uncompressed file shorter than its header says (before reading it)."""
+    proxy = getattr(img, "dataobj", None)
+    offset = getattr(proxy, "offset", None)
+    if offset is None or path.name.lower().endswith((".gz", ".mgz")):
+        return
+    try:
+        itemsize = np.dtype(proxy.dtype).itemsize
+    except (AttributeError, TypeError):
+        return
+    needed = int(offset) + int(np.prod(img.shape, dtype=np.float64)) * itemsize
+    if file_size < needed:
+        raise InputError(f"image data is truncated or corrupt (header/data size mismatch: the header describes "
+                         f"shape {tuple(img.shape)} of {np.dtype(proxy.dtype).name}, {needed:,} bytes with the "
+                         f"header, but the file has {file_size:,} bytes)", path)
+
+
+def check_image(data: np.ndarray, path=None, min_voxels: int = 2, what: str = "image") -> None:
+    """Raise :class:`InputError` for a scan that cannot be used.
+
+    The rules: 3 spatial axes (a 4th, channels or volumes, is allowed) of at least
+    ``min_voxels`` voxels each (an axis of 1 voxel makes it 2D, or a single voxel), every voxel
+    finite (NaN or infinite voxels are *not* silently replaced: the processing that produced
+    them is usually wrong), and not every voxel equal (an empty image).
+    """
+    problem = dimension_problem(data.shape, what)
+    if problem:
+        raise InputError(problem, path)
+    if min(data.shape[:3]) < min_voxels:
+        raise InputError(f"{what} is too small (shape {data.shape}); every axis needs at least "
+                         f"{min_voxels} voxels", path)
+    finite = np.isfinite(data)
+    if not finite.all():
+        bad = int(data.size - np.count_nonzero(finite))
+        raise InputError(f"{what} has {bad} NaN or infinite voxel(s); replace them (e.g. by 0) first", path)
+    lo, hi = float(data.min()), float(data.max())
+    if lo == hi:
+        raise InputError(f"{what} is empty (every voxel is {lo:g})", path)
+
+
+def dimension_problem(shape, what: str = "image") -> str | None:
+    """``"<what> is 2D (shape ...); expected a 3D volume"`` (or 1D, or a single voxel) when fewer
+    than 3 of the first three axes have more than one voxel; ``None`` for a 3D shape."""
+    shape = tuple(int(n) for n in shape)
+    n = sum(s > 1 for s in shape[:3])
+    if len(shape) >= 3 and n == 3:
+        return None
+    if len(shape) < 3:
+        n = sum(s > 1 for s in shape)
+    kind = "a single voxel" if n == 0 else f"{n}D"
+    return f"{what} is {kind} (shape {shape}); expected a 3D volume"
 
 
 def save_volume(volume: Volume | np.ndarray, path: str | os.PathLike, affine=None, header=None,
@@ -186,20 +292,50 @@ def atomic_output(path: str | os.PathLike, suffix: str = ""):
 
     Raises:
         InputError: the folder does not exist.
+        OutputError: the file could not be written (disk full, read-only file system, no
+            permission): an ``OSError`` of the writer or of the rename, with the file named.
     """
     p = Path(path)
     folder = p.parent if str(p.parent) else Path(".")
     if not folder.is_dir():
         raise InputError("output folder does not exist", folder)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=f".tmp{suffix}", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{p.name}.", suffix=f".tmp{suffix}", dir=folder)
+    except OSError as exc:
+        raise _output_error(exc, p) from None
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, p)
+    except OutputError:  # already names its file (a nested write)
+        raise
+    except OSError as exc:
+        raise _output_error(exc, p) from exc
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _output_error(exc: OSError, path: Path) -> OutputError:
+    reason = exc.strerror or short_error(exc)
+    return OutputError(f"cannot write ({reason}); an older file of that name is left as it was", path, exc.errno)
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that an :func:`atomic_output` of ``path`` left behind when its
+    process was killed (``kill -9`` skips the clean-up); returns those removed. Call it only
+    when no other process is writing ``path``."""
+    p = Path(path)
+    folder = p.parent if str(p.parent) else Path(".")
+    removed = []
+    if folder.is_dir():
+        for tmp in folder.glob(f"{glob.escape(TEMP_PREFIX + p.name)}.*.tmp*"):
+            if tmp.is_file():
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                    removed.append(tmp)
+    return removed
 
 
 def make_writable_folder(folder: str | os.PathLike, problem: str = "cannot write in this folder") -> Path:
@@ -211,11 +347,51 @@ def make_writable_folder(folder: str | os.PathLike, problem: str = "cannot write
     p = Path(folder)
     try:
         p.mkdir(parents=True, exist_ok=True)
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
         with tempfile.NamedTemporaryFile(dir=p, prefix=".write-test-"):
             pass
     except OSError as exc:
         raise InputError(f"{problem} ({exc.strerror or type(exc).__name__})", p) from None
     return p
+
+
+def check_folder_writable(folder: str | os.PathLike) -> None:
+    """Check that ``folder`` exists and is writable, or can be created (creates nothing).
+
+    Raises:
+        InputError: ``"output folder is not writable"``, or ``"output folder cannot be created:
+            <ancestor> is a file"`` / ``"... is not writable"``.
+    """
+    folder = Path(folder)
+    p = folder
+    while not p.exists():
+        if p.parent == p:
+            break
+        p = p.parent
+    if p.exists() and not p.is_dir():
+        raise InputError(f"output folder cannot be created: {p} is a file", folder)
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise InputError("output folder is not writable" if p == folder else
+                         f"output folder cannot be created: {p} is not writable", folder)
+
+
+def check_not_an_input(output: str | os.PathLike, sources, what: str = "output folder") -> None:
+    """Refuse an output location that is one of the inputs (a file or folder given as input).
+
+    Args:
+        output: the output file or folder.
+        sources: input sources: paths, or lists/tuples of paths (other objects are ignored).
+        what: noun for the message.
+
+    Raises:
+        InputError: ``"<output>: <what> is an input (...); choose another"``.
+    """
+    out = Path(output).resolve()
+    for source in sources:
+        for item in source if isinstance(source, (list, tuple)) else [source]:
+            if isinstance(item, (str, os.PathLike)) and Path(item).resolve() == out:
+                raise InputError(f"{what} is an input ({item}); it would be overwritten: choose another", output)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

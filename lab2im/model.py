@@ -85,3 +85,36 @@ def labels_to_image_model(options: GeneratorOptions, input_shape: Sequence[int],
     segmentation = o.segmentation_labels or o.generation_labels
     labels_out = ConvertLabels(o.generation_labels, segmentation, name="convert_labels")(labels)
     return keras.Model(labels_in, [image, labels_out], name="labels_to_image")
+
+
+def load_keras_model(path, what: str = "the network") -> keras.Model:
+    """Load a ``.keras`` file in Keras' safe mode: no Python code stored in the file is run.
+
+    A file holding code (a ``Lambda`` layer with a Python function, which Keras would have to
+    unpickle and run to rebuild the model) is refused, so an untrusted model file cannot execute
+    anything on loading.
+
+    Args:
+        path: the ``.keras`` file.
+        what: noun for the messages (e.g. ``"the U-Net"``).
+
+    Raises:
+        InputError: ``"refused: ... Python code ..."`` for a file holding code, ``"cannot load
+            <what> (...)"`` for any other unreadable file, ``"... does not hold a Keras model"``.
+    """
+    from lab2im.errors import InputError
+    from lab2im.io import short_error
+
+    try:
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as exc:  # Keras raises many types for unreadable files
+        text = str(exc)
+        if "safe_mode" in text or "arbitrary code" in text:
+            layer = "a `Lambda` layer" if "Lambda" in text else "a layer"
+            raise InputError(f"refused: {what} holds Python code ({layer} with a Python function) that would "
+                             "run on loading; models are loaded in Keras' safe mode, which never runs such code "
+                             "(rebuild it without Lambda layers)", path) from None
+        raise InputError(f"cannot load {what} ({short_error(exc)})", path) from None
+    if not isinstance(model, keras.Model):
+        raise InputError(f"the file does not hold a Keras model ({what})", path)
+    return model

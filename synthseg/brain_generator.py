@@ -18,7 +18,7 @@ import numpy as np
 
 from lab2im.errors import InputError
 from lab2im.geometry import reorient_to_canonical
-from lab2im.io import Volume, list_volume_files, load_volume
+from lab2im.io import Volume, dimension_problem, list_volume_files, load_volume
 from lab2im.options import GeneratorOptions
 from lab2im.volumes import crop_or_pad
 from synthseg import labels as protocol
@@ -44,8 +44,9 @@ def read_label_map(path: str | os.PathLike) -> Volume:
     """Read one label map, reoriented to RAS, as int32.
 
     Raises:
-        InputError: unreadable file, not 3D (a trailing axis of size 1 is dropped), empty
-            (no voxels or all background), non-integer or negative values.
+        InputError: unreadable file, not 3D (a trailing axis of size 1 is dropped; an axis of
+            one voxel among the first three makes it 2D, or a single voxel), empty (no voxels or
+            all background), NaN/infinite, non-integer or negative values.
     """
     vol = load_volume(path)
     data = vol.data
@@ -55,6 +56,9 @@ def read_label_map(path: str | os.PathLike) -> Volume:
         raise InputError(f"label map is {data.ndim}D (shape {data.shape}); expected a 3D label map", path)
     if data.size == 0:
         raise InputError("label map has no voxels", path)
+    problem = dimension_problem(data.shape, "label map")  # an axis of 1 voxel: 2D, or a single voxel
+    if problem:
+        raise InputError(problem, path)
     if not np.issubdtype(data.dtype, np.integer):
         if not np.all(np.isfinite(data)):
             raise InputError("label map contains NaN or infinite values", path)

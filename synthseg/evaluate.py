@@ -3,20 +3,45 @@
 Metrics (per label, numpy/scipy only):
 
 * **Dice** ``2 |A n B| / (|A| + |B|)``.
-* **Surface distances** in mm, between the *surfaces* of the two masks. A mask's surface is
-  its boundary voxels: the mask minus its erosion by the 6-connected (face) neighbourhood,
-  voxels on the edge of the grid counting as boundary. For every surface voxel of one mask the
-  distance (mm, with the voxel size on each axis, so anisotropic voxels are handled) to the
-  nearest surface voxel of the other is taken from :func:`scipy.ndimage.distance_transform_edt`
-  with ``sampling=spacing``, computed only on the bounding box of the two masks (padded by one
-  voxel) rather than on the whole grid; the result is exactly that of the whole grid, since
-  every surface voxel lies in the box. From the two directed sets of distances:
+* **Surface distances** in mm, between sub-voxel *surfaces* of the two masks, in the way of
+  DeepMind's ``surface-distance`` package refined by constrained elastic surface nets
+  (Gibson 1998):
 
-  - ``hausdorff``: the larger of the two directed maxima (symmetric Hausdorff distance);
-  - ``hd95``: the 95th percentile (numpy's linear interpolation) of the **pooled** distances,
-    both directions concatenated. Note: other tools (MedPy, MONAI) take instead the larger of
-    the two directed 95th percentiles, which is greater or equal;
-  - ``mean_surface``: the mean of the pooled distances (average symmetric surface distance).
+  - the surface of a mask is one point per *cell*, the box between 2x2x2 neighbouring voxel
+    centres, whose eight voxels are not all inside nor all outside the mask (voxels beyond the
+    grid count as outside). Each point starts at its cell's centre (the corner shared by the
+    eight voxels) and is then moved :data:`SURFACE_RELAXATION` times to the mean of its
+    neighbours on the net (the cells across each cell face with both inside and outside
+    voxels) while kept inside its cell. This smooths the voxel staircase into a surface close
+    to the true one wherever it is oblique to the grid. The net is pulled taut: it lies a
+    little inside convex parts and outside concave ones (0.2 to 0.6 mm on average for spheres
+    of radius 4 to 20 mm at 1 x 1 x 2 mm), alike for two masks of similar shape, so that this
+    largely cancels in the distances between them;
+  - each point carries the area (mm^2) of surface it stands for: the voxel faces between
+    inside and outside voxels in its cell, a quarter of each face's area (a face has four
+    corners), summed as oriented vectors (voxel size on each axis) for each connected part of
+    the cell, so an oblique plane gets its true area rather than its staircase's;
+  - for every point of one surface the distance (mm, Euclidean with the voxel size on each
+    axis) to the nearest point of the other is found with a KD-tree. Only the bounding box of
+    the two masks is handled, with points kept in whole-grid voxel coordinates, so the result
+    is exactly that of the whole grid.
+
+  From the two directed sets of distances, pooled:
+
+  - ``hausdorff``: the largest distance, either way (symmetric Hausdorff distance);
+  - ``hd95``: the area-weighted 95th percentile of the pooled distances: the smallest distance
+    ``d`` such that the points at ``d`` or less carry at least 95% of the two surfaces' total
+    area. Note: other tools (MedPy, MONAI) take instead the larger of the two directed 95th
+    percentiles, which is greater or equal;
+  - ``mean_surface``: the area-weighted mean of the pooled distances, ``(sum_A w d + sum_B w d)
+    / (area_A + area_B)`` (average symmetric surface distance).
+
+  Accuracy, measured on 100 random pairs of concentric spheres at 1 x 1 x 2 mm (radii 4 to
+  28 mm; every distance is ``R - r``): mean surface distance -0.06 to +0.22 mm, HD95 +0.17 to
+  +0.70 mm, Hausdorff +0.36 to +1.23 mm (``tests/test_evaluate.py`` checks fixed cases). A
+  flat patch of surface facing a grid axis is only known to within its voxel along that axis,
+  so the Hausdorff distance, a maximum over every point, keeps errors of up to about half a
+  voxel per surface on coarse axes.
 
 * **Volumes**: ``volume_true_mm3``, ``volume_pred_mm3``, ``volume_diff_mm3`` (predicted minus
   true) and ``volume_diff_rel`` (the difference over the true volume).
@@ -40,7 +65,9 @@ Example::
 from __future__ import annotations
 
 import csv
+import functools
 import io
+import itertools
 import json
 import math
 import os
@@ -51,11 +78,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, sparse
+from scipy.spatial import KDTree
 
 from lab2im.errors import InputError
-from lab2im.io import (atomic_write_text, list_volume_files, load_volume, strip_volume_suffix,
-                       voxel_size_of)
+from lab2im.io import (atomic_write_text, check_folder_writable, check_not_an_input, list_volume_files,
+                       load_volume, strip_volume_suffix, voxel_size_of)
 
 #: Metrics of :func:`evaluate_arrays`, in row order for each label.
 METRICS = ("dice", "hausdorff", "hd95", "mean_surface", "volume_true_mm3", "volume_pred_mm3",
@@ -70,7 +98,9 @@ PREDICTION_SUFFIXES = ("synthseg", "seg", "segmentation", "pred", "prediction", 
 CSV_COLUMNS = ("subject", "method", "label", "name", "metric", "value")
 PAIRED_COLUMNS = ("label", "name", "metric", "method_a", "method_b", "n", "median_a", "median_b",
                   "median_difference", "better", "statistic", "p_value", "note")
-_PAD = 1  # voxels around the bounding box of the two masks
+#: Relaxation steps of the surface nets (see the module documentation); 0 keeps the points at
+#: the cell centres (the surface elements of DeepMind's ``surface-distance``).
+SURFACE_RELAXATION = 10
 _AFFINE_TOL = 1e-4  # mm
 
 
@@ -98,32 +128,46 @@ def surface_distances(a: np.ndarray, b: np.ndarray, label: int, spacing=(1.0, 1.
         spacing: voxel size (mm) along each array axis.
 
     Returns:
-        ``{"hausdorff", "hd95", "mean_surface"}`` (see the module documentation): 0.0 when the
-        label is absent from both maps, ``inf`` when absent from one.
+        ``{"hausdorff", "hd95", "mean_surface"}`` in mm (see the module documentation): 0.0 when
+        the label is absent from both maps, ``inf`` when absent from one.
     """
     a, b = _same_shape(a, b)
     ma, mb = a == label, b == label
-    box = _union_box(ma, mb, _PAD)
+    box = _union_box(ma, mb)
     if box is None or not ma.any() or not mb.any():
         return _empty_distances(ma.any(), mb.any())
-    d_ab, d_ba = directed_distances(ma[box], mb[box], _spacing(spacing, a.ndim))
-    return _summarise(d_ab, d_ba)
+    return _summarise(*_distances(ma[box], mb[box], _spacing(spacing, a.ndim), _origin(box)))
+
+
+def surface_points(mask: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
+    """Sub-voxel surface of a 2D or 3D mask: the relaxed surface-net points and their areas.
+
+    See the module documentation for the definition.
+
+    Args:
+        mask: boolean array, non-empty.
+        spacing: voxel size (mm) along each array axis.
+
+    Returns:
+        ``(points, areas)``: ``(n, ndim)`` positions in mm (the centre of voxel ``(0, 0, 0)`` at
+        the origin, axes as the array's) and ``(n,)`` areas in mm^2 (lengths in mm in 2D).
+    """
+    mask = np.asarray(mask, bool)
+    return _surface_net(mask, _spacing(spacing, mask.ndim), (0,) * mask.ndim)
 
 
 def directed_distances(mask_a: np.ndarray, mask_b: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray]:
-    """Distances (mm) from every surface voxel of ``mask_a`` to the surface of ``mask_b``, and back.
+    """Distances (mm) from every surface point of ``mask_a`` to the surface of ``mask_b``, and back.
 
-    Computed on the arrays as given (callers crop them to the masks' bounding box first);
-    both masks must be non-empty.
+    The surfaces are those of :func:`surface_points`, computed on the arrays as given (callers
+    crop them to the masks' bounding box first); both masks must be non-empty.
 
     Returns:
-        ``(d_ab, d_ba)``: 1D float arrays, one distance per surface voxel of ``mask_a`` and of
-        ``mask_b`` respectively.
+        ``(d_ab, d_ba)``: 1D float arrays, one distance per surface point of ``mask_a`` and of
+        ``mask_b`` respectively (in the order of :func:`surface_points`).
     """
-    spacing = _spacing(spacing, mask_a.ndim)
-    surf_a, surf_b = _surface(mask_a), _surface(mask_b)
-    d_ab = ndimage.distance_transform_edt(~surf_b, sampling=spacing)[surf_a]
-    d_ba = ndimage.distance_transform_edt(~surf_a, sampling=spacing)[surf_b]
+    mask_a, mask_b = np.asarray(mask_a, bool), np.asarray(mask_b, bool)
+    d_ab, _, d_ba, _ = _distances(mask_a, mask_b, _spacing(spacing, mask_a.ndim), (0,) * mask_a.ndim)
     return d_ab, d_ba
 
 
@@ -163,7 +207,7 @@ def evaluate_arrays(gt: np.ndarray, pred: np.ndarray, labels: Sequence[int], spa
     boxes_gt, boxes_pred = _label_boxes(gt, labels), _label_boxes(pred, labels)
     rows = []
     for label in labels:
-        box = _merge_boxes(boxes_gt[label], boxes_pred[label], gt.shape, _PAD)
+        box = _merge_boxes(boxes_gt[label], boxes_pred[label])
         if box is None:
             n_a = n_b = n_ab = 0
             ma = mb = None
@@ -172,7 +216,7 @@ def evaluate_arrays(gt: np.ndarray, pred: np.ndarray, labels: Sequence[int], spa
             n_a, n_b, n_ab = int(np.count_nonzero(ma)), int(np.count_nonzero(mb)), int(np.count_nonzero(ma & mb))
         values = {"dice": _dice_from_counts(n_a, n_b, n_ab)}
         if n_a and n_b:
-            values.update(_summarise(*directed_distances(ma, mb, spacing)))
+            values.update(_summarise(*_distances(ma, mb, spacing, _origin(box))))
         else:
             values.update(_empty_distances(n_a > 0, n_b > 0))
         values.update(_volumes(n_a, n_b, voxel_mm3))
@@ -256,6 +300,8 @@ class Evaluation:
             (the content of ``summary.json``).
         methods: method names, in order.
         written: files written.
+        failed: ``(file, problem)`` of the subjects that could not be evaluated (an unreadable
+            file, not a label map, ...); the others were.
     """
 
     rows: list[dict]
@@ -263,6 +309,7 @@ class Evaluation:
     summary: dict
     methods: list[str]
     written: list[Path] = field(default_factory=list)
+    failed: list = field(default_factory=list)
 
     def values(self, method: str, label: int, metric: str) -> dict[str, float]:
         """``{subject: value}`` of one method, label and metric."""
@@ -276,7 +323,11 @@ def evaluate_folders(gt_dir, pred_dir, labels: Sequence[int], pred2_dir=None, ou
 
     Subjects are matched by name (:func:`subject_key`: volume suffix and endings like
     ``_synthseg`` stripped). Ground truths without a prediction and predictions without a ground
-    truth are skipped with a warning and listed in ``summary.json``. With ``pred2_dir``, the two
+    truth are skipped with a warning and listed in ``summary.json``. A subject whose file cannot
+    be evaluated (unreadable, not a 3D integer label map, negative labels, a grid mismatch in
+    ``"error"`` mode) is skipped, listed in :attr:`Evaluation.failed` and in ``summary.json``
+    (``failed``), and the others are evaluated; when no subject can be, that is an
+    :class:`InputError` naming the first file. With ``pred2_dir``, the two
     methods are compared per label and metric with :func:`paired_test` on the subjects both
     predicted.
 
@@ -294,18 +345,22 @@ def evaluate_folders(gt_dir, pred_dir, labels: Sequence[int], pred2_dir=None, ou
             ``"B"`` when they are the same).
 
     Raises:
-        InputError: missing or empty folder, unreadable file, no subject with both a ground
-            truth and a prediction, different grids in ``"error"`` mode.
+        InputError: missing or empty folder, no subject with both a ground truth and a
+            prediction, no subject that could be evaluated, an output folder that is an input
+            or cannot be written (checked first).
     """
     labels = _label_list(labels)
     if not labels:
         raise InputError("no labels to evaluate")
     pred_dirs = [pred_dir] + ([pred2_dir] if pred2_dir is not None else [])
+    if out_dir is not None:
+        check_not_an_input(out_dir, [gt_dir, *pred_dirs])
+        check_folder_writable(out_dir)
     methods = _method_names(pred_dirs, method_names)
     gt_files = list_volume_files(gt_dir, "ground-truth label map")
     rows, summary = [], {"labels": labels, "methods": {}, "hd95_definition": "95th percentile of the pooled "
                          "directed surface distances (both directions)"}
-    matched_by_method = {}
+    matched_by_method, failed = {}, []
     for method, folder in zip(methods, pred_dirs):
         pairs, gt_only, pred_only = match_subjects(gt_files, list_volume_files(folder, "prediction"))
         if gt_only:
@@ -317,13 +372,27 @@ def evaluate_folders(gt_dir, pred_dir, labels: Sequence[int], pred2_dir=None, ou
         if not pairs:
             raise InputError(f"no prediction matches a ground truth in {gt_dir} (subject names: "
                              f"{_short_list(pred_only)})", folder)
+        done = []
         for subject, (g, p) in pairs.items():
-            for row in evaluate_pair(g, p, labels, on_mismatch):
-                rows.append({"subject": subject, "method": method, **row})
-        matched_by_method[method] = list(pairs)
-        summary["methods"][method] = {"folder": str(folder), "n_matched": len(pairs), "matched": list(pairs),
+            try:
+                subject_rows = evaluate_pair(g, p, labels, on_mismatch)
+            except InputError as exc:  # one bad file: reported, the other subjects go on
+                entry = (exc.path or str(p), exc.problem)
+                if entry not in failed:  # a bad ground truth fails once, not once per method
+                    failed.append(entry)
+                continue
+            rows.extend({"subject": subject, "method": method, **row} for row in subject_rows)
+            done.append(subject)
+        matched_by_method[method] = done
+        summary["methods"][method] = {"folder": str(folder), "n_matched": len(done), "matched": done,
                                       "gt_without_prediction": gt_only, "predictions_without_gt": pred_only}
-    result = Evaluation(rows=rows, paired=[], summary=summary, methods=methods)
+    if failed:
+        summary["failed"] = [{"file": str(f), "problem": problem} for f, problem in failed]
+    if not rows:
+        path, problem = failed[0]
+        more = f" (and {len(failed) - 1} more failure(s))" if len(failed) > 1 else ""
+        raise InputError(problem + more, path)
+    result = Evaluation(rows=rows, paired=[], summary=summary, methods=methods, failed=failed)
     summary["mean_dice"] = {m: {str(lab): _finite_mean(result.values(m, lab, "dice").values()) for lab in labels}
                             for m in methods}
     if len(methods) == 2:
@@ -388,14 +457,118 @@ def paired_test(values_a: Sequence[float], values_b: Sequence[float], higher_is_
 
 
 # ----------------------------------------------------------------------------- helpers
-def _surface(mask: np.ndarray) -> np.ndarray:
-    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+def _distances(mask_a: np.ndarray, mask_b: np.ndarray, spacing: np.ndarray,
+               origin) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(d_ab, areas_a, d_ba, areas_b)``: each surface point's distance (mm) to the other
+    surface and its area (mm^2); ``origin``: index of the masks' first voxel in the whole grid."""
+    points_a, areas_a = _surface_net(mask_a, spacing, origin)
+    points_b, areas_b = _surface_net(mask_b, spacing, origin)
+    d_ab = _nearest_distances(points_b, points_a)
+    d_ba = _nearest_distances(points_a, points_b)
+    return d_ab, areas_a, d_ba, areas_b
 
 
-def _summarise(d_ab: np.ndarray, d_ba: np.ndarray) -> dict[str, float]:
-    pooled = np.concatenate([d_ab, d_ba])
-    return {"hausdorff": float(max(d_ab.max(), d_ba.max())), "hd95": float(np.percentile(pooled, 95)),
-            "mean_surface": float(pooled.mean())}
+def _summarise(d_ab: np.ndarray, w_a: np.ndarray, d_ba: np.ndarray, w_b: np.ndarray) -> dict[str, float]:
+    d, w = np.concatenate([d_ab, d_ba]), np.concatenate([w_a, w_b])
+    order = np.argsort(d, kind="stable")
+    cumulative = np.cumsum(w[order])
+    k = int(np.searchsorted(cumulative, 0.95 * cumulative[-1]))  # first point reaching 95% of the area
+    return {"hausdorff": float(d[order[-1]]), "hd95": float(d[order[k]]),
+            "mean_surface": float(np.dot(w, d) / cumulative[-1])}
+
+
+def _surface_net(mask: np.ndarray, spacing: np.ndarray, origin) -> tuple[np.ndarray, np.ndarray]:
+    """Relaxed surface-net points (mm, whole-grid coordinates) and areas (mm^2) of a non-empty mask."""
+    if mask.ndim not in (2, 3):
+        raise ValueError(f"surface distances need 2D or 3D masks, got {mask.ndim}D")
+    code = _cell_codes(mask)
+    full = (1 << 2 ** mask.ndim) - 1
+    on_surface = (code != 0) & (code != full)
+    n = int(np.count_nonzero(on_surface))
+    index = np.full(code.shape, -1, np.intp)
+    index[on_surface] = np.arange(n)
+    # links: two cells sharing a face with inside and outside voxels (both are then on the surface)
+    ends_a, ends_b = [], []
+    for axis in range(mask.ndim):
+        face = sum(1 << bit for bit, offset in enumerate(_cell_offsets(mask.ndim)) if offset[axis] == 1)
+        low = tuple(slice(0, -1) if i == axis else slice(None) for i in range(mask.ndim))
+        high = tuple(slice(1, None) if i == axis else slice(None) for i in range(mask.ndim))
+        shared = code[low] & face
+        linked = (shared != 0) & (shared != face)
+        ends_a.append(index[low][linked])
+        ends_b.append(index[high][linked])
+    a, b = np.concatenate(ends_a), np.concatenate(ends_b)
+    links = sparse.csr_matrix((np.ones(2 * a.size), (np.concatenate([a, b]), np.concatenate([b, a]))), shape=(n, n))
+    # every surface cell has such a face, and the padding makes it an inner one: degree >= 1
+    mean_of_neighbours = sparse.diags(1.0 / links.sum(axis=1).A1) @ links
+    # cell (i, j, k) of the padded mask lies between voxels i - 1 and i (unpadded) on each axis
+    low_corner = np.stack(np.nonzero(on_surface), axis=1) + (np.asarray(origin, float) - 1.0)
+    high_corner = low_corner + 1.0
+    points = low_corner + 0.5
+    for _ in range(SURFACE_RELAXATION):
+        points = np.clip(mean_of_neighbours @ points, low_corner, high_corner, out=points)
+    return points * spacing, _cell_areas(tuple(spacing))[code[on_surface]]
+
+
+def _nearest_distances(targets: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    # an unbalanced tree without shrunk nodes, 16 points a leaf: the fastest to build and query
+    # on brain label surfaces (the answers are exact whatever the tree)
+    return KDTree(targets, leafsize=16, balanced_tree=False, compact_nodes=False).query(queries)[0]
+
+
+@functools.cache
+def _cell_offsets(ndim: int) -> tuple[tuple[int, ...], ...]:
+    """Bit ``b`` of a cell code is the voxel at offset ``_cell_offsets(ndim)[b]`` in the cell."""
+    return tuple(itertools.product((0, 1), repeat=ndim))
+
+
+def _cell_codes(mask: np.ndarray) -> np.ndarray:
+    """Code of every cell of 2^ndim voxels of the mask padded by one outside voxel: shape + 1."""
+    padded = np.pad(mask, 1)
+    shape = tuple(n + 1 for n in mask.shape)
+    code = np.zeros(shape, np.uint8)
+    for bit, offset in enumerate(_cell_offsets(mask.ndim)):
+        code |= padded[tuple(slice(o, o + n) for o, n in zip(offset, shape))].view(np.uint8) << bit
+    return code
+
+
+@functools.cache
+def _cell_face_counts(ndim: int) -> np.ndarray:
+    """``(codes, 2, parts, ndim)`` net counts of oriented inside/outside voxel faces in a cell,
+    per axis, for each connected part (face-connected) of its inside voxels (``[:, 0]``) and of
+    its outside voxels (``[:, 1]``). A face counts +1 along an axis when its part is on the
+    low side."""
+    offsets = _cell_offsets(ndim)
+    counts = np.zeros((2 ** len(offsets), 2, 2 ** (ndim - 1), ndim), np.int64)
+    for code in range(counts.shape[0]):
+        inside = np.zeros((2,) * ndim, bool)
+        for bit, offset in enumerate(offsets):
+            inside[offset] = bool(code >> bit & 1)
+        for side, voxels in enumerate((inside, ~inside)):
+            parts, n_parts = ndimage.label(voxels)
+            for part in range(n_parts):
+                this = parts == part + 1
+                for axis in range(ndim):
+                    low, high = np.take(this, 0, axis), np.take(this, 1, axis)
+                    counts[code, side, part, axis] = (np.count_nonzero(low & ~np.take(voxels, 1, axis))
+                                                      - np.count_nonzero(high & ~np.take(voxels, 0, axis)))
+    return counts
+
+
+@functools.cache
+def _cell_areas(spacing: tuple[float, ...]) -> np.ndarray:
+    """Surface area (mm^2) of each cell code: per connected part, the norm of its oriented face
+    areas (a face's area shared by its 2^(ndim-1) corners); the larger of the inside and the
+    outside readings (they differ only for cells where two sheets of surface meet)."""
+    s = np.asarray(spacing, float)
+    face = np.prod(s) / s / 2 ** (s.size - 1)
+    areas = np.linalg.norm(_cell_face_counts(s.size) * face, axis=-1).sum(axis=-1).max(axis=-1)
+    areas.setflags(write=False)
+    return areas
+
+
+def _origin(box: tuple[slice, ...]) -> tuple[int, ...]:
+    return tuple(sl.start for sl in box)
 
 
 def _empty_distances(a_present: bool, b_present: bool) -> dict[str, float]:
@@ -441,16 +614,15 @@ def _mask_box(mask: np.ndarray) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
-def _merge_boxes(box_a, box_b, shape, pad: int) -> tuple[slice, ...] | None:
+def _merge_boxes(box_a, box_b) -> tuple[slice, ...] | None:
     boxes = [b for b in (box_a, box_b) if b is not None]
     if not boxes:
         return None
-    return tuple(slice(max(min(b[i].start for b in boxes) - pad, 0), min(max(b[i].stop for b in boxes) + pad, n))
-                 for i, n in enumerate(shape))
+    return tuple(slice(min(b[i].start for b in boxes), max(b[i].stop for b in boxes)) for i in range(len(boxes[0])))
 
 
-def _union_box(ma: np.ndarray, mb: np.ndarray, pad: int) -> tuple[slice, ...] | None:
-    return _merge_boxes(_mask_box(ma), _mask_box(mb), ma.shape, pad)
+def _union_box(ma: np.ndarray, mb: np.ndarray) -> tuple[slice, ...] | None:
+    return _merge_boxes(_mask_box(ma), _mask_box(mb))
 
 
 def _same_shape(a, b) -> tuple[np.ndarray, np.ndarray]:
@@ -477,14 +649,19 @@ def _label_list(labels) -> list[int]:
 
 
 def _label_data(data: np.ndarray, path) -> np.ndarray:
+    """A 3D integer label map (a float file with whole values is accepted), or InputError."""
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
         raise InputError(f"label map has shape {data.shape}; expected 3D", path)
     if not np.issubdtype(data.dtype, np.integer):
-        if not np.all(np.isfinite(data)) or np.any(np.round(data) != data):
+        if not np.all(np.isfinite(data)):
+            raise InputError("not a label map: it has NaN or infinite values", path)
+        if np.any(np.round(data) != data):
             raise InputError("not a label map: it has non-integer values", path)
         data = np.round(data).astype(np.int32)
+    if data.size and data.min() < 0:
+        raise InputError(f"label map contains negative labels (min {data.min()})", path)
     return data
 
 
@@ -709,4 +886,6 @@ def run(args) -> int:
     print(f"evaluated {', '.join(f'{m}: {k} subject(s)' for m, k in n.items())}; {len(labels)} label(s)")
     print(summary_table(result))
     print(f"wrote {len(result.written)} files to {args.out}/")
-    return 0
+    for path, problem in result.failed:  # the others were evaluated; the exit status says some were not
+        print(f"synthseg: error: {path}: {problem}", file=sys.stderr)
+    return 1 if result.failed else 0

@@ -62,12 +62,7 @@ def save_mosaic(images: Sequence[np.ndarray], path, titles: Sequence[str] | None
     Returns:
         The path written.
     """
-    if titles is not None and len(titles) != len(images):
-        raise ValueError(f"{len(images)} images but {len(titles)} titles")
-    if colours is None:
-        from synthseg.labels import label_colours
-
-        colours = label_colours()
+    colours = _checked_colours(images, titles, colours)
     n = len(images)
     fig, axes = plt.subplots(n, 3, figsize=(9.0, 3.3 * n + (0.4 if suptitle else 0.0)), squeeze=False,
                              layout="constrained")
@@ -89,6 +84,63 @@ def save_mosaic(images: Sequence[np.ndarray], path, titles: Sequence[str] | None
     if suptitle:
         fig.suptitle(suptitle, fontsize=11)
     return save_figure(fig, path)
+
+
+def save_slices(images: Sequence[np.ndarray], path, titles: Sequence[str] | None = None,
+                labels: Sequence[np.ndarray | None] | None = None, ncols: int = 4,
+                colours: dict[int, tuple[int, int, int]] | None = None, alpha: float = 0.45,
+                suptitle: str | None = None, vrange: tuple[float, float] | None = None) -> Path:
+    """Write a PNG, atomically: a grid of 2D images, ``ncols`` per row.
+
+    Args:
+        images: 2D arrays ``(X, Y)``, e.g. axial slices of RAS volumes: shown with the first
+            axis horizontal and the second vertical, upwards (as :func:`mid_slices` shows them).
+        path: the PNG to write (its folder must exist).
+        titles: one per image.
+        labels: 2D label maps on the images' grids, one per image (``None`` for no overlay).
+        ncols: images per row.
+        colours, alpha, suptitle, vrange: as in :func:`save_mosaic` (``vrange`` ``None``
+            stretches each image between its 0.5th and 99.5th percentiles).
+
+    Returns:
+        The path written.
+    """
+    colours = _checked_colours(images, titles, colours)
+    n = len(images)
+    cols = max(1, min(int(ncols), n))
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.8 * rows + (0.4 if suptitle else 0.0)),
+                             squeeze=False, layout="constrained")
+    for i, ax in enumerate(axes.ravel()):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= n:
+            ax.axis("off")
+            continue
+        img = np.asarray(images[i], np.float32)
+        if img.ndim != 2:
+            raise ValueError(f"image {i} has shape {img.shape}; expected a 2D array")
+        lo, hi = vrange if vrange is not None else np.percentile(img, [0.5, 99.5])
+        ax.imshow(img.T, cmap="gray", origin="lower", vmin=lo, vmax=max(hi, lo + 1e-6), interpolation="nearest")
+        if labels is not None and labels[i] is not None:
+            ax.imshow(label_colour_image(np.asarray(labels[i]).T, colours), origin="lower", alpha=alpha,
+                      interpolation="nearest")
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    return save_figure(fig, path)
+
+
+def _checked_colours(images, titles, colours):
+    """``colours`` or the protocol's FreeSurfer colours; one title per image if any."""
+    if titles is not None and len(titles) != len(images):
+        raise ValueError(f"{len(images)} images but {len(titles)} titles")
+    if colours is None:
+        from synthseg.labels import label_colours
+
+        colours = label_colours()
+    return colours
 
 
 def save_figure(fig, path) -> Path:

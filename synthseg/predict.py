@@ -7,8 +7,10 @@
 
 Per scan (:func:`segment_volume` does steps 2-9 on a :class:`~lab2im.io.Volume` in memory):
 
-1. **Read** a NIfTI or MGZ file (:func:`read_scan`). A 4D image keeps its *first* volume (with a
-   warning when there are several); a 2D image, an axis under :data:`MIN_VOXELS` voxels, NaN or
+1. **Read** a NIfTI or MGZ file (:func:`read_scan`). A 4D image keeps its *first* volume (the
+   only one read; with a warning when there are several); a file whose first volume has more
+   than :data:`lab2im.io.MAX_VOXELS` voxels (refused from its header, before reading), a 2D
+   image or a single voxel, an axis under :data:`MIN_VOXELS` voxels, NaN or
    infinite voxels, or an empty image (every voxel equal, e.g. all zero) are errors: the scan
    is reported and skipped. NaN/Inf voxels are *not* silently replaced: the header or the
    processing that produced them is usually wrong; set them to 0 yourself if they are only
@@ -18,8 +20,10 @@ Per scan (:func:`segment_volume` does steps 2-9 on a :class:`~lab2im.io.Volume` 
 3. **Resample** to the model's voxel size (the generator's ``voxel_size``, 1 mm by default;
    anti-aliased, linear) when any axis is outside [0.95, 1.05] x that size. The result is the
    *network grid*.
-4. **Normalise** intensities: the 0.5th and 99.5th percentiles (of the whole network grid) go
-   to 0 and 1, clipped to [0, 1].
+4. **Normalise** intensities with :func:`lab2im.normalisation.normalise_intensities`, the
+   function training used: the 0.5th and 99.5th percentiles (of the whole network grid) go
+   to 0 and 1, clipped to [0, 1]; for a supervised model trained with
+   ``normalisation="zscore"``, then a z-score within the foreground (background 0).
 5. **Crop or pad** (centred, recorded; padding is 0) to a multiple of the U-Net's
    :func:`~synthseg.unet.required_multiple`; with ``crop``, to that size around the centre
    (rounded up to the multiple): voxels outside are background.
@@ -29,6 +33,8 @@ Per scan (:func:`segment_volume` does steps 2-9 on a :class:`~lab2im.io.Volume` 
    U-Net needs about 1.3 kB per voxel of its input on the CPU (TensorFlow), so a whole 1 mm
    head at once (208 x 240 x 208 after padding) would need about 14 GB; with the default
    112-voxel tiles a 193 x 229 x 193 scan peaks at about 3.5 GiB (``benchmarks/predict.py``).
+   A 2D/2.5D model (trained on slices, :mod:`synthseg.slices`) is instead run slice by slice
+   across its axis, in batches, and the network grid is padded in the slice plane only.
 7. **Flip averaging** (``flip=True``): each tile is also predicted left/right flipped (array
    axis 0, which is L-R after step 2); that prediction is flipped back, its left and right
    label channels are swapped (:meth:`SegmentationModel.flip_permutation`) and it is averaged
@@ -42,7 +48,8 @@ Per scan (:func:`segment_volume` does steps 2-9 on a :class:`~lab2im.io.Volume` 
    segmentation is always the argmax of the saved posteriors.
 9. **Back to the native grid** (``keep_native=True``): labels are mapped to the input's own
    grid (shape, affine, header) through world coordinates: exactly (only moving voxels) when
-   nothing was resampled, else nearest neighbour for labels and linear for posteriors. With
+   nothing was resampled, else the posteriors are interpolated linearly and each voxel takes
+   the most likely label (smooth boundaries finer than the network's voxels). With
    ``keep_native=False`` every output stays on the network grid (canonical RAS, model voxel size).
 
 Outputs (each written atomically: a killed run never leaves a half-written file):
@@ -50,8 +57,8 @@ Outputs (each written atomically: a killed run never leaves a half-written file)
 * segmentation: ``int32`` labels (FreeSurfer IDs); a folder gets ``<name>_synthseg.nii.gz``;
 * ``post``: posteriors, 4D float32, one channel per label in :attr:`SegmentationModel.labels`
   order (``<name>_posteriors.nii.gz``);
-* ``resample``: the image the network saw, on the network grid, intensities normalised to
-  [0, 1] (``<name>_resampled.nii.gz``);
+* ``resample``: the image the network saw, on the network grid, intensities normalised
+  (step 4) (``<name>_resampled.nii.gz``);
 * ``vol``: CSV, one row per scan: ``subject``, ``total intracranial`` (sum of every
   non-background structure) and one column per structure (FreeSurfer names), in mm³. Volumes
   are **soft**: the sum of the (cleaned) posteriors on the network grid times the voxel volume,
@@ -66,16 +73,18 @@ Batches: scans are read and preprocessed in a background thread while the previo
 segmented; a scan that fails is reported (file and problem) and skipped, the others finish,
 and :class:`PredictReport` lists the failures (the CLI then exits with status 1);
 ``skip_existing`` skips the scans whose outputs (CSV rows included) are all there, so a killed
-batch can be re-run.
+batch can be re-run (the temporary files a ``kill -9`` left behind are removed first). A
+failed write (disk full) is reported like a bad scan, naming the file; the older file of that
+name, if any, is left as it was.
 """
 from __future__ import annotations
 
 import concurrent.futures
 import csv
+import dataclasses
 import io
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -85,30 +94,42 @@ import numpy as np
 from scipy import ndimage
 
 from lab2im.errors import InputError
-from lab2im.geometry import Reorientation, reorient_to_canonical, resample_to_grid, resample_volume, resampled_grid
+from lab2im.geometry import (
+    Reorientation,
+    argmax_on_grid,
+    reorient_to_canonical,
+    resample_to_grid,
+    resample_volume,
+    resampled_grid,
+)
 from lab2im.io import (
     Volume,
     atomic_write_text,
+    check_folder_writable,
+    dimension_problem,
     has_volume_suffix,
     list_volume_files,
     load_volume,
     make_writable_folder,
+    remove_stale_temporaries,
     save_volume,
     short_error,
     strip_volume_suffix,
     voxel_size_of,
 )
+from lab2im.io import check_image as check_scan
+from lab2im.normalisation import PERCENTILES, check_method, normalise_intensities  # noqa: F401 (re-exported)
 from lab2im.volumes import CropPad, crop_or_pad, pad_to_multiple
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 NETWORK_FILES = ("unet_best.keras", "unet_last.keras")
 MIN_VOXELS = 8
 VOXEL_SIZE_TOLERANCE = 0.05
-PERCENTILES = (0.5, 99.5)
 MAX_FIELD_OF_VIEW_MM = 512.0
 DEFAULT_TILE = 112
 DEFAULT_TILE_OVERLAP = 16
 CLEANUP_ROUNDS = 1
+NATIVE_SLAB = 16  # voxels per slab along the first axis when mapping posteriors back (memory)
 SEG_SUFFIX, POST_SUFFIX, RESAMPLED_SUFFIX = "_synthseg", "_posteriors", "_resampled"
 
 
@@ -124,6 +145,10 @@ class SegmentationModel:
         voxel_size: voxel size (mm, per axis) of the scans it was trained on.
         multiple: every input axis must be a multiple of this (``2 ** (n_levels - 1)``).
         path: where it was loaded from (``None`` for a model built in memory).
+        normalisation: intensity standardisation of the scans it was trained on
+            (:func:`lab2im.normalisation.normalise_intensities`: ``"percentile"`` or ``"zscore"``).
+        slices: for a 2D/2.5D network trained on slices, the :class:`synthseg.slices.SliceSpec`
+            (axis, slices per input); ``None`` for a 3D network.
     """
 
     network: object
@@ -132,8 +157,14 @@ class SegmentationModel:
     voxel_size: np.ndarray = field(default_factory=lambda: np.ones(3))
     multiple: int = 1
     path: Path | None = None
+    normalisation: str = "percentile"
+    slices: object = None
 
     def __post_init__(self):
+        if isinstance(self.slices, dict):
+            from synthseg.slices import SliceSpec
+
+            self.slices = SliceSpec.from_dict(self.slices, self.path)
         self.labels = np.asarray(self.labels, dtype=np.int32).ravel()
         self.voxel_size = np.broadcast_to(np.asarray(self.voxel_size, dtype=np.float64), (3,)).copy()
         self.lr_pairs = [(int(a), int(b)) for a, b in self.lr_pairs]
@@ -147,10 +178,23 @@ class SegmentationModel:
             raise InputError(f"left/right pairs name labels the model does not predict: {missing}", where)
         if np.any(self.voxel_size <= 0) or not np.all(np.isfinite(self.voxel_size)):
             raise InputError(f"voxel size must be positive, got {self.voxel_size.tolist()}", where)
+        try:
+            check_method(self.normalisation)
+        except InputError as exc:
+            raise InputError(exc.problem, where) from None
 
     @property
     def n_labels(self) -> int:
         return int(self.labels.size)
+
+    @property
+    def multiples(self) -> tuple[int, int, int]:
+        """What each axis of the network's input must be a multiple of (1 across the slices of
+        a slice model)."""
+        m = [int(self.multiple)] * 3
+        if self.slices is not None:
+            m[self.slices.axis] = 1
+        return tuple(m)
 
     @property
     def background_channel(self) -> int:
@@ -183,6 +227,10 @@ class SegmentationModel:
             ``(X, Y, Z, K)`` float32, summing to 1 over the last axis.
         """
         image = np.asarray(image, dtype=np.float32)
+        if self.slices is not None:
+            from synthseg.slices import slice_posteriors
+
+            return slice_posteriors(self, image, flip)
         bad = [s for s in image.shape if s % self.multiple]
         if image.ndim != 3 or bad:
             raise InputError(f"image shape {image.shape} is not 3D with every axis a multiple of {self.multiple}")
@@ -248,9 +296,10 @@ def load_model(path=None) -> SegmentationModel:
     arbitrary code).
 
     Raises:
-        InputError: missing or corrupt files, or a network whose outputs do not match the labels.
+        InputError: missing or corrupt files, a network file holding Python code (refused, see
+            :func:`lab2im.model.load_keras_model`), or a network whose outputs do not match the labels.
     """
-    import keras
+    from lab2im.model import load_keras_model
 
     p = default_model_path() if path is None else Path(path)
     if not p.exists():
@@ -267,18 +316,16 @@ def load_model(path=None) -> SegmentationModel:
         folder, network_file = p.parent, p
     labels = _read_labels(folder / "labels.npy")
     options = _read_run_options(folder / "options.json")
-    try:
-        network = keras.saving.load_model(network_file, safe_mode=True, compile=False)
-    except Exception as exc:  # Keras raises many types for unreadable files
-        raise InputError(f"cannot load the network ({short_error(exc)})", network_file) from None
-    if not isinstance(network, keras.Model):
-        raise InputError("the file does not hold a Keras model", network_file)
+    network = load_keras_model(network_file, "the network")  # safe mode: no code in the file is run
     in_shape, out_shape = network.input_shape, network.output_shape
-    if isinstance(in_shape, list) or len(in_shape) != 5 or len(out_shape) != 5:
-        raise InputError(f"not a 3D segmentation network (input {in_shape}, output {out_shape})", network_file)
-    if in_shape[-1] != 1:
-        raise InputError(f"the network takes {in_shape[-1]}-channel images; prediction supports 1 channel",
-                         network_file)
+    slices = options.get("slices")  # a 2D network trained on slices (synthseg.slices)
+    rank, channels = (4, slices["k"]) if slices else (5, 1)
+    if isinstance(in_shape, list) or len(in_shape) != rank or len(out_shape) != rank:
+        raise InputError(f"not a {rank - 2}D segmentation network (input {in_shape}, output {out_shape})"
+                         + (" as options.json's slices say" if slices else ""), network_file)
+    if in_shape[-1] != channels:
+        raise InputError(f"the network takes {in_shape[-1]}-channel images; prediction supports 1 channel"
+                         + (f" ({channels} slices as channels)" if slices else ""), network_file)
     if out_shape[-1] != labels.size:
         raise InputError(f"the network has {out_shape[-1]} output channels but labels.npy lists "
                          f"{labels.size} labels", network_file)
@@ -293,7 +340,8 @@ def load_model(path=None) -> SegmentationModel:
     pairs = [(a, b) for a, b in pairs if a in present and b in present and a != b]
     return SegmentationModel(network=network, labels=labels, lr_pairs=pairs,
                              voxel_size=options.get("voxel_size", 1.0), multiple=int(multiple),
-                             path=network_file)
+                             path=network_file, normalisation=options.get("normalisation", "percentile"),
+                             slices=slices)
 
 
 def _read_labels(path: Path) -> np.ndarray:
@@ -311,7 +359,8 @@ def _read_labels(path: Path) -> np.ndarray:
 
 def _read_run_options(path: Path) -> dict:
     """What prediction needs from a run's ``options.json`` (``{}`` when there is none):
-    ``voxel_size``, ``lr_pairs`` (segmentation labels; absent: use the protocol's) and ``multiple``."""
+    ``voxel_size``, ``lr_pairs`` (segmentation labels; absent: use the protocol's), ``multiple``
+    and, for supervised runs, ``normalisation``."""
     from synthseg.unet import UNetOptions, required_multiple
 
     if not path.is_file():
@@ -330,8 +379,19 @@ def _read_run_options(path: Path) -> dict:
             pairs = (d.get("augmentation") or {}).get("lr_pairs")
             if pairs is not None:
                 out["lr_pairs"] = [(int(a), int(b)) for a, b in pairs]
+            out["normalisation"] = check_method((d.get("augmentation") or {}).get("normalisation", "percentile"))
+            slices = (d.get("data") or {}).get("slices")
+            if slices is not None:
+                from synthseg.slices import SliceSpec
+
+                out["slices"] = SliceSpec.from_dict(slices, path).to_dict()
         elif "generator" in d:  # the generator's pairs, even none: they are what training swapped
             gen = d["generator"]
+            from lab2im.options import GeneratorOptions
+
+            unknown = sorted(set(gen) - {f.name for f in dataclasses.fields(GeneratorOptions)})
+            if unknown:  # as GeneratorOptions.from_dict would say (the priors' files need not exist here)
+                raise InputError(f"unknown generator option(s) {unknown}", path)
             out["voxel_size"] = gen.get("voxel_size", 1.0)
             generation = [int(v) for v in gen["generation_labels"]]
             seg = gen.get("segmentation_labels") or generation
@@ -339,8 +399,8 @@ def _read_run_options(path: Path) -> dict:
             out["lr_pairs"] = [(to_seg.get(int(a), int(a)), to_seg.get(int(b), int(b)))
                                for a, b in gen.get("lr_pairs") or []]
         vs = np.broadcast_to(np.asarray(out.get("voxel_size", 1.0), dtype=np.float64), (3,))
-    except InputError:
-        raise
+    except InputError as exc:
+        raise InputError(exc.problem, exc.path or path) from None
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"options file lacks or garbles a section ({short_error(exc)})", path) from None
     if np.any(vs <= 0):
@@ -353,15 +413,20 @@ def read_scan(path) -> tuple[Volume, list[str]]:
     """Read a scan as a 3D float32 :class:`~lab2im.io.Volume`, applying the input rules.
 
     Returns:
-        ``(volume, warnings)``: a 4D image gives its first volume (a warning says so when the
-        4th axis has more than one).
+        ``(volume, warnings)``: a 4D image gives its first volume, the only one read from the
+        file (a warning says so when the 4th axis has more than one).
 
     Raises:
-        InputError: unreadable file, 2D image, an axis under :data:`MIN_VOXELS` voxels, NaN or
-            infinite voxels, an empty image.
+        InputError: unreadable file, more voxels than :data:`lab2im.io.MAX_VOXELS` in the first
+            volume, 2D image (or a single voxel), an axis under :data:`MIN_VOXELS` voxels, NaN
+            or infinite voxels, an empty image.
     """
-    vol = load_volume(path, dtype=np.float32)
+    vol = load_volume(path, dtype=np.float32, first_volume=True)
+    get_shape = getattr(vol.header, "get_data_shape", None)
+    full = tuple(int(n) for n in get_shape()) if get_shape is not None else vol.data.shape
     data, warnings = first_volume(vol.data, vol.path)
+    if len(full) > 3 and int(np.prod(full[3:])) > 1 and not warnings:
+        warnings.append(f"image is {len(full)}D (shape {full}); segmenting its first volume only")
     vol.data = data
     check_image(data, vol.path)
     return vol, warnings
@@ -370,43 +435,21 @@ def read_scan(path) -> tuple[Volume, list[str]]:
 def first_volume(data: np.ndarray, path=None) -> tuple[np.ndarray, list[str]]:
     """The 3D image of ``data``: itself, or the first volume of a 4D (or more) image."""
     warnings = []
-    if data.ndim < 3:
-        raise InputError(f"image is {data.ndim}D (shape {data.shape}); expected a 3D volume", path)
     if data.ndim > 3:
         extra = int(np.prod(data.shape[3:]))
         if extra > 1:
             warnings.append(f"image is {data.ndim}D (shape {data.shape}); segmenting its first volume only")
         data = data.reshape(data.shape[:3] + (extra,))[..., 0]
-    if sorted(data.shape)[0] == 1:
-        raise InputError(f"image is 2D (shape {data.shape}); expected a 3D volume", path)
+    problem = dimension_problem(data.shape)
+    if problem:
+        raise InputError(problem, path)
     return np.ascontiguousarray(data), warnings
 
 
 def check_image(data: np.ndarray, path=None) -> None:
-    """Raise :class:`InputError` for an image too small, with NaN/Inf voxels, or empty."""
-    if min(data.shape[:3]) < MIN_VOXELS:
-        raise InputError(f"image is too small (shape {data.shape}); every axis needs at least "
-                         f"{MIN_VOXELS} voxels", path)
-    finite = np.isfinite(data)
-    if not finite.all():
-        bad = int(data.size - np.count_nonzero(finite))
-        raise InputError(f"image has {bad} NaN or infinite voxel(s); replace them (e.g. by 0) first", path)
-    lo, hi = float(data.min()), float(data.max())
-    if lo == hi:
-        raise InputError(f"image is empty (every voxel is {lo:g})", path)
-
-
-def normalise_intensities(data: np.ndarray, percentiles=PERCENTILES) -> np.ndarray:
-    """Map the given percentiles of ``data`` to 0 and 1 and clip to [0, 1] (float32). Where
-    they coincide (a mostly constant image), the minimum and maximum are used instead."""
-    data = np.asarray(data, dtype=np.float32)
-    lo, hi = (float(v) for v in np.percentile(data, percentiles))
-    if hi <= lo:
-        lo, hi = float(data.min()), float(data.max())
-    if hi <= lo:
-        return np.zeros_like(data)
-    out = (data - np.float32(lo)) / np.float32(hi - lo)
-    return np.clip(out, 0.0, 1.0, out=out)
+    """Raise :class:`InputError` for an image too small (an axis under :data:`MIN_VOXELS`
+    voxels), with NaN/Inf voxels, or empty (:func:`lab2im.io.check_image`)."""
+    check_scan(data, path, min_voxels=MIN_VOXELS)
 
 
 # ----------------------------------------------------------------------------- preprocessing
@@ -459,8 +502,8 @@ def prepare_volume(volume: Volume, model: SegmentationModel, crop=None, name: st
             raise InputError(f"field of view {np.round(fov, 1).tolist()} mm is too small for "
                              f"{model.voxel_size.tolist()} mm voxels: check the voxel size in the header", path)
         canonical = resample_volume(canonical, model.voxel_size, order=1, anti_alias=True)
-    image = normalise_intensities(canonical.data)
-    window = _window(image.shape, model.multiple, crop)
+    image = normalise_intensities(canonical.data, model.normalisation)
+    window = _window(image.shape, model.multiples, crop)
     return Prepared(name=name or (strip_volume_suffix(Path(path).name) if path else "scan"),
                     path=Path(path) if path else None, image=image, affine=canonical.affine,
                     window=window, reorientation=reo, resampled=resampled, native_shape=tuple(data.shape),
@@ -468,12 +511,14 @@ def prepare_volume(volume: Volume, model: SegmentationModel, crop=None, name: st
                     warnings=list(warnings) + more)
 
 
-def _window(shape, multiple: int, crop) -> CropPad:
-    """The centred crop/pad from a grid of ``shape`` to the network's input shape."""
+def _window(shape, multiple, crop) -> CropPad:
+    """The centred crop/pad from a grid of ``shape`` to the network's input shape (``multiple``:
+    one number, or one per axis)."""
     if crop is None:
         return pad_to_multiple(np.zeros(shape, np.uint8), multiple)[1]
     sizes = np.broadcast_to(np.asarray(crop, dtype=np.int64), (3,))
-    target = tuple(int(-(-s // multiple) * multiple) for s in sizes)
+    multiples = np.broadcast_to(np.asarray(multiple, dtype=np.int64), (3,))
+    target = tuple(int(-(-s // m) * m) for s, m in zip(sizes, multiples))
     return crop_or_pad(np.zeros(shape, np.uint8), target)[1]
 
 
@@ -685,8 +730,22 @@ class Segmentation:
         return self.labels[self.channels]
 
     def native_segmentation(self) -> np.ndarray:
-        """Labels on the input's own grid (its shape and affine)."""
-        return self._to_native(self.segmentation, order=0)
+        """Labels on the input's own grid (its shape and affine).
+
+        When nothing was resampled the labels are only moved (exact). Otherwise each native
+        voxel gets the most likely label of the posteriors interpolated linearly at its centre
+        (so the result is the argmax of :meth:`native_posteriors`): a model coarser than the
+        scan gives smooth, sub-voxel boundaries instead of blocks of network voxels. Computed in
+        slabs of :data:`NATIVE_SLAB` voxels (:func:`lab2im.geometry.argmax_on_grid`) to bound memory.
+        """
+        prep = self.prepared
+        if not prep.resampled:
+            return prep.reorientation.undo(self.segmentation)
+        reo = prep.reorientation
+        background = int(np.flatnonzero(self.labels == 0)[0]) if (self.labels == 0).any() else 0
+        channels = argmax_on_grid(self.posteriors, prep.affine, reo.canonical_shape, reo.canonical_affine,
+                                  fill=background, slab=NATIVE_SLAB)
+        return reo.undo(self.labels[channels])
 
     def native_posteriors(self) -> np.ndarray:
         """Posteriors on the input's own grid (linear interpolation when it was resampled)."""
@@ -753,7 +812,12 @@ def segment_volume(volume: Volume, model: SegmentationModel, flip: bool = True, 
 def _segment(prep: Prepared, model: SegmentationModel, flip: bool, cleanup: bool, tile_size,
              tile_overlap: int) -> Segmentation:
     image = prep.window.apply(prep.image, 0.0)
-    post = _tiled_posteriors(model, image, prep.window, flip, tile_size, tile_overlap)
+    if model.slices is not None:
+        from synthseg.slices import slice_posteriors
+
+        post = slice_posteriors(model, image, flip, prep.window)
+    else:
+        post = _tiled_posteriors(model, image, prep.window, flip, tile_size, tile_overlap)
     if cleanup:
         channels = clean_posteriors(post, model.background_channel)
     else:
@@ -889,6 +953,9 @@ def predict(inputs, outputs, model=None, vol=None, post=None, resample=None, qc=
     folders = {_parent(p) for group in (seg_paths, post_paths, res_paths, png_paths, csv_paths) for p in group or []}
     for folder in sorted(folders):
         make_writable_folder(folder, "output folder cannot be written")
+    for group in (seg_paths, post_paths, res_paths, png_paths, csv_paths):
+        for p in group or []:
+            remove_stale_temporaries(p)  # left by a killed run (kill -9 skips the clean-up)
     names_k = model.label_names()
     structures = [(c, int(v), names_k[c]) for c, v in enumerate(model.labels) if v != 0]
     vol_table = None if vol is None else _CsvTable(
@@ -945,7 +1012,10 @@ def predict(inputs, outputs, model=None, vol=None, post=None, resample=None, qc=
                     nxt.cancel()
                 raise
             except Exception as exc:  # one bad scan is reported, the others go on
-                problem = exc.problem if isinstance(exc, InputError) else f"unexpected error ({short_error(exc)})"
+                if isinstance(exc, InputError):  # about another file (an output): name it too
+                    problem = exc.problem if exc.path in (None, str(files[i])) else str(exc)
+                else:
+                    problem = f"unexpected error ({short_error(exc)})"
                 report.failed.append((files[i], problem))
                 bar.write(f"synthseg: error: {files[i]}: {problem}", file=sys.stderr)
             finally:
@@ -979,8 +1049,9 @@ def _write_outputs(seg: Segmentation, keep_native: bool, post_path, res_path, pn
     if png_path is not None:
         from synthseg.plots import save_mosaic
 
+        vrange = (0.0, 1.0) if float(prep.image.min()) >= 0 and float(prep.image.max()) <= 1 else None
         written.append(save_mosaic([prep.image], png_path, labels=[seg.segmentation],
-                                   suptitle=f"{prep.name}: segmentation", vrange=(0.0, 1.0)))
+                                   suptitle=f"{prep.name}: segmentation", vrange=vrange))
     labels = seg.native_segmentation() if keep_native else seg.segmentation
     written.append(save_volume(labels, seg_path, affine=affine, header=header, dtype=np.int32))
     return written
@@ -1015,16 +1086,7 @@ def _parent(path: Path) -> Path:
 
 def _check_folder(folder: Path) -> None:
     """Check that ``folder`` exists and is writable, or can be created (creates nothing)."""
-    p = folder
-    while not p.exists():
-        if p.parent == p:
-            break
-        p = p.parent
-    if p.exists() and not p.is_dir():
-        raise InputError(f"output folder cannot be created: {p} is a file", folder)
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise InputError("output folder is not writable" if p == folder else
-                         f"output folder cannot be created: {p} is not writable", folder)
+    check_folder_writable(folder)
 
 
 def _check_distinct(files, groups) -> None:

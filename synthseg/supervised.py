@@ -49,9 +49,12 @@ import numpy as np
 from keras import ops
 
 from lab2im.errors import InputError
-from lab2im.io import atomic_write_text, list_volume_files, load_volume
+from lab2im.io import atomic_write_text, check_image, check_not_an_input, list_volume_files, load_volume
+from lab2im.normalisation import PERCENTILES  # noqa: F401 (re-exported)
+from lab2im.normalisation import check_method, normalise_intensities, zscore_foreground, zscore_in_mask
 from lab2im.options import options_from_dict
 from lab2im.layers import IntensityAugmentation, OneHotLabels, RandomBiasField, RandomFlip, RandomSpatialDeformation
+from lab2im.layers.base import RandomLayer
 from lab2im.volumes import crop_or_pad, pad_to_multiple
 from synthseg.losses import SegmentationLoss, WarmupCallback, hard_dice
 from synthseg.training import (
@@ -64,7 +67,6 @@ from synthseg.training import (
 )
 
 KIND = "supervised"
-PERCENTILES = (0.5, 99.5)
 
 
 # ----------------------------------------------------------------------------- options
@@ -72,12 +74,27 @@ PERCENTILES = (0.5, 99.5)
 class AugmentationOptions:
     """Augmentation of the real training pairs (applied in the training graph).
 
-    A sample is augmented with probability ``prob``; an augmented sample gets *all* of the
-    augmentations below, each with a random strength. Implementation: every random parameter
-    is drawn for every sample, and a per-sample Bernoulli gate (a seeded
-    :class:`keras.random.SeedGenerator`, saved in the checkpoints) replaces them by the identity
-    for the samples left alone: identity affine and zero velocity field (only the random crop
-    remains, an exact copy of voxels), no flip, and the un-augmented intensities.
+    A sample is augmented with probability ``prob``; an augmented sample then gets each
+    augmentation below with its own probability (``affine_prob``, ``elastic_prob``,
+    ``flip_prob``, ``bias_prob``, ``gamma_prob``; all 1 but the flip's 0.5 by default: every
+    augmentation), each with a random strength. So a rotation happens with probability
+    ``prob * affine_prob``. Implementation: every random parameter is drawn for every sample,
+    and per-sample Bernoulli gates (a seeded :class:`keras.random.SeedGenerator`, saved in the
+    checkpoints) replace them by the identity for the samples left alone: identity affine and
+    zero velocity field (only the random crop remains, an exact copy of voxels), no flip, no
+    bias field, gamma 1, and the un-augmented intensities.
+
+    Mixup (``mixup_prob > 0``) is separate from ``prob``: after augmentation, each sample is,
+    with probability ``mixup_prob``, blended with another augmented training pair (drawn for
+    it from the training set): image ``w x1 + (1 - w) x2`` and one-hot target ``w y1 + (1 -
+    w) y2`` (soft targets; the soft Dice and cross-entropy losses take them), ``w ~ Beta(alpha,
+    alpha)`` (:class:`Mixup`).
+
+    Intensity standardisation (``normalisation``) is not random: every scan is standardised
+    with :func:`lab2im.normalisation.normalise_intensities`, at training (whole scans, when
+    read) and at prediction (:mod:`synthseg.predict` reads the method from the run's
+    ``options.json``). Augmented intensities are re-standardised in the graph: min-max for
+    ``"percentile"``, a z-score within the scan's foreground for ``"zscore"``.
 
     Attributes:
         prob: probability that a sample is augmented (0 disables augmentation).
@@ -94,6 +111,17 @@ class AugmentationOptions:
             :class:`lab2im.layers.RandomBiasField`).
         noise_std: additive Gaussian noise, std ``U(0, noise_std)`` (intensities are in [0, 1]).
         gamma_std: gamma exponent ``exp(N(0, gamma_std))`` after min-max normalisation.
+        affine_prob: probability that an augmented sample gets the affine part (scaling,
+            rotation, shearing).
+        elastic_prob: probability that an augmented sample gets the nonlinear deformation.
+        bias_prob: probability that an augmented sample gets a bias field.
+        gamma_prob: probability that an augmented sample gets the gamma transform.
+        mixup_prob: probability that a sample is mixed with another pair (0: no mixup).
+        mixup_alpha: the mixing weight is drawn from ``Beta(mixup_alpha, mixup_alpha)`` (> 0;
+            small values give weights near 0 or 1).
+        normalisation: intensity standardisation of every scan, ``"percentile"`` (0.5-99.5th
+            percentiles to [0, 1]) or ``"zscore"`` (then a z-score within the foreground); see
+            :mod:`lab2im.normalisation`.
     """
 
     prob: float = 0.8
@@ -109,9 +137,16 @@ class AugmentationOptions:
     bias_scale: float = 0.025
     noise_std: float = 0.0
     gamma_std: float = 0.4
+    affine_prob: float = 1.0
+    elastic_prob: float = 1.0
+    bias_prob: float = 1.0
+    gamma_prob: float = 1.0
+    mixup_prob: float = 0.0
+    mixup_alpha: float = 0.4
+    normalisation: str = "percentile"
 
     def __post_init__(self):
-        for name in ("prob", "flip_prob"):
+        for name in ("prob", "flip_prob", "affine_prob", "elastic_prob", "bias_prob", "gamma_prob", "mixup_prob"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise InputError(f"augmentation {name} must be in [0, 1], got {getattr(self, name)}")
         for name in ("scaling", "rotation", "shearing", "nonlin_std", "bias_std", "noise_std", "gamma_std"):
@@ -123,6 +158,9 @@ class AugmentationOptions:
             raise InputError("augmentation nonlin_scale and bias_scale must be > 0")
         if self.flip_axis not in (0, 1, 2):
             raise InputError(f"augmentation flip_axis must be 0, 1 or 2, got {self.flip_axis}")
+        if not float(self.mixup_alpha) > 0:
+            raise InputError(f"augmentation mixup_alpha must be > 0, got {self.mixup_alpha}")
+        check_method(self.normalisation)
         if self.lr_pairs is not None:
             try:
                 self.lr_pairs = [[int(a), int(b)] for a, b in self.lr_pairs]
@@ -148,7 +186,8 @@ class SupervisedOptions:
         batch_size: pairs per step.
         learning_rate: Adam's learning rate (constant; 0 is allowed, e.g. to measure a model).
         warmup_steps: steps of weighted cross-entropy before the loss turns to soft Dice.
-        crop_shape: training crop ``(X, Y, Z)``, each a multiple of the U-Net's
+        crop_shape: training crop ``(X, Y, Z)`` (``(H, W)`` for 2D pairs, e.g. slices from
+            :mod:`synthseg.slices`), each a multiple of the U-Net's
             :func:`~synthseg.unet.required_multiple`; ``None``: the smallest such shape that
             holds the largest training scan (no cropping). Scans smaller than the crop are
             zero-padded (centred); larger ones are cropped at a random place every step.
@@ -196,9 +235,9 @@ class SupervisedOptions:
             try:
                 self.crop_shape = tuple(int(n) for n in self.crop_shape)
             except (TypeError, ValueError):
-                raise InputError(f"crop_shape must be 3 integers, got {self.crop_shape!r}") from None
-            if len(self.crop_shape) != 3 or min(self.crop_shape) < 1:
-                raise InputError(f"crop_shape must be 3 positive integers, got {self.crop_shape}")
+                raise InputError(f"crop_shape must be 2 or 3 integers, got {self.crop_shape!r}") from None
+            if len(self.crop_shape) not in (2, 3) or min(self.crop_shape) < 1:
+                raise InputError(f"crop_shape must be 2 or 3 positive integers, got {self.crop_shape}")
         if self.labels is not None:
             try:
                 labels = sorted({int(v) for v in np.ravel(self.labels)} | {0})
@@ -254,21 +293,15 @@ class SupervisedResult(TrainingResult):
 
 # ----------------------------------------------------------------------------- data
 def robust_normalise(data: np.ndarray) -> np.ndarray:
-    """Map each channel's 0.5th-99.5th percentiles linearly to [0, 1] and clip (float32).
-
-    Non-finite values count as 0. A constant channel becomes all zeros.
+    """Map each channel's 0.5th-99.5th percentiles linearly to [0, 1] and clip (float32):
+    :func:`lab2im.normalisation.normalise_intensities` with ``"percentile"``, the prediction
+    pipeline's normalisation (where the percentiles coincide, the minimum and maximum are used;
+    non-finite values count as 0; a constant channel becomes all zeros).
 
     Args:
         data: ``(X, Y, Z)`` or ``(X, Y, Z, C)``.
     """
-    x = np.nan_to_num(np.asarray(data, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    out = np.zeros_like(x)
-    channels = [Ellipsis] if x.ndim == 3 else [(Ellipsis, c) for c in range(x.shape[-1])]
-    for c in channels:
-        lo, hi = np.percentile(x[c], PERCENTILES)
-        if hi > lo:
-            out[c] = np.clip((x[c] - lo) / (hi - lo), 0.0, 1.0)
-    return out
+    return normalise_intensities(data, "percentile")
 
 
 @dataclass
@@ -276,10 +309,14 @@ class PairSet:
     """Scan/label-map pairs, read, checked, reoriented to RAS and normalised.
 
     Attributes:
-        image_files, label_files: the files, matched by sorted order.
-        images: float32 ``(X, Y, Z, C)`` arrays in [0, 1]; ``labels``: int32 ``(X, Y, Z)``.
+        image_files, label_files: the files, matched by sorted order (for 2D slices made by
+            :func:`synthseg.slices.slice_pairs`: the volumes the slices come from).
+        images: float32 ``(X, Y, Z, C)`` arrays in [0, 1]; ``labels``: int32 ``(X, Y, Z)``
+            (or ``(H, W, C)`` and ``(H, W)`` for 2D pairs).
         n_channels: image channels (the same for every scan).
         found: sorted labels present in the label maps.
+        info: how the pairs were made, saved in the run's ``options.json`` (``data`` section),
+            e.g. ``{"slices": {"axis": 2, "k": 3}}`` for 2.5D slices.
     """
 
     image_files: list
@@ -288,9 +325,15 @@ class PairSet:
     labels: list
     n_channels: int
     found: list
+    info: dict = field(default_factory=dict)
 
     @property
-    def max_shape(self) -> tuple[int, int, int]:
+    def ndim(self) -> int:
+        """Spatial dimensions of the pairs (3 for volumes, 2 for slices)."""
+        return int(self.labels[0].ndim)
+
+    @property
+    def max_shape(self) -> tuple[int, ...]:
         return tuple(int(n) for n in np.max([lab.shape for lab in self.labels], axis=0))
 
     def set_labels(self, label_list) -> None:
@@ -309,8 +352,9 @@ def load_pairs(images, labels, what: str = "training") -> PairSet:
 
     Raises:
         InputError: no files, different numbers of scans and label maps, an unreadable file,
-            a scan and its label map on different grids (the message names both), or scans
-            with different numbers of channels.
+            a scan that is 2D (an axis of one voxel) or has NaN/infinite voxels or is empty
+            (:func:`lab2im.io.check_image`), a scan and its label map on different grids (the
+            message names both), or scans with different numbers of channels.
     """
     from lab2im.geometry import reorient_to_canonical
     from synthseg.brain_generator import read_label_map
@@ -329,6 +373,7 @@ def load_pairs(images, labels, what: str = "training") -> PairSet:
         if vol.data.ndim not in (3, 4):
             raise InputError(f"image is {vol.data.ndim}D (shape {vol.data.shape}); expected a 3D scan "
                              "(optionally with channels last)", img_file)
+        check_image(vol.data, img_file)  # 2D or a single voxel, NaN/Inf voxels, empty: refused
         lab = read_label_map(lab_file)  # checked and reoriented to RAS
         vol, _ = reorient_to_canonical(vol)
         if vol.shape[:3] != lab.shape or not np.allclose(vol.affine, lab.affine, atol=1e-3):
@@ -348,14 +393,39 @@ def load_pairs(images, labels, what: str = "training") -> PairSet:
     return PairSet(image_files, label_files, out_images, out_labels, channels, sorted(int(v) for v in found))
 
 
-def pair_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, start_step: int):
+def standardise_pairs(pairs: PairSet, method: str) -> PairSet:
+    """A copy of ``pairs`` (read with the ``"percentile"`` normalisation, as :func:`load_pairs`
+    does) with its images standardised by ``method`` instead: the same result as
+    :func:`lab2im.normalisation.normalise_intensities` with ``method`` on the scans as read."""
+    if check_method(method) == "percentile":
+        return pairs
+    images = []
+    for image in pairs.images:
+        out = np.empty(image.shape, np.float32)
+        for c in range(image.shape[-1]):
+            out[..., c] = zscore_foreground(image[..., c])
+        images.append(out)
+    return dataclasses.replace(pairs, images=images)
+
+
+def pair_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, start_step: int,
+                 partners: bool = False):
     """Endless minibatches ``((images, labels), dummy)``; the pairs of step ``s`` depend only
-    on ``(seed, s)``, so a resumed run draws what the uninterrupted run would have drawn."""
+    on ``(seed, s)``, so a resumed run draws what the uninterrupted run would have drawn.
+
+    With ``partners`` (mixup), ``((images, labels, partner_images, partner_labels), dummy)``:
+    a second pair for each sample, drawn after the first (the first pairs are those drawn
+    without ``partners``)."""
     step = start_step
     dummy = np.zeros((batch_size, 1), np.float32)
     while True:
-        idx = np.random.default_rng([seed, step]).integers(0, len(images), size=batch_size)
-        yield (images[idx], labels[idx].astype(np.int32)), dummy
+        rng = np.random.default_rng([seed, step])
+        idx = rng.integers(0, len(images), size=batch_size)
+        if partners:
+            other = rng.integers(0, len(images), size=batch_size)
+            yield (images[idx], labels[idx].astype(np.int32), images[other], labels[other].astype(np.int32)), dummy
+        else:
+            yield (images[idx], labels[idx].astype(np.int32)), dummy
         step += 1
 
 
@@ -376,9 +446,11 @@ class PairAugmentation(keras.layers.Layer):
 
     One random spatial deformation for both (linear for the image, nearest for the labels),
     which also takes the random ``crop_shape`` window; then a left/right flip (swapping
-    ``lr_pairs``), a bias field and noise + min-max normalisation + gamma on the image. Each
-    sample is augmented with probability ``options.prob`` (see :class:`AugmentationOptions`);
-    the others are only cropped (an exact copy of voxels).
+    ``lr_pairs``), a bias field and noise + min-max normalisation + gamma on the image (then,
+    with ``normalisation="zscore"``, a z-score within the foreground: the voxels not 0 in the
+    standardised input). Each sample is augmented with probability ``options.prob``, and each
+    augmentation of an augmented sample has its own probability (see
+    :class:`AugmentationOptions`); the others are only cropped (an exact copy of voxels).
 
     Returns ``[image (B, *crop_shape, C), labels (B, *crop_shape, 1)]``.
     """
@@ -402,7 +474,7 @@ class PairAugmentation(keras.layers.Layer):
             seed=seeds[1], name="deformation")
         self.flip = (RandomFlip(self.lr_pairs, axis=o.flip_axis, prob=o.flip_prob, seed=seeds[2], name="flip")
                      if o.flip_prob > 0 else None)
-        self.bias = (RandomBiasField(o.bias_std, o.bias_scale, prob=1.0, seed=seeds[3], name="bias_field")
+        self.bias = (RandomBiasField(o.bias_std, o.bias_scale, prob=o.bias_prob, seed=seeds[3], name="bias_field")
                      if o.bias_std > 0 else None)
         self.intensity = IntensityAugmentation(o.noise_std, clip=None, normalise=True, gamma_std=o.gamma_std,
                                                seed=seeds[4], name="intensity")
@@ -423,12 +495,15 @@ class PairAugmentation(keras.layers.Layer):
         image, labels = inputs
         batch = image.shape[0] or ops.shape(image)[0]
         nd = len(self.crop_shape)
-        gate = keras.random.uniform((batch,), seed=self.seed_generator) < self.options.prob
+        o = self.options
+        gate = keras.random.uniform((batch,), seed=self.seed_generator) < o.prob
+        affine_on = self._gate(gate, o.affine_prob, batch)
+        elastic_on = self._gate(gate, o.elastic_prob, batch)
 
         t = self.deformation.get_random_transformation(batch)
-        linear = ops.where(gate[:, None, None], t["affine"][:, :, :nd], ops.eye(nd, dtype="float32")[None])
+        linear = ops.where(affine_on[:, None, None], t["affine"][:, :, :nd], ops.eye(nd, dtype="float32")[None])
         affine = ops.concatenate([linear, t["affine"][:, :, nd:]], axis=-1)  # the crop offset stays
-        velocity = t["velocity"] * ops.reshape(ops.cast(gate, "float32"), (-1,) + (1,) * (nd + 1))
+        velocity = t["velocity"] * ops.reshape(ops.cast(elastic_on, "float32"), (-1,) + (1,) * (nd + 1))
         image, labels = self.deformation.transform([image, labels], {"affine": affine, "velocity": velocity})
 
         if self.flip is not None:
@@ -438,14 +513,75 @@ class PairAugmentation(keras.layers.Layer):
         augmented = image
         if self.bias is not None:
             augmented = self.bias(augmented)
-        augmented = self.intensity(augmented)
+        if o.gamma_prob < 1 and o.gamma_std > 0:
+            it = self.intensity.get_random_transformation(batch)
+            gamma_on = ops.reshape(self._gate(gate, o.gamma_prob, batch), (-1,) + (1,) * (nd + 1))
+            it["gamma"] = ops.where(gamma_on, it["gamma"], ops.ones_like(it["gamma"]))
+            augmented = self.intensity.transform(augmented, it)
+        else:
+            augmented = self.intensity(augmented)
+        if o.normalisation == "zscore":  # the input is z-scored with its background at 0
+            augmented = zscore_in_mask(augmented, ops.not_equal(image, 0.0))
         image = ops.where(ops.reshape(gate, (-1,) + (1,) * (nd + 1)), augmented, image)
         return [image, labels]
+
+    def _gate(self, gate, prob: float, batch):
+        """``gate`` and, when ``prob < 1``, a new Bernoulli(``prob``) draw per sample (no draw
+        when ``prob`` is 1, so runs made before the per-augmentation probabilities replay)."""
+        if prob >= 1:
+            return gate
+        return ops.logical_and(gate, keras.random.uniform((batch,), seed=self.seed_generator) < prob)
 
     def get_config(self):
         config = super().get_config()
         config.update(crop_shape=self.crop_shape, options=self.options.to_dict(), lr_pairs=self.lr_pairs,
                       seed=self.seed)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="synthseg")
+class Mixup(RandomLayer):
+    """Mixup (Zhang et al., 2018) of two batches of pairs, per sample.
+
+    ``[image1, target1, image2, target2]`` (images ``(B, *spatial, C)``, one-hot or soft
+    targets ``(B, *spatial, K)``) give ``[w image1 + (1 - w) image2, w target1 + (1 - w)
+    target2]``, with ``w ~ Beta(alpha, alpha)`` for the samples mixed (probability ``prob``) and
+    ``w = 1`` (``image1`` and ``target1`` unchanged) for the others.
+
+    Args:
+        prob: probability that a sample is mixed.
+        alpha: the Beta distribution's parameters (> 0).
+        seed: see :class:`~lab2im.layers.base.RandomLayer`.
+
+    Transformation dict: ``weight``: ``(B,)`` float32 ``w`` (1 where not mixed).
+    """
+
+    def __init__(self, prob=0.5, alpha=0.4, seed=None, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        if not 0.0 <= float(prob) <= 1.0 or not float(alpha) > 0:
+            raise ValueError(f"mixup needs 0 <= prob <= 1 and alpha > 0, got prob={prob}, alpha={alpha}")
+        self.prob, self.alpha = float(prob), float(alpha)
+
+    def compute_output_shape(self, input_shape):
+        return [input_shape[0], input_shape[1]]
+
+    def get_random_transformation(self, batch_size):
+        on = self._bernoulli((batch_size,), self.prob)
+        w = keras.random.beta((batch_size,), self.alpha, self.alpha, dtype="float32", seed=self.seed_generator)
+        return {"weight": ops.where(on, w, ops.ones_like(w))}
+
+    def transform(self, inputs, transformation):
+        image1, target1, image2, target2 = inputs
+        w = ops.cast(transformation["weight"], "float32")
+        out = []
+        for a, b in ((image1, image2), (target1, target2)):
+            wb = ops.reshape(w, (-1,) + (1,) * (len(a.shape) - 1))
+            out.append(wb * ops.cast(a, "float32") + (1.0 - wb) * ops.cast(b, "float32"))
+        return out
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(prob=self.prob, alpha=self.alpha)
         return config
 
 
@@ -456,7 +592,11 @@ def build_supervised_model(unet_options, labels, n_channels: int, input_shape, c
     Returns:
         ``(model, unet)``: ``model`` maps ``[image (B, *input_shape, C) float32, labels
         (B, *input_shape, 1) int32]`` to ``(B, *crop_shape, 2K)``: the U-Net's probabilities
-        beside the one-hot target, as :func:`synthseg.training.build_training_model`.
+        beside the one-hot target, as :func:`synthseg.training.build_training_model`. With
+        mixup (``augmentation.mixup_prob > 0``) it takes a partner pair for each sample too,
+        ``[image, labels, partner_image, partner_labels]``: both are augmented (the same
+        :class:`PairAugmentation`, called on each), then :class:`Mixup` blends them and the
+        target is soft.
     """
     from synthseg.unet import build_unet
 
@@ -465,12 +605,25 @@ def build_supervised_model(unet_options, labels, n_channels: int, input_shape, c
     unet = build_unet(len(labels), n_channels, unet_options)
     image_in = keras.Input((*input_shape, n_channels), dtype="float32", name="scan")
     labels_in = keras.Input((*input_shape, 1), dtype="int32", name="label_map")
-    image, target = PairAugmentation(crop_shape, augmentation, lr_pairs, seed=seed,
-                                     name="augmentation")([image_in, labels_in])
+    augment = PairAugmentation(crop_shape, augmentation, lr_pairs, seed=seed, name="augmentation")
+    one_hot = OneHotLabels(labels, name="one_hot_target")
+    inputs = [image_in, labels_in]
+    if augmentation.mixup_prob > 0:
+        partner_image = keras.Input((*input_shape, n_channels), dtype="float32", name="partner_scan")
+        partner_labels = keras.Input((*input_shape, 1), dtype="int32", name="partner_label_map")
+        inputs += [partner_image, partner_labels]
+        image1, target1 = augment([image_in, labels_in])
+        image2, target2 = augment([partner_image, partner_labels])  # the same layer: its next draws
+        mix_seed = None if seed is None else int(np.random.SeedSequence([int(seed), 23]).generate_state(1)[0]
+                                                 % (2**31 - 1))
+        image, target = Mixup(augmentation.mixup_prob, augmentation.mixup_alpha, seed=mix_seed, name="mixup")(
+            [image1, one_hot(target1), image2, one_hot(target2)])
+    else:
+        image, target = augment([image_in, labels_in])
+        target = one_hot(target)
     probs = unet(image)
-    onehot = OneHotLabels(labels, name="one_hot_target")(target)
-    out = keras.layers.Concatenate(axis=-1, dtype="float32", name="prediction_and_target")([probs, onehot])
-    return keras.Model([image_in, labels_in], out, name="synthseg_supervised"), unet
+    out = keras.layers.Concatenate(axis=-1, dtype="float32", name="prediction_and_target")([probs, target])
+    return keras.Model(inputs, out, name="synthseg_supervised"), unet
 
 
 # ----------------------------------------------------------------------------- transfer learning
@@ -491,14 +644,12 @@ def load_source_unet(init_from) -> tuple[keras.Model, Path]:
         raise InputError("init_from: no such file or folder", p)
     elif p.suffix != ".keras":
         raise InputError("init_from: expected a U-Net .keras file or a run folder", p)
+    from lab2im.model import load_keras_model
+
     try:
-        model = keras.saving.load_model(p, safe_mode=True, compile=False)
-    except Exception as exc:  # Keras raises many types for unreadable files
-        msg = str(exc).strip().splitlines()
-        detail = f"{type(exc).__name__}: {msg[0][:160]}" if msg else type(exc).__name__
-        raise InputError(f"init_from: cannot load the U-Net ({detail})", p) from None
-    if not isinstance(model, keras.Model):
-        raise InputError("init_from: the file does not hold a Keras model", p)
+        model = load_keras_model(p, "the U-Net")  # safe mode: no code in the file is run
+    except InputError as exc:
+        raise InputError(f"init_from: {exc.problem}", p) from None
     return model, p
 
 
@@ -608,7 +759,7 @@ def validation_dice(unet: keras.Model, pairs: PairSet, labels, multiple: int) ->
     table = np.asarray(labels, np.int32)
     scores = []
     for image, truth in zip(pairs.images, pairs.labels):
-        x, pad = pad_to_multiple(image, multiple, n_spatial=3)
+        x, pad = pad_to_multiple(image, multiple, n_spatial=truth.ndim)
         probs = ops.convert_to_numpy(unet(x[None], training=False))[0]
         pred = pad.undo(table[np.argmax(probs, axis=-1)])
         scores.append(hard_dice(truth, pred, labels[1:]))
@@ -715,12 +866,16 @@ def supervised_training(images, labels, model_dir, validation=None, unet=None,
 
     Args:
         images, labels: training scans and label maps (each a file, folder, ``.txt`` list or
-            list of paths), matched by sorted order; each pair on one voxel grid.
+            list of paths), matched by sorted order; each pair on one voxel grid. Or
+            ``images`` a :class:`PairSet` already loaded (``labels`` is then ignored), e.g. 2D
+            slices from :func:`synthseg.slices.slice_pairs` (see
+            :func:`synthseg.slices.slice_training`); its ``info`` is saved in ``options.json``.
         model_dir: the run folder (see the module docstring); created if missing.
-        validation: ``(images, labels)`` of held-out pairs, scored every
-            ``options.validate_every`` steps (whole volumes, no augmentation); the best model
-            is kept as ``best.npz`` / ``unet_best.keras``. ``None``: no validation.
-        unet: :class:`synthseg.unet.UNetOptions` (3D). Default: with ``init_from`` a run folder
+        validation: ``(images, labels)`` of held-out pairs (or a :class:`PairSet`), scored every
+            ``options.validate_every`` steps (whole volumes or slices, no augmentation); the best
+            model is kept as ``best.npz`` / ``unet_best.keras``. ``None``: no validation.
+        unet: :class:`synthseg.unet.UNetOptions` (``ndim`` that of the pairs: 3, or 2 for
+            slices). Default: with ``init_from`` a run folder
             (or its ``unet_*.keras``), that run's U-Net options; else SynthSeg's 5-level U-Net.
             With another ``init_from`` file, pass the options it was built with (layers are
             matched by name and weight shapes).
@@ -757,6 +912,9 @@ def supervised_training(images, labels, model_dir, validation=None, unet=None,
     model_dir = Path(model_dir)
     if options is not None and not isinstance(options, SupervisedOptions):
         raise InputError(f"options must be SupervisedOptions, got {type(options).__name__}")
+    ndim = images.ndim if isinstance(images, PairSet) else 3
+    check_not_an_input(model_dir, [images, labels, *(validation if isinstance(validation, (list, tuple)) else [])],
+                       "run folder")
     resume_from = _prepare_folder(model_dir, resume)
     transfer = {"init_from": None, "freeze_encoder": bool(freeze_encoder), "copied_layers": [],
                 "reinitialised_layers": []}
@@ -765,22 +923,28 @@ def supervised_training(images, labels, model_dir, validation=None, unet=None,
         options = dataclasses.replace(saved, steps=max(saved.steps, options.steps)) if options else saved
     else:
         options = options or SupervisedOptions()
-        unet = unet or (run_unet_options(init_from) if init_from is not None else None) or UNetOptions()
+        unet = unet or (run_unet_options(init_from) if init_from is not None else None) or UNetOptions(ndim=ndim)
         augmentation = augmentation or AugmentationOptions()
         if freeze_encoder and init_from is None:
             raise InputError("freeze_encoder needs init_from (a frozen random encoder learns nothing)")
-    if not isinstance(unet, UNetOptions) or unet.ndim != 3:
-        raise InputError("supervised_training needs 3D UNetOptions (ndim=3)")
+    if not isinstance(unet, UNetOptions) or unet.ndim != ndim:
+        raise InputError(f"supervised_training needs {ndim}D UNetOptions (ndim={ndim}) for {ndim}D pairs")
     if options.patience is not None and validation is None:
         raise InputError("patience (early stopping) needs validation data")
 
     # ---- data
-    train = load_pairs(images, labels, "training")
+    train = images if isinstance(images, PairSet) else load_pairs(images, labels, "training")
     val = None
-    if validation is not None:
+    if isinstance(validation, PairSet):
+        val = validation
+        if val.ndim != train.ndim or val.info != train.info:
+            raise InputError(f"validation pairs ({val.ndim}D, {val.info}) are not made like the training "
+                             f"pairs ({train.ndim}D, {train.info})", val.image_files[0])
+    elif validation is not None:
         if not isinstance(validation, (tuple, list)) or len(validation) != 2:
             raise InputError("validation must be an (images, label maps) pair of sources")
         val = load_pairs(validation[0], validation[1], "validation")
+    if val is not None:
         if val.n_channels != train.n_channels:
             raise InputError(f"validation images have {val.n_channels} channel(s), training images "
                              f"{train.n_channels}", val.image_files[0])
@@ -789,6 +953,10 @@ def supervised_training(images, labels, model_dir, validation=None, unet=None,
         if data_info.get("n_channels", train.n_channels) != train.n_channels:
             raise InputError(f"the run was trained on {data_info['n_channels']}-channel images, these have "
                              f"{train.n_channels}", train.image_files[0])
+        if data_info.get("slices") != train.info.get("slices"):  # slices of another axis or k
+            raise InputError(f"the run was trained on slices {data_info.get('slices') or 'none (whole volumes)'}, "
+                             f"these pairs are slices {train.info.get('slices') or 'none (whole volumes)'}",
+                             model_dir / "options.json")
     else:
         label_list = options.labels or sorted(set(train.found) | {0})
         if len(label_list) < 2:
@@ -796,6 +964,10 @@ def supervised_training(images, labels, model_dir, validation=None, unet=None,
     train.set_labels(label_list)
     if val is not None:
         val.set_labels(label_list)
+    # pairs are read with the percentile step; slices (synthseg.slices) come standardised per volume
+    if augmentation.normalisation not in ("percentile", train.info.get("normalisation")):
+        train = standardise_pairs(train, augmentation.normalisation)
+        val = None if val is None else standardise_pairs(val, augmentation.normalisation)
 
     multiple = required_multiple(unet)
     crop = options.crop_shape or tuple(-(-n // multiple) * multiple for n in train.max_shape)
@@ -860,7 +1032,7 @@ def supervised_training(images, labels, model_dir, validation=None, unet=None,
         data_info = {"n_channels": train.n_channels,
                      "images": [str(f) for f in train.image_files], "labels": [str(f) for f in train.label_files],
                      "validation_images": [str(f) for f in val.image_files] if val else None,
-                     "validation_labels": [str(f) for f in val.label_files] if val else None}
+                     "validation_labels": [str(f) for f in val.label_files] if val else None, **train.info}
         save_supervised_options(model_dir, unet, options, augmentation, transfer, data_info)
     np.save(model_dir / "labels.npy", np.asarray(label_list, np.int32))
 
@@ -889,7 +1061,8 @@ def supervised_training(images, labels, model_dir, validation=None, unet=None,
     if options.tensorboard:
         cbs.append(keras.callbacks.TensorBoard(str(model_dir / "tensorboard"), update_freq=10))
     images_arr, labels_arr = _stack(train, pool)
-    batches = pair_batches(images_arr, labels_arr, options.batch_size, options.seed, step)
+    batches = pair_batches(images_arr, labels_arr, options.batch_size, options.seed, step,
+                           partners=augmentation.mixup_prob > 0)
     start_epoch = step // epoch_steps
     with contextlib.closing(batches):
         model.fit(batches, steps_per_epoch=epoch_steps, epochs=total // epoch_steps, initial_epoch=start_epoch,

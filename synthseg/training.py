@@ -36,7 +36,7 @@ import numpy as np
 from keras import ops
 
 from lab2im.errors import InputError
-from lab2im.io import atomic_write_text, make_writable_folder
+from lab2im.io import atomic_write_text, check_not_an_input, make_writable_folder
 from lab2im.options import GeneratorOptions, options_from_dict
 from synthseg.losses import MeanDice, SegmentationLoss, WarmupCallback
 
@@ -277,6 +277,7 @@ def training(labels_dir, model_dir, generator: GeneratorOptions | None = None, u
     from synthseg.unet import UNetOptions, required_multiple
 
     model_dir = Path(model_dir)
+    check_not_an_input(model_dir, [labels_dir], "run folder")
     resume_from = _prepare_folder(model_dir, resume)
     if resume_from is not None:
         generator, unet, saved = load_options(model_dir)

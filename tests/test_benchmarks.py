@@ -40,3 +40,26 @@ def test_generation_benchmark_quick(tmp_path, blocks_labels):
     assert "ours" in data["breakdown_s"]["64"]
     assert not list(tmp_path.glob(".generation.json.*"))  # atomic write left nothing behind
     assert "volumes/s" in r.stdout
+
+
+def test_accuracy_tissue_helpers():
+    """benchmarks/accuracy.py: ground truth = most likely class above 0.5; structures merge into
+    GM/WM/CSF as synthseg.labels.tissue_groups says; Dice per tissue from hand-made maps."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.accuracy import structures_to_tissues, tissue_dice, tissue_map
+    from synthseg.labels import tissue_groups
+
+    p = np.zeros((2, 2, 1, 3), np.float32)
+    p[0, 0, 0] = [0.6, 0.3, 0.1]  # GM
+    p[0, 1, 0] = [0.2, 0.7, 0.1]  # WM
+    p[1, 0, 0] = [0.3, 0.3, 0.4]  # no class above 0.5: background
+    p[1, 1, 0] = [0.0, 0.1, 0.9]  # CSF
+    np.testing.assert_array_equal(tissue_map(p)[..., 0], [[1, 2], [0, 3]])
+    groups = tissue_groups()
+    seg = np.array([groups["GM"][0], groups["WM"][0], 0, groups["CSF"][-1], 165])
+    np.testing.assert_array_equal(structures_to_tissues(seg, [0, *groups["GM"]]), [1, 2, 0, 3, 0])
+    truth = np.array([1, 1, 2, 2, 3, 0])
+    pred = np.array([1, 2, 2, 2, 0, 0])
+    d = tissue_dice(truth, pred)
+    assert d["GM"] == pytest.approx(2 * 1 / 3) and d["WM"] == pytest.approx(2 * 2 / 5) and d["CSF"] == 0.0
+    assert tissue_dice(np.zeros(3), np.zeros(3)) == {"GM": 1.0, "WM": 1.0, "CSF": 1.0}

@@ -55,8 +55,8 @@ def test_fetch_list(capsys):
 
 @pytest.mark.slow
 @pytest.mark.network
-def test_demo(tmp_path):
-    r = run_cli("demo", "--out", tmp_path / "demo", "--n", "1", "--size", "48")
+def test_demo_generator(tmp_path):
+    r = run_cli("demo", "--generator", "--out", tmp_path / "demo", "--n", "1", "--size", "48")
     assert r.returncode == 0, r.stderr[-2000:]
     img = nib.load(str(tmp_path / "demo" / "synthetic_000.nii.gz"))
     assert img.shape == (48, 48, 48) and 0 <= img.get_fdata().min() and img.get_fdata().max() <= 1

