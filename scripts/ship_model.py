@@ -78,7 +78,7 @@ def last_dice_per_label(path: Path) -> tuple[int, dict[str, float]] | None:
 
 
 def card(name: str, run: Path, options: dict, log: list[dict], network: str, params: int, n_labels: int,
-         accuracy: dict | None, reproduce: str) -> str:
+         accuracy: dict | None, reproduce: str, where: str) -> str:
     g, u, t = options["generator"], options["unet"], options["training"]
     steps = int(log[-1]["step"]) if log else 0
     hours = (log[-1]["seconds"] / 3600) if log else 0.0
@@ -97,7 +97,7 @@ def card(name: str, run: Path, options: dict, log: list[dict], network: str, par
              "the result back to the scan's own grid (posteriors interpolated linearly).", "",
              "## Training", "",
              f"- Steps: **{steps:,}** of {t['steps']:,} planned, batch {t['batch_size']}, "
-             f"{hours:.1f} h wall time on the machine it ran on (see below).",
+             f"{hours:.1f} h wall time on {where}.",
              f"- Crop: {g.get('output_shape')} voxels; U-Net: {u['n_levels']} levels, {u['base_features']} base "
              f"features, batch norm {u.get('batch_norm')}.",
              f"- Optimiser: Adam, learning rate {t['learning_rate']:g} ({t['lr_schedule']} schedule), "
@@ -141,6 +141,7 @@ def main(argv=None) -> int:
     parser.add_argument("name")
     parser.add_argument("--accuracy", type=Path, default=None, help="accuracy.json of this network")
     parser.add_argument("--reproduce", default="python scripts/train_synthseg.py RUN_DIR --preset cpu")
+    parser.add_argument("--where", default="2 CPU cores (TensorFlow)", help="what it was trained on, for the card")
     args = parser.parse_args(argv)
 
     from synthseg.predict import NETWORK_FILES, load_model
@@ -159,10 +160,13 @@ def main(argv=None) -> int:
         shutil.copyfile(args.run / f, dest / f)
     options = json.loads((args.run / "options.json").read_text())
     log = read_log(args.run / "training_log.csv")
+    saved = sorted(int(p.stem.split("-")[-1]) for p in (args.run / "checkpoints").glob("step-*.npz"))
+    if saved:  # the network is the one of the last checkpoint: steps logged after it are not in it
+        log = [r for r in log if r["step"] <= saved[-1]]
     accuracy = json.loads(args.accuracy.read_text()) if args.accuracy else None
     text = card(args.name, args.run, options, log, network.name, int(model.network.count_params()),
                 int(model.labels.size), accuracy,
-                args.reproduce)
+                args.reproduce, args.where)
     per_label = last_dice_per_label(args.run / "dice_per_label.csv")
     if per_label:
         step, dice = per_label

@@ -63,13 +63,13 @@ def cmd_demo(args) -> int:
     scan = datasets.fetch(args.scan)
     print(f"segmenting {args.scan} ({scan}) with the shipped model ...", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
-    report = predict(scan, out, model=args.model, vol=out / "volumes.csv", qc=out / "qc.csv", png=out,
+    seg, png = out / f"{args.scan}_synthseg.nii.gz", out / f"{args.scan}_synthseg.png"
+    report = predict(scan, seg, model=args.model, vol=out / "volumes.csv", qc=out / "qc.csv", png=png,
                      threads=args.threads)
     if report.failed:  # predict() has printed the reason
         return 1
-    name = Path(report.done[0]).name.split(".")[0]
-    print(f"wrote {out / (name + '_synthseg.nii.gz')} (segmentation), {out / 'volumes.csv'} (volumes, mm³), "
-          f"{out / 'qc.csv'} (quality score) and {out / (name + '_synthseg.png')} (overlay)")
+    print(f"wrote {seg} (segmentation), {out / 'volumes.csv'} (volumes, mm³), "
+          f"{out / 'qc.csv'} (quality score) and {png} (overlay)")
     return 0
 
 

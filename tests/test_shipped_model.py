@@ -1,0 +1,80 @@
+"""The model shipped in models/: complete, loadable safely, and good enough on real scans.
+
+These pin the README's main command (``make demo`` = ``synthseg demo``) and the accuracy
+benchmark on the shipped network, so a broken or replaced model fails CI.
+"""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from synthseg.predict import MODELS_DIR, default_model_path, load_model
+
+ROOT = Path(__file__).resolve().parent.parent
+# floors well under the measured values in models/*/MODEL_CARD.md: a regression, not a target
+MIN_TISSUE_DICE_2MM_T1 = 0.5  # measured 0.584 (MODEL_CARD.md)
+
+
+def test_shipped_model_folder_is_complete_and_small():
+    path = default_model_path()
+    assert path.parent == MODELS_DIR and path.is_dir()
+    for name in ("labels.npy", "options.json", "MODEL_CARD.md", "training_curve.png"):
+        assert (path / name).is_file(), name
+    networks = list(path.glob("unet_*.keras"))
+    assert len(networks) == 1
+    assert sum(p.stat().st_size for p in path.iterdir()) < 40 * 2**20  # small enough for git
+    model = load_model()  # safe mode, labels match the outputs (load_model checks both)
+    assert model.labels[0] == 0 and model.labels.size == model.network.output_shape[-1]
+    assert model.lr_pairs, "the flip averaging needs the left/right pairs"
+    card = (path / "MODEL_CARD.md").read_text()
+    assert "CC BY-NC" in card and "Measured accuracy" in card
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_demo_segments_the_mni_t1(tmp_path):
+    """``synthseg demo``: segmentation on the scan's native grid, volumes CSV with a plausible
+    intracranial volume (the MNI 2009c brain mask is 1.89 L), QC CSV and a PNG overlay."""
+    from synthseg import datasets
+
+    out = tmp_path / "demo"
+    r = subprocess.run([sys.executable, "-m", "synthseg", "demo", "--out", str(out)], capture_output=True,
+                       text=True, timeout=900, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    scan = nib.load(str(datasets.fetch("mni2009c_1mm_t1")))
+    seg = nib.load(str(out / "mni2009c_1mm_t1_synthseg.nii.gz"))
+    assert seg.shape == scan.shape
+    np.testing.assert_allclose(seg.affine, scan.affine, atol=1e-5)
+    labels = set(np.unique(np.asarray(seg.dataobj)).tolist())
+    assert {0, 2, 3, 41, 42} <= labels  # background, cerebral WM and cortex on both sides
+    with open(out / "volumes.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1
+    tiv = float(rows[0]["total intracranial"])
+    assert 1.2e6 < tiv < 2.4e6, tiv
+    assert (out / "qc.csv").is_file()
+    assert (out / "mni2009c_1mm_t1_synthseg.png").stat().st_size > 10_000
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_accuracy_benchmark_on_the_shipped_model(tmp_path):
+    out = tmp_path / "accuracy.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "accuracy.py"), "--cases", "mni2009c_2mm_t1",
+                        "--out", str(out)], capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = json.loads(out.read_text())
+    (row,) = data["results"]
+    assert row["status"] == "ok" and set(row["dice"]) == {"GM", "WM", "CSF"}
+    assert row["mean_dice"] >= MIN_TISSUE_DICE_2MM_T1, row["dice"]
+    assert row["ceiling"] is None  # the 2 mm scan is at the model's voxel size
+    assert data["summary"]["mean_dice"] == pytest.approx(row["mean_dice"])
+    assert (tmp_path / "accuracy.png").stat().st_size > 10_000
+    assert (tmp_path / "accuracy_slices.png").stat().st_size > 10_000
+    assert "tissue Dice" in r.stdout
