@@ -73,9 +73,10 @@ def structures_to_tissues(segmentation, labels):
 
     from synthseg.labels import tissue_groups
 
+    groups = tissue_groups()
     lut = np.zeros(int(max(segmentation.max(), max(labels))) + 1, np.int32)
     for value, group in enumerate(TISSUES, start=1):
-        for label in tissue_groups()[group]:
+        for label in groups[group]:
             if label < lut.size:
                 lut[label] = value
     return lut[segmentation]
@@ -92,7 +93,7 @@ def tissue_dice(truth, predicted) -> dict[str, float]:
     return out
 
 
-def resolution_ceiling(probabilities, affine, model_voxel_mm) -> dict[str, float] | None:
+def resolution_ceiling(probabilities, truth, affine, model_voxel_mm) -> dict[str, float] | None:
     """Dice of the ground truth after a round trip through the model's grid (see the module
     docstring); ``None`` when the scan is already at the model's voxel size."""
     import numpy as np
@@ -105,7 +106,7 @@ def resolution_ceiling(probabilities, affine, model_voxel_mm) -> dict[str, float
         return None
     coarse = resample_volume(Volume(probabilities, affine), model_voxel_mm, order=1)
     back = resample_to_grid(coarse.data, coarse.affine, probabilities.shape[:3], affine, order=1, fill=0)
-    return tissue_dice(tissue_map(probabilities), tissue_map(back))
+    return tissue_dice(truth, tissue_map(back))
 
 
 def load_case(name: str):
@@ -135,9 +136,9 @@ def measure(name: str, model, flip: bool) -> dict:
     predicted = structures_to_tissues(seg.native_segmentation(), model.labels.tolist())
     seconds = time.perf_counter() - t0
     dice = tissue_dice(truth, predicted)
-    ceiling = resolution_ceiling(probabilities, image.affine, model.voxel_size)
+    ceiling = resolution_ceiling(probabilities, truth, image.affine, model.voxel_size)
     return {"case": name, "status": "ok", "shape": list(image.data.shape[:3]),
-            "voxel_mm": [float(v) for v in np.sqrt((image.affine[:3, :3] ** 2).sum(0))],
+            "voxel_mm": [float(v) for v in image.voxel_size],
             "dice": dice, "mean_dice": float(np.mean(list(dice.values()))), "ceiling": ceiling,
             "seconds": seconds, "truth_voxels": {t: int((truth == i).sum()) for i, t in enumerate(TISSUES, 1)},
             "_predicted": predicted, "_truth": truth, "_image": image}

@@ -198,7 +198,7 @@ class SegmentationModel:
 
     @property
     def background_channel(self) -> int:
-        return int(np.flatnonzero(self.labels == 0)[0])
+        return background_channel(self.labels)
 
     def flip_permutation(self) -> np.ndarray:
         """Channel order of a left/right-flipped prediction: ``flipped[..., perm]`` puts each
@@ -239,6 +239,11 @@ class SegmentationModel:
     def _predict(self, batch: np.ndarray) -> np.ndarray:
         out = self.network.predict_on_batch(batch)
         return np.asarray(out, dtype=np.float32)
+
+
+def background_channel(labels) -> int:
+    """Channel of label 0 in a model's label list (which must hold it)."""
+    return int(np.flatnonzero(np.asarray(labels) == 0)[0])
 
 
 def lr_permutation(labels, lr_pairs) -> np.ndarray:
@@ -725,6 +730,10 @@ class Segmentation:
         return self.prepared.affine
 
     @property
+    def background_channel(self) -> int:
+        return background_channel(self.labels)
+
+    @property
     def segmentation(self) -> np.ndarray:
         """Labels (FreeSurfer IDs, int32) on the network grid."""
         return self.labels[self.channels]
@@ -742,9 +751,8 @@ class Segmentation:
         if not prep.resampled:
             return prep.reorientation.undo(self.segmentation)
         reo = prep.reorientation
-        background = int(np.flatnonzero(self.labels == 0)[0]) if (self.labels == 0).any() else 0
         channels = argmax_on_grid(self.posteriors, prep.affine, reo.canonical_shape, reo.canonical_affine,
-                                  fill=background, slab=NATIVE_SLAB)
+                                  fill=self.background_channel, slab=NATIVE_SLAB)
         return reo.undo(self.labels[channels])
 
     def native_posteriors(self) -> np.ndarray:
@@ -752,7 +760,7 @@ class Segmentation:
         out = self._to_native(self.posteriors, order=1)
         if self.prepared.resampled:
             outside = out.sum(axis=-1) <= 0
-            out[outside, int(np.flatnonzero(self.labels == 0)[0])] = 1
+            out[outside, self.background_channel] = 1
         return out
 
     def _to_native(self, data: np.ndarray, order: int) -> np.ndarray:

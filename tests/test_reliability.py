@@ -155,21 +155,26 @@ def cli(argv, capsys) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-# ----------------------------------------------------------------------------- one runner per command
-def run_predict(tmp: Path, key: str, model_file: Path, capsys, monkeypatch) -> Outcome:
-    scan = corpus.build(tmp / "in", key)
-    out, tables = tmp / "out", tmp / "tables"
-    named = scan
+def place_output(key: str, out: Path, source: Path, named: Path, monkeypatch):
+    """Where a command writes for ``key``: ``out`` made unwritable (then the error must name it),
+    or the input ``source`` itself. Returns ``(out, path the error must name, protected input,
+    outputs that a failed command must not have written)``."""
     if key == "unwritable_output":
         deny_writing(out, monkeypatch)
         named = out
     elif key == "output_is_input":
-        out = named = scan
-    protected = guard(key, scan)
+        out = source
+    return out, named, guard(key, source), ([] if key == "output_is_input" else [out])
+
+
+# ----------------------------------------------------------------------------- one runner per command
+def run_predict(tmp: Path, key: str, model_file: Path, capsys, monkeypatch) -> Outcome:
+    scan = corpus.build(tmp / "in", key)
+    tables = tmp / "tables"
+    out, named, protected, outputs = place_output(key, tmp / "out", scan, scan, monkeypatch)
     code, _, err = cli(["predict", "--i", scan, "--o", out, "--model", model_file, "--no-flip",
                         "--vol", tables / "vol.csv"], capsys)
-    return Outcome(code, err, named, [tables] + ([out] if key != "output_is_input" else []),
-                   protected=protected)
+    return Outcome(code, err, named, [tables] + outputs, protected=protected)
 
 
 def run_evaluate(tmp: Path, key: str, model_file: Path, capsys, monkeypatch) -> Outcome:
@@ -186,16 +191,9 @@ def run_evaluate(tmp: Path, key: str, model_file: Path, capsys, monkeypatch) -> 
             corpus.label_partner(gt, key, name)
         else:
             corpus.good_labels(gt, name)
-    named = pred
-    if key == "unwritable_output":
-        deny_writing(out, monkeypatch)
-        named = out
-    elif key == "output_is_input":
-        out = pred
-    protected = guard(key, pred)
+    out, named, protected, outputs = place_output(key, out, pred, pred, monkeypatch)
     code, _, err = cli(["evaluate", "--gt", gt, "--pred", pred, "--labels", 2, 3, 41, 42, "--out", out], capsys)
-    return Outcome(code, err, named, [out] if key != "output_is_input" else [],
-                   protected=protected)
+    return Outcome(code, err, named, outputs, protected=protected)
 
 
 def run_train(tmp: Path, key: str, model_file: Path, capsys, monkeypatch) -> Outcome:
@@ -204,16 +202,9 @@ def run_train(tmp: Path, key: str, model_file: Path, capsys, monkeypatch) -> Out
         labels = corpus.good_labels(tmp / "labels", "sub.nii.gz")
     else:
         labels = corpus.build(tmp / "labels", key, as_labels=True)
-    named = labels
-    if key == "unwritable_output":
-        deny_writing(run, monkeypatch)
-        named = run
-    elif key == "output_is_input":
-        run = labels
-    protected = guard(key, labels)
+    run, named, protected, outputs = place_output(key, run, labels, labels, monkeypatch)
     code, _, err = cli(["train", labels, run, *TRAIN_ARGS], capsys)
-    return Outcome(code, err, named, [run] if key != "output_is_input" else [],
-                   protected=protected)
+    return Outcome(code, err, named, outputs, protected=protected)
 
 
 def run_supervised(tmp: Path, key: str, model_file: Path, capsys, monkeypatch) -> Outcome:
@@ -231,12 +222,7 @@ def run_supervised(tmp: Path, key: str, model_file: Path, capsys, monkeypatch) -
     else:
         images, labels = corpus.build(tmp / "images", key), corpus.label_partner(tmp / "labels", key)
         named = images
-    if key == "unwritable_output":
-        deny_writing(run, monkeypatch)
-        named = run
-    elif key == "output_is_input":
-        run = images
-    protected = guard(key, images)
+    run, named, protected, outputs = place_output(key, run, images, named, monkeypatch)
     options = SupervisedOptions(steps=1, steps_per_checkpoint=1, progress=False, tensorboard=False,
                                 labels=corpus.LABELS if key == "unknown_labels" else None)
     try:
@@ -246,8 +232,7 @@ def run_supervised(tmp: Path, key: str, model_file: Path, capsys, monkeypatch) -
     except InputError as exc:
         assert "\n" not in str(exc), str(exc)
         code, err = 1, capsys.readouterr().err + f"synthseg: error: {exc}\n"
-    return Outcome(code, err, named, [run] if key != "output_is_input" else [],
-                   protected=protected)
+    return Outcome(code, err, named, outputs, protected=protected)
 
 
 def check_ok(command: str, key: str, tmp: Path) -> None:
