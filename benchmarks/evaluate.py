@@ -17,14 +17,18 @@ What is timed, for the same pair and labels:
 
 * ours: :func:`synthseg.evaluate.evaluate_arrays`: Dice, Hausdorff, HD95, mean surface
   distance and volumes, each label handled within the bounding box of its two masks (boxes
-  for all labels from one :func:`scipy.ndimage.find_objects` pass per map);
-* full grid: the plain version (:func:`full_grid_metrics`): per label, the two masks and their
-  surfaces (:func:`synthseg.evaluate.surface_points`) on the whole grid, distances from
-  KD-trees and the area-weighted statistics written out.
+  for all labels from one :func:`scipy.ndimage.find_objects` pass per map), with the default
+  smooth surfaces, labels in parallel threads (all usable CPUs);
+* ours, one thread: the same on one thread;
+* ours, fast surfaces: ``surfaces="fast"`` (area-minimising nets only, no curvature
+  smoothing: less accurate on coarse axes, see :mod:`synthseg.evaluate`), all CPUs;
+* full grid: the plain version (:func:`full_grid_metrics`, one thread): per label, the two
+  masks and their smooth surfaces (:func:`synthseg.evaluate.surface_points`) on the whole
+  grid, distances from KD-trees and the area-weighted statistics written out.
 
-The two are called in turn (``--warmup`` untimed rounds, then ``--repeats`` timed rounds, see
+The four are called in turn (``--warmup`` untimed rounds, then ``--repeats`` timed rounds, see
 :func:`benchmarks.common.time_interleaved`) and their results are checked to agree. The table
-gives the median time and the speed-up; ``benchmarks/results/evaluate.json`` (``--out``) keeps
+gives the median times and their ratios to ours; ``benchmarks/results/evaluate.json`` (``--out``) keeps
 everything, with the machine.
 """
 from __future__ import annotations
@@ -46,7 +50,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--labels", type=Path, default=None, help="ground-truth label map (default: the first real "
                    "training label map, built in the data cache on first use)")
-    p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5; --quick: 1)")
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 3; --quick: 1)")
     p.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default 1; --quick: 0)")
     p.add_argument("--noise", type=float, default=0.2, help="boundary noise probability (default 0.2)")
     p.add_argument("--seed", type=int, default=0)
@@ -75,7 +79,7 @@ def make_pair(gt, noise: float, seed: int):
     return gt, pred
 
 
-def full_grid_metrics(gt, pred, labels, spacing) -> list[dict]:
+def full_grid_metrics(gt, pred, labels, spacing, surfaces: str = "smooth") -> list[dict]:
     """The same metrics as :func:`synthseg.evaluate.evaluate_arrays`, the plain way: masks and
     surfaces on the whole grid, one label at a time."""
     import math
@@ -92,7 +96,7 @@ def full_grid_metrics(gt, pred, labels, spacing) -> list[dict]:
         n_a, n_b, n_ab = int(ma.sum()), int(mb.sum()), int(np.sum(ma & mb))
         values = {"dice": 1.0 if n_a + n_b == 0 else 2.0 * n_ab / (n_a + n_b)}
         if n_a and n_b:
-            (pa, wa), (pb, wb) = surface_points(ma, spacing), surface_points(mb, spacing)
+            (pa, wa), (pb, wb) = surface_points(ma, spacing, surfaces), surface_points(mb, spacing, surfaces)
             d = np.concatenate([KDTree(pb).query(pa)[0], KDTree(pa).query(pb)[0]])
             w = np.concatenate([wa, wb])
             order = np.argsort(d, kind="stable")
@@ -136,7 +140,7 @@ def main(argv=None) -> int:
     from lab2im.io import load_volume
     from synthseg.evaluate import evaluate_arrays
 
-    repeats = args.repeats or (1 if args.quick else 5)
+    repeats = args.repeats or (1 if args.quick else 3)
     warmup = args.warmup if args.warmup is not None else (0 if args.quick else 1)
     path = args.labels or default_label_map()
     vol = load_volume(path)
@@ -149,6 +153,8 @@ def main(argv=None) -> int:
     ours_rows = evaluate_arrays(gt, pred, labels, spacing)
     full_rows = full_grid_metrics(gt, pred, labels, spacing)
     diff = max_difference(ours_rows, full_rows)
+    fast_rows = evaluate_arrays(gt, pred, labels, spacing, surfaces="fast")
+    smooth_vs_fast = max_difference(ours_rows, fast_rows)
     if not diff <= 1e-9:
         print(f"error: the two implementations disagree (max difference {diff})", file=sys.stderr)
         return 1
@@ -157,15 +163,24 @@ def main(argv=None) -> int:
 
     timings = common.time_interleaved({
         "bounding_box": lambda: evaluate_arrays(gt, pred, labels, spacing),
+        "bounding_box_1_thread": lambda: evaluate_arrays(gt, pred, labels, spacing, threads=1),
+        "bounding_box_fast": lambda: evaluate_arrays(gt, pred, labels, spacing, surfaces="fast"),
         "full_grid": lambda: full_grid_metrics(gt, pred, labels, spacing),
     }, repeats=repeats, warmup=warmup)
-    ours, full = timings["bounding_box"], timings["full_grid"]
+    ours, one, fast, full = (timings[k] for k in ("bounding_box", "bounding_box_1_thread", "bounding_box_fast",
+                                                  "full_grid"))
     speedup = full["median_s"] / ours["median_s"]
-    rows = [["ours (bounding box per label)", ours["median_s"], ours["min_s"], 1.0],
-            ["full grid", full["median_s"], full["min_s"], speedup]]
+    cpus = common.machine_info()["cpus_usable"]
+    rows = [[f"ours (bounding box per label), smooth surfaces, {cpus} threads", ours["median_s"], ours["min_s"], 1.0],
+            ["ours, smooth surfaces, 1 thread", one["median_s"], one["min_s"], one["median_s"] / ours["median_s"]],
+            [f"ours, fast surfaces, {cpus} threads", fast["median_s"], fast["min_s"],
+             fast["median_s"] / ours["median_s"]],
+            ["full grid, smooth surfaces, 1 thread", full["median_s"], full["min_s"], speedup]]
     print(common.format_table(["implementation", "median s", "min s", "time vs ours"], rows))
-    print(f"speed-up {speedup:.1f}x; {len(labels)} labels, {gt.size} voxels; results agree to {diff:.1e}; "
-          f"mean Dice {np.mean(dice):.3f}, median HD95 {np.median(hd95):.2f} mm; load average "
+    print(f"speed-up over the full grid {speedup:.1f}x ({full['median_s'] / one['median_s']:.1f}x on one thread); "
+          f"{len(labels)} labels, {gt.size} voxels; results agree "
+          f"to {diff:.1e}; smooth vs fast surfaces differ by up to {smooth_vs_fast:.2f} mm; mean Dice "
+          f"{np.mean(dice):.3f}, median HD95 {np.median(hd95):.2f} mm; load average "
           f"{ours['load_average_before']} -> {ours['load_average_after']}")
 
     settings = {"label_map": str(path), "shape": list(gt.shape), "voxel_mm": spacing.tolist(),
@@ -173,8 +188,10 @@ def main(argv=None) -> int:
                 "prediction": f"ground truth shifted by 1 voxel along axis 0, boundary noise p={args.noise}",
                 "noise": args.noise, "seed": args.seed, "repeats": repeats, "warmup": warmup,
                 "quick": args.quick}
-    results = {"bounding_box": ours, "full_grid": full, "speedup_median": speedup,
-               "max_abs_difference": diff, "mean_dice": float(np.mean(dice)),
+    results = {"bounding_box": ours, "bounding_box_1_thread": one, "bounding_box_fast": fast, "full_grid": full,
+               "speedup_median": speedup, "speedup_median_1_thread": full["median_s"] / one["median_s"],
+               "fast_vs_smooth_time": fast["median_s"] / ours["median_s"],
+               "max_abs_difference": diff, "max_smooth_vs_fast_difference_mm": smooth_vs_fast, "mean_dice": float(np.mean(dice)),
                "median_hd95_mm": float(np.median(hd95))}
     out = common.write_results(args.out, "evaluate", settings, results, PACKAGES)
     print(f"wrote {out}", file=sys.stderr)

@@ -58,14 +58,18 @@ def cmd_demo(args) -> int:
         print(f"wrote {len(written)} files to {out}/ (mosaic: {out / 'mosaic.png'})")
         return 0
     from synthseg import datasets
-    from synthseg.predict import predict
+    from synthseg.predict import load_model, predict, set_threads
 
+    warning = set_threads(args.threads)  # before the backend starts with the model
+    if warning:
+        print(f"synthseg: warning: {warning}", file=sys.stderr)
+    model = load_model(args.model)  # a bad --model is reported before anything is fetched or made
     scan = datasets.fetch(args.scan)
-    print(f"segmenting {args.scan} ({scan}) with the shipped model ...", file=sys.stderr)
+    print(f"segmenting {args.scan} ({scan}) with {'the shipped model' if args.model is None else args.model} ...",
+          file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     seg, png = out / f"{args.scan}_synthseg.nii.gz", out / f"{args.scan}_synthseg.png"
-    report = predict(scan, seg, model=args.model, vol=out / "volumes.csv", qc=out / "qc.csv", png=png,
-                     threads=args.threads)
+    report = predict(scan, seg, model=model, vol=out / "volumes.csv", qc=out / "qc.csv", png=png)
     if report.failed:  # predict() has printed the reason
         return 1
     print(f"wrote {seg} (segmentation), {out / 'volumes.csv'} (volumes, mm³), "

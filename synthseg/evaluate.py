@@ -4,27 +4,35 @@ Metrics (per label, numpy/scipy only):
 
 * **Dice** ``2 |A n B| / (|A| + |B|)``.
 * **Surface distances** in mm, between sub-voxel *surfaces* of the two masks, in the way of
-  DeepMind's ``surface-distance`` package refined by constrained elastic surface nets
-  (Gibson 1998):
+  DeepMind's ``surface-distance`` package refined by constrained surface nets (Gibson 1998)
+  bent to least curvature (the smoothness prior of Lempitsky 2010, put on the net):
 
   - the surface of a mask is one point per *cell*, the box between 2x2x2 neighbouring voxel
     centres, whose eight voxels are not all inside nor all outside the mask (voxels beyond the
-    grid count as outside). Each point starts at its cell's centre (the corner shared by the
-    eight voxels) and is then moved :data:`SURFACE_RELAXATION` times to the mean of its
-    neighbours on the net (the cells across each cell face with both inside and outside
-    voxels) while kept inside its cell. This smooths the voxel staircase into a surface close
-    to the true one wherever it is oblique to the grid. The net is pulled taut: it lies a
-    little inside convex parts and outside concave ones (0.2 to 0.6 mm on average for spheres
-    of radius 4 to 20 mm at 1 x 1 x 2 mm), alike for two masks of similar shape, so that this
-    largely cancels in the distances between them;
+    grid count as outside). The *net* links the cells across each cell face with both inside
+    and outside voxels. Each point starts at its cell's centre (the corner shared by the eight
+    voxels) and is moved :data:`SURFACE_RELAXATION` times to the mean of its neighbours while
+    kept inside its cell: this smooths the voxel staircase into a surface close to the true
+    one wherever it is oblique to the grid, but pulls the net taut (it minimises area): it
+    lies inside convex parts and outside concave ones, and a flat patch facing a grid axis
+    (the cap of a sphere along a coarse axis) stays flat in the middle of its cells, up to
+    half a voxel from the true surface;
+  - ``surfaces="smooth"`` (the default) then bends the net to the least squared curvature
+    with every point still in its cell: the points minimise ``sum ||L x||^2``, ``L x`` the
+    difference between a point and the mean of its neighbours (the umbrella Laplacian, a
+    discrete curvature vector), by accelerated projected gradient (FISTA with adaptive
+    restart) until no point moves more than :data:`SMOOTH_TOLERANCE` voxel over
+    :data:`SMOOTH_CHECK` steps. Curvature is then carried smoothly across flat patches, which
+    become caps of the right height, and the taut bias is gone. ``surfaces="fast"`` stops
+    after the relaxation (about 8x faster on 1 mm brains; see the accuracy below);
   - each point carries the area (mm^2) of surface it stands for: the voxel faces between
     inside and outside voxels in its cell, a quarter of each face's area (a face has four
     corners), summed as oriented vectors (voxel size on each axis) for each connected part of
     the cell, so an oblique plane gets its true area rather than its staircase's;
   - for every point of one surface the distance (mm, Euclidean with the voxel size on each
     axis) to the nearest point of the other is found with a KD-tree. Only the bounding box of
-    the two masks is handled, with points kept in whole-grid voxel coordinates, so the result
-    is exactly that of the whole grid.
+    the two masks is handled; the net is computed relative to its first cell, so the result
+    is bit for bit that of the whole grid.
 
   From the two directed sets of distances, pooled:
 
@@ -36,12 +44,13 @@ Metrics (per label, numpy/scipy only):
   - ``mean_surface``: the area-weighted mean of the pooled distances, ``(sum_A w d + sum_B w d)
     / (area_A + area_B)`` (average symmetric surface distance).
 
-  Accuracy, measured on 100 random pairs of concentric spheres at 1 x 1 x 2 mm (radii 4 to
-  28 mm; every distance is ``R - r``): mean surface distance -0.06 to +0.22 mm, HD95 +0.17 to
-  +0.70 mm, Hausdorff +0.36 to +1.23 mm (``tests/test_evaluate.py`` checks fixed cases). A
-  flat patch of surface facing a grid axis is only known to within its voxel along that axis,
-  so the Hausdorff distance, a maximum over every point, keeps errors of up to about half a
-  voxel per surface on coarse axes.
+  Accuracy, ``benchmarks/surface_accuracy.py``: 100 random pairs of concentric spheres per
+  voxel size (radii 4 to 32 mm, random sub-voxel centres; every distance is ``R - r``). Smooth
+  surfaces: Hausdorff +0.23 to +0.76 mm at 1 x 1 x 2 mm, +0.17 to +0.48 at 0.8 x 1 x 1.5,
+  +0.28 to +0.94 at 1 x 1 x 3, +0.09 to +0.35 at 0.5 x 0.5 x 1; HD95 and the mean surface
+  distance closer still: every metric of all 400 pairs within half the largest voxel side.
+  Fast surfaces: Hausdorff up to +1.27, +0.93, +2.16 and +0.74 mm (85 to 93 pairs in 100
+  within half a voxel). ``tests/test_evaluate.py`` checks fixed and random cases.
 
 * **Volumes**: ``volume_true_mm3``, ``volume_pred_mm3``, ``volume_diff_mm3`` (predicted minus
   true) and ``volume_diff_rel`` (the difference over the true volume).
@@ -72,14 +81,17 @@ import json
 import math
 import os
 import re
+import sys
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage, sparse
 from scipy.spatial import KDTree
+from tqdm import tqdm
 
 from lab2im.errors import InputError
 from lab2im.io import (atomic_write_text, check_folder_writable, check_not_an_input, list_volume_files,
@@ -98,9 +110,17 @@ PREDICTION_SUFFIXES = ("synthseg", "seg", "segmentation", "pred", "prediction", 
 CSV_COLUMNS = ("subject", "method", "label", "name", "metric", "value")
 PAIRED_COLUMNS = ("label", "name", "metric", "method_a", "method_b", "n", "median_a", "median_b",
                   "median_difference", "better", "statistic", "p_value", "note")
+#: Surfaces between which distances are measured (see the module documentation): ``"smooth"``
+#: (least squared curvature, the default) or ``"fast"`` (area-minimising relaxation only).
+SURFACES = ("smooth", "fast")
 #: Relaxation steps of the surface nets (see the module documentation); 0 keeps the points at
 #: the cell centres (the surface elements of DeepMind's ``surface-distance``).
 SURFACE_RELAXATION = 10
+#: Smooth surfaces: at most this many steps; stop once no point moved more than
+#: ``SMOOTH_TOLERANCE`` voxel over the last ``SMOOTH_CHECK`` steps.
+SMOOTH_MAX_STEPS = 1000
+SMOOTH_TOLERANCE = 0.01
+SMOOTH_CHECK = 10
 _AFFINE_TOL = 1e-4  # mm
 
 
@@ -119,27 +139,30 @@ def dice(a: np.ndarray, b: np.ndarray, labels: Sequence[int]) -> dict[int, float
     return out
 
 
-def surface_distances(a: np.ndarray, b: np.ndarray, label: int, spacing=(1.0, 1.0, 1.0)) -> dict[str, float]:
+def surface_distances(a: np.ndarray, b: np.ndarray, label: int, spacing=(1.0, 1.0, 1.0),
+                      surfaces: str = "smooth") -> dict[str, float]:
     """Symmetric surface distances (mm) between the ``label`` masks of two label maps.
 
     Args:
         a, b: label maps of the same shape (ground truth and prediction; the metrics are symmetric).
         label: the label compared.
         spacing: voxel size (mm) along each array axis.
+        surfaces: ``"smooth"`` or ``"fast"`` (see the module documentation).
 
     Returns:
         ``{"hausdorff", "hd95", "mean_surface"}`` in mm (see the module documentation): 0.0 when
         the label is absent from both maps, ``inf`` when absent from one.
     """
+    _check_surfaces(surfaces)
     a, b = _same_shape(a, b)
     ma, mb = a == label, b == label
     box = _union_box(ma, mb)
     if box is None or not ma.any() or not mb.any():
         return _empty_distances(ma.any(), mb.any())
-    return _summarise(*_distances(ma[box], mb[box], _spacing(spacing, a.ndim), _origin(box)))
+    return _summarise(*_distances(ma[box], mb[box], _spacing(spacing, a.ndim), _origin(box), surfaces))
 
 
-def surface_points(mask: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
+def surface_points(mask: np.ndarray, spacing=(1.0, 1.0, 1.0), surfaces: str = "smooth") -> tuple[np.ndarray, np.ndarray]:
     """Sub-voxel surface of a 2D or 3D mask: the relaxed surface-net points and their areas.
 
     See the module documentation for the definition.
@@ -147,16 +170,19 @@ def surface_points(mask: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> tuple[np.ndarra
     Args:
         mask: boolean array, non-empty.
         spacing: voxel size (mm) along each array axis.
+        surfaces: ``"smooth"`` or ``"fast"``.
 
     Returns:
         ``(points, areas)``: ``(n, ndim)`` positions in mm (the centre of voxel ``(0, 0, 0)`` at
         the origin, axes as the array's) and ``(n,)`` areas in mm^2 (lengths in mm in 2D).
     """
+    _check_surfaces(surfaces)
     mask = np.asarray(mask, bool)
-    return _surface_net(mask, _spacing(spacing, mask.ndim), (0,) * mask.ndim)
+    return _surface_net(mask, _spacing(spacing, mask.ndim), (0,) * mask.ndim, surfaces)
 
 
-def directed_distances(mask_a: np.ndarray, mask_b: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray]:
+def directed_distances(mask_a: np.ndarray, mask_b: np.ndarray, spacing,
+                       surfaces: str = "smooth") -> tuple[np.ndarray, np.ndarray]:
     """Distances (mm) from every surface point of ``mask_a`` to the surface of ``mask_b``, and back.
 
     The surfaces are those of :func:`surface_points`, computed on the arrays as given (callers
@@ -166,8 +192,9 @@ def directed_distances(mask_a: np.ndarray, mask_b: np.ndarray, spacing) -> tuple
         ``(d_ab, d_ba)``: 1D float arrays, one distance per surface point of ``mask_a`` and of
         ``mask_b`` respectively (in the order of :func:`surface_points`).
     """
+    _check_surfaces(surfaces)
     mask_a, mask_b = np.asarray(mask_a, bool), np.asarray(mask_b, bool)
-    d_ab, _, d_ba, _ = _distances(mask_a, mask_b, _spacing(spacing, mask_a.ndim), (0,) * mask_a.ndim)
+    d_ab, _, d_ba, _ = _distances(mask_a, mask_b, _spacing(spacing, mask_a.ndim), (0,) * mask_a.ndim, surfaces)
     return d_ab, d_ba
 
 
@@ -184,29 +211,35 @@ def volume_difference(a: np.ndarray, b: np.ndarray, label: int, spacing=(1.0, 1.
     return _volumes(int(np.count_nonzero(a == label)), int(np.count_nonzero(b == label)), voxel_mm3)
 
 
-def evaluate_arrays(gt: np.ndarray, pred: np.ndarray, labels: Sequence[int], spacing=(1.0, 1.0, 1.0)) -> list[dict]:
+def evaluate_arrays(gt: np.ndarray, pred: np.ndarray, labels: Sequence[int], spacing=(1.0, 1.0, 1.0),
+                    surfaces: str = "smooth", threads: int | None = None) -> list[dict]:
     """Every metric of every label, for two label maps on the same grid.
 
     Each label is handled within the bounding box of its two masks (found for all labels at
-    once), so the cost grows with the size of the structures rather than of the grid.
+    once), so the cost grows with the size of the structures rather than of the grid. Labels
+    are computed in parallel threads (numpy, scipy's sparse products and KD-trees release the
+    GIL); the results do not depend on the number of threads.
 
     Args:
         gt: ground-truth label map.
         pred: predicted label map, same shape.
         labels: labels to evaluate.
         spacing: voxel size (mm) along each array axis.
+        surfaces: surfaces of the distances, ``"smooth"`` or ``"fast"`` (see the module documentation).
+        threads: worker threads; ``None``: the CPUs this process may use.
 
     Returns:
         One dict ``{"label", "name", "metric", "value"}`` per label and metric of :data:`METRICS`.
     """
+    _check_surfaces(surfaces)
     gt, pred = _same_shape(gt, pred)
     spacing = _spacing(spacing, gt.ndim)
     voxel_mm3 = float(np.prod(spacing))
     labels = _label_list(labels)
     names = _names()
     boxes_gt, boxes_pred = _label_boxes(gt, labels), _label_boxes(pred, labels)
-    rows = []
-    for label in labels:
+
+    def label_values(label: int) -> dict[str, float]:
         box = _merge_boxes(boxes_gt[label], boxes_pred[label])
         if box is None:
             n_a = n_b = n_ab = 0
@@ -216,17 +249,43 @@ def evaluate_arrays(gt: np.ndarray, pred: np.ndarray, labels: Sequence[int], spa
             n_a, n_b, n_ab = int(np.count_nonzero(ma)), int(np.count_nonzero(mb)), int(np.count_nonzero(ma & mb))
         values = {"dice": _dice_from_counts(n_a, n_b, n_ab)}
         if n_a and n_b:
-            values.update(_summarise(*_distances(ma, mb, spacing, _origin(box))))
+            values.update(_summarise(*_distances(ma, mb, spacing, _origin(box), surfaces)))
         else:
             values.update(_empty_distances(n_a > 0, n_b > 0))
         values.update(_volumes(n_a, n_b, voxel_mm3))
+        return values
+
+    if threads is not None and int(threads) < 1:
+        raise InputError(f"threads must be >= 1, got {threads}")
+    workers = min(len(labels), _usable_cpus() if threads is None else int(threads))
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:  # the largest labels first: the pool stays busy
+            order = sorted(labels, key=lambda lab: -_box_size(boxes_gt[lab], boxes_pred[lab]))
+            by_label = dict(zip(order, pool.map(label_values, order)))
+    else:
+        by_label = {label: label_values(label) for label in labels}
+    rows = []
+    for label in labels:
         name = names.get(label, f"label_{label}")
-        rows.extend({"label": label, "name": name, "metric": m, "value": float(values[m])} for m in METRICS)
+        rows.extend({"label": label, "name": name, "metric": m, "value": float(by_label[label][m])} for m in METRICS)
     return rows
 
 
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _box_size(box_a, box_b) -> int:
+    box = _merge_boxes(box_a, box_b)
+    return 0 if box is None else int(np.prod([sl.stop - sl.start for sl in box]))
+
+
 # ----------------------------------------------------------------------------- files
-def evaluate_pair(gt_path, pred_path, labels: Sequence[int], on_mismatch: str = "resample") -> list[dict]:
+def evaluate_pair(gt_path, pred_path, labels: Sequence[int], on_mismatch: str = "resample",
+                  surfaces: str = "smooth", threads: int | None = None) -> list[dict]:
     """Every metric of every label for one ground-truth file and one prediction file.
 
     The voxel size comes from the ground truth's affine (norms of its columns; the distance
@@ -237,6 +296,8 @@ def evaluate_pair(gt_path, pred_path, labels: Sequence[int], on_mismatch: str = 
     prediction's extent get label 0); with ``on_mismatch="error"`` it is an :class:`InputError`
     naming both files.
 
+    ``surfaces``, ``threads``: as in :func:`evaluate_arrays`.
+
     Returns:
         The rows of :func:`evaluate_arrays`.
 
@@ -245,6 +306,7 @@ def evaluate_pair(gt_path, pred_path, labels: Sequence[int], on_mismatch: str = 
     """
     if on_mismatch not in ("resample", "error"):
         raise ValueError(f"on_mismatch must be 'resample' or 'error', got {on_mismatch!r}")
+    _check_surfaces(surfaces)
     gt_vol, pred_vol = load_volume(gt_path), load_volume(pred_path)
     gt, pred = _label_data(gt_vol.data, gt_path), _label_data(pred_vol.data, pred_path)
     same = gt.shape == pred.shape and np.allclose(gt_vol.affine, pred_vol.affine, rtol=0, atol=_AFFINE_TOL)
@@ -258,7 +320,7 @@ def evaluate_pair(gt_path, pred_path, labels: Sequence[int], on_mismatch: str = 
         warnings.warn(f"{pred_path}: {what}; resampled onto the ground-truth grid (nearest neighbour)",
                       stacklevel=2)
         pred = resample_to_grid(pred, pred_vol.affine, gt.shape, gt_vol.affine, order=0, fill=0)
-    return evaluate_arrays(gt, pred, labels, voxel_size_of(gt_vol.affine))
+    return evaluate_arrays(gt, pred, labels, voxel_size_of(gt_vol.affine), surfaces, threads)
 
 
 def subject_key(path) -> str:
@@ -318,7 +380,8 @@ class Evaluation:
 
 
 def evaluate_folders(gt_dir, pred_dir, labels: Sequence[int], pred2_dir=None, out_dir=None,
-                     on_mismatch: str = "resample", method_names: Sequence[str] | None = None) -> Evaluation:
+                     on_mismatch: str = "resample", method_names: Sequence[str] | None = None,
+                     surfaces: str = "smooth", progress: bool = True, threads: int | None = None) -> Evaluation:
     """Evaluate a folder of predictions (and optionally a second one) against a folder of ground truths.
 
     Subjects are matched by name (:func:`subject_key`: volume suffix and endings like
@@ -343,12 +406,18 @@ def evaluate_folders(gt_dir, pred_dir, labels: Sequence[int], pred2_dir=None, ou
             ``"error"`` (see :func:`evaluate_pair`).
         method_names: names of the methods; default: the prediction folders' names (``"A"``,
             ``"B"`` when they are the same).
+        surfaces: surfaces of the distances, ``"smooth"`` or ``"fast"`` (see the module
+            documentation); recorded in ``summary.json``.
+        progress: show a progress bar on stderr when it is a terminal, one step per subject
+            and method.
+        threads: worker threads for the labels of a subject (:func:`evaluate_arrays`).
 
     Raises:
         InputError: missing or empty folder, no subject with both a ground truth and a
             prediction, no subject that could be evaluated, an output folder that is an input
             or cannot be written (checked first).
     """
+    _check_surfaces(surfaces)
     labels = _label_list(labels)
     if not labels:
         raise InputError("no labels to evaluate")
@@ -358,8 +427,9 @@ def evaluate_folders(gt_dir, pred_dir, labels: Sequence[int], pred2_dir=None, ou
         check_folder_writable(out_dir)
     methods = _method_names(pred_dirs, method_names)
     gt_files = list_volume_files(gt_dir, "ground-truth label map")
-    rows, summary = [], {"labels": labels, "methods": {}, "hd95_definition": "95th percentile of the pooled "
-                         "directed surface distances (both directions)"}
+    rows, summary = [], {"labels": labels, "methods": {}, "surfaces": surfaces,
+                         "hd95_definition": "95th percentile of the pooled directed surface distances (both "
+                         "directions)"}
     matched_by_method, failed = {}, []
     for method, folder in zip(methods, pred_dirs):
         pairs, gt_only, pred_only = match_subjects(gt_files, list_volume_files(folder, "prediction"))
@@ -373,9 +443,10 @@ def evaluate_folders(gt_dir, pred_dir, labels: Sequence[int], pred2_dir=None, ou
             raise InputError(f"no prediction matches a ground truth in {gt_dir} (subject names: "
                              f"{_short_list(pred_only)})", folder)
         done = []
-        for subject, (g, p) in pairs.items():
+        for subject, (g, p) in tqdm(pairs.items(), desc=f"evaluating {method}", unit="subject",
+                                    disable=None if progress else True, file=sys.stderr):
             try:
-                subject_rows = evaluate_pair(g, p, labels, on_mismatch)
+                subject_rows = evaluate_pair(g, p, labels, on_mismatch, surfaces, threads)
             except InputError as exc:  # one bad file: reported, the other subjects go on
                 entry = (exc.path or str(p), exc.problem)
                 if entry not in failed:  # a bad ground truth fails once, not once per method
@@ -457,12 +528,12 @@ def paired_test(values_a: Sequence[float], values_b: Sequence[float], higher_is_
 
 
 # ----------------------------------------------------------------------------- helpers
-def _distances(mask_a: np.ndarray, mask_b: np.ndarray, spacing: np.ndarray,
-               origin) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _distances(mask_a: np.ndarray, mask_b: np.ndarray, spacing: np.ndarray, origin,
+               surfaces: str = "smooth") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(d_ab, areas_a, d_ba, areas_b)``: each surface point's distance (mm) to the other
     surface and its area (mm^2); ``origin``: index of the masks' first voxel in the whole grid."""
-    points_a, areas_a = _surface_net(mask_a, spacing, origin)
-    points_b, areas_b = _surface_net(mask_b, spacing, origin)
+    points_a, areas_a = _surface_net(mask_a, spacing, origin, surfaces)
+    points_b, areas_b = _surface_net(mask_b, spacing, origin, surfaces)
     d_ab = _nearest_distances(points_b, points_a)
     d_ba = _nearest_distances(points_a, points_b)
     return d_ab, areas_a, d_ba, areas_b
@@ -474,11 +545,12 @@ def _summarise(d_ab: np.ndarray, w_a: np.ndarray, d_ba: np.ndarray, w_b: np.ndar
     cumulative = np.cumsum(w[order])
     k = int(np.searchsorted(cumulative, 0.95 * cumulative[-1]))  # first point reaching 95% of the area
     return {"hausdorff": float(d[order[-1]]), "hd95": float(d[order[k]]),
-            "mean_surface": float(np.dot(w, d) / cumulative[-1])}
+            "mean_surface": float(np.einsum("i,i->", w, d) / cumulative[-1])}  # no BLAS (threads)
 
 
-def _surface_net(mask: np.ndarray, spacing: np.ndarray, origin) -> tuple[np.ndarray, np.ndarray]:
-    """Relaxed surface-net points (mm, whole-grid coordinates) and areas (mm^2) of a non-empty mask."""
+def _surface_net(mask: np.ndarray, spacing: np.ndarray, origin,
+                 surfaces: str = "smooth") -> tuple[np.ndarray, np.ndarray]:
+    """Surface-net points (mm, whole-grid coordinates) and areas (mm^2) of a non-empty mask."""
     if mask.ndim not in (2, 3):
         raise ValueError(f"surface distances need 2D or 3D masks, got {mask.ndim}D")
     code = _cell_codes(mask)
@@ -500,14 +572,58 @@ def _surface_net(mask: np.ndarray, spacing: np.ndarray, origin) -> tuple[np.ndar
     a, b = np.concatenate(ends_a), np.concatenate(ends_b)
     links = sparse.csr_matrix((np.ones(2 * a.size), (np.concatenate([a, b]), np.concatenate([b, a]))), shape=(n, n))
     # every surface cell has such a face, and the padding makes it an inner one: degree >= 1
-    mean_of_neighbours = sparse.diags(1.0 / links.sum(axis=1).A1) @ links
-    # cell (i, j, k) of the padded mask lies between voxels i - 1 and i (unpadded) on each axis
-    low_corner = np.stack(np.nonzero(on_surface), axis=1) + (np.asarray(origin, float) - 1.0)
+    mean_of_neighbours = (sparse.diags(1.0 / links.sum(axis=1).A1) @ links).tocsr()
+    # cell (i, j, k) of the padded mask lies between voxels i - 1 and i (unpadded) on each axis;
+    # the net is computed relative to the first cell's corner, so that the same mask gives the
+    # same bits wherever it lies in a grid (bounding box or whole grid)
+    cells = np.stack(np.nonzero(on_surface), axis=1)
+    start = cells.min(axis=0)
+    low_corner = (cells - start).astype(float)
     high_corner = low_corner + 1.0
     points = low_corner + 0.5
     for _ in range(SURFACE_RELAXATION):
         points = np.clip(mean_of_neighbours @ points, low_corner, high_corner, out=points)
-    return points * spacing, _cell_areas(tuple(spacing))[code[on_surface]]
+    if surfaces == "smooth":
+        points = _bend_to_smoothest(mean_of_neighbours, points, low_corner, high_corner)
+    elif surfaces != "fast":
+        raise ValueError(f"surfaces must be one of {SURFACES}, got {surfaces!r}")
+    offset = start + (np.asarray(origin, float) - 1.0)
+    return (points + offset) * spacing, _cell_areas(tuple(spacing))[code[on_surface]]
+
+
+def _bend_to_smoothest(mean_of_neighbours: sparse.csr_matrix, points: np.ndarray, low: np.ndarray,
+                       high: np.ndarray) -> np.ndarray:
+    """Points (voxel units) minimising ``||L x||^2`` with each point in its cell (``low`` to
+    ``high``), ``L`` the umbrella Laplacian (mean of the neighbours minus the point): the net
+    of least squared curvature. Accelerated projected gradient from ``points`` (FISTA with
+    adaptive restart) until no point moves more than :data:`SMOOTH_TOLERANCE` voxel over
+    :data:`SMOOTH_CHECK` steps, or :data:`SMOOTH_MAX_STEPS` steps."""
+    n = points.shape[0]
+    lap = (mean_of_neighbours - sparse.identity(n, format="csr")).tocsr()
+    lap_t = lap.T.tocsr()
+    absolute = abs(lap)
+    # ||L||_2^2 <= ||L||_1 ||L||_inf: a safe step for the gradient L^T L x
+    step = 1.0 / float(absolute.sum(axis=0).max() * absolute.sum(axis=1).max())
+    x = points
+    y, t, reference = x.copy(), 1.0, x.copy()
+    for k in range(1, SMOOTH_MAX_STEPS + 1):
+        new = y - step * (lap_t @ (lap @ y))
+        np.clip(new, low, high, out=new)
+        moved = new - x
+        t_new = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
+        # (einsum, not vdot: BLAS threads would fight the label threads of evaluate_arrays)
+        if np.einsum("ij,ij->", y - new, moved) > 0:  # momentum against the descent: restart
+            t_new, y = 1.0, new.copy()
+        else:
+            y = moved
+            y *= (t - 1.0) / t_new
+            y += new
+        x, t = new, t_new
+        if k % SMOOTH_CHECK == 0:
+            if np.abs(x - reference).max() < SMOOTH_TOLERANCE:
+                break
+            reference = x.copy()
+    return x
 
 
 def _nearest_distances(targets: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -565,6 +681,11 @@ def _cell_areas(spacing: tuple[float, ...]) -> np.ndarray:
     areas = np.linalg.norm(_cell_face_counts(s.size) * face, axis=-1).sum(axis=-1).max(axis=-1)
     areas.setflags(write=False)
     return areas
+
+
+def _check_surfaces(surfaces: str) -> None:
+    if surfaces not in SURFACES:
+        raise ValueError(f"surfaces must be one of {SURFACES}, got {surfaces!r}")
 
 
 def _origin(box: tuple[slice, ...]) -> tuple[int, ...]:
@@ -816,6 +937,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--on-mismatch", choices=("resample", "error"), default="resample",
                         help="prediction on another grid than its ground truth: resample it (nearest "
                              "neighbour, with a warning; default) or stop with an error")
+    parser.add_argument("--surfaces", choices=SURFACES, default="smooth",
+                        help="surfaces of the distance metrics: 'smooth' (least squared curvature, "
+                             "sub-voxel accurate; default) or 'fast' (area-minimising, ~8x faster, "
+                             "Hausdorff distance up to a voxel too high on coarse axes)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="worker threads (labels are evaluated in parallel; default: all usable CPUs)")
 
 
 def parse_labels(values: Sequence[str]) -> list[int]:
@@ -871,7 +998,6 @@ def summary_table(result: Evaluation) -> str:
 
 def run(args) -> int:
     """``synthseg evaluate``: warnings are printed as one line each on stderr as they happen."""
-    import sys
 
     def show(message, category, filename, lineno, file=None, line=None):
         print(f"synthseg: warning: {message}", file=sys.stderr)
@@ -881,7 +1007,7 @@ def run(args) -> int:
         warnings.simplefilter("always", UserWarning)
         warnings.showwarning = show
         result = evaluate_folders(args.gt, args.pred, labels, pred2_dir=args.pred2, out_dir=args.out,
-                                  on_mismatch=args.on_mismatch)
+                                  on_mismatch=args.on_mismatch, surfaces=args.surfaces, threads=args.threads)
     n = {m: s["n_matched"] for m, s in result.summary["methods"].items()}
     print(f"evaluated {', '.join(f'{m}: {k} subject(s)' for m, k in n.items())}; {len(labels)} label(s)")
     print(summary_table(result))

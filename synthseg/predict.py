@@ -296,7 +296,8 @@ def load_model(path=None) -> SegmentationModel:
     ``lr_pairs`` (mapped to segmentation labels; none if it had none) or, for supervised runs,
     the augmentation's; without ``options.json`` (or with no pairs in a supervised run's), the
     protocol's (:func:`synthseg.labels.lr_pairs`) among the model's labels; the voxel size from the generator's
-    ``voxel_size`` (1 mm when unknown); the required multiple from the U-Net options (else
+    ``voxel_size`` or, for supervised runs, the median voxel size of the training scans
+    (``data.voxel_size``; 1 mm when unknown, as for runs made before it was recorded); the required multiple from the U-Net options (else
     from the network's pooling layers). Keras loads the network with ``safe_mode=True`` (no
     arbitrary code).
 
@@ -385,6 +386,8 @@ def _read_run_options(path: Path) -> dict:
             if pairs is not None:
                 out["lr_pairs"] = [(int(a), int(b)) for a, b in pairs]
             out["normalisation"] = check_method((d.get("augmentation") or {}).get("normalisation", "percentile"))
+            if (d.get("data") or {}).get("voxel_size") is not None:  # runs before 2026-11-23: 1 mm assumed
+                out["voxel_size"] = [float(v) for v in d["data"]["voxel_size"]]
             slices = (d.get("data") or {}).get("slices")
             if slices is not None:
                 from synthseg.slices import SliceSpec

@@ -206,7 +206,7 @@ def slice_pairs(pairs, spec: SliceSpec, skip_empty: bool = True, normalisation: 
     return PairSet(list(pairs.image_files), list(pairs.label_files), images, labels,
                    pairs.n_channels * spec.k, list(pairs.found),
                    info={"slices": spec.to_dict(), "skip_empty_slices": bool(skip_empty),
-                         "normalisation": normalisation})
+                         "normalisation": normalisation}, voxel_sizes=list(pairs.voxel_sizes))
 
 
 def in_plane_augmentation(augmentation, spec: SliceSpec):

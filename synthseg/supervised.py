@@ -41,6 +41,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,11 +60,13 @@ from lab2im.volumes import crop_or_pad, pad_to_multiple
 from synthseg.losses import SegmentationLoss, WarmupCallback, hard_dice
 from synthseg.training import (
     ProgressBar,
+    RunOptions,
     SplitOutputDice,
     SplitOutputLoss,
     StepLog,
     TrainingResult,
     _prepare_folder,
+    check_int,
 )
 
 KIND = "supervised"
@@ -176,16 +179,11 @@ class AugmentationOptions:
 
 
 @dataclass
-class SupervisedOptions:
-    """How to train on real pairs.
+class SupervisedOptions(RunOptions):
+    """How to train on real pairs: :class:`~synthseg.training.RunOptions` (a learning rate
+    of 0 is allowed, e.g. to measure a model), and
 
     Attributes:
-        steps: optimiser steps in total (rounded up to a whole number of checkpoints).
-        steps_per_checkpoint: steps between checkpoints.
-        keep_checkpoints: periodic checkpoints kept besides ``last.npz`` (0 keeps all).
-        batch_size: pairs per step.
-        learning_rate: Adam's learning rate (constant; 0 is allowed, e.g. to measure a model).
-        warmup_steps: steps of weighted cross-entropy before the loss turns to soft Dice.
         crop_shape: training crop ``(X, Y, Z)`` (``(H, W)`` for 2D pairs, e.g. slices from
             :mod:`synthseg.slices`), each a multiple of the U-Net's
             :func:`~synthseg.unet.required_multiple`; ``None``: the smallest such shape that
@@ -195,42 +193,22 @@ class SupervisedOptions:
             last step is always validated.
         patience: stop when the validation Dice has not improved for this many validations
             in a row (``None``: never stop early). Needs validation data.
-        seed: seed of the pair choice, the augmentation and the weight initialisation.
         labels: segmentation labels (``None``: the sorted union of the labels in the training
             label maps). Background 0 is always included; labels of the maps that are not
             listed count as background.
-        deterministic: ask the backend for deterministic ops (slower; used by the tests).
-        tensorboard: write TensorBoard logs.
-        progress: show a progress bar.
     """
 
-    steps: int = 1000
-    steps_per_checkpoint: int = 100
-    keep_checkpoints: int = 5
-    batch_size: int = 1
-    learning_rate: float = 1e-4
-    warmup_steps: int = 0
     crop_shape: tuple | None = None
     validate_every: int | None = None
     patience: int | None = None
-    seed: int = 0
     labels: list | None = None
-    deterministic: bool = False
-    tensorboard: bool = True
-    progress: bool = True
 
     def __post_init__(self):
-        for name in ("steps", "steps_per_checkpoint", "batch_size"):
-            _check_int(getattr(self, name), name, 1)
-        _check_int(self.keep_checkpoints, "keep_checkpoints", 0)
-        _check_int(self.warmup_steps, "warmup_steps", 0)
-        _check_int(self.seed, "seed", 0)
+        super().__post_init__()
         if self.validate_every is not None:
-            _check_int(self.validate_every, "validate_every", 1)
+            check_int(self.validate_every, "validate_every", 1)
         if self.patience is not None:
-            _check_int(self.patience, "patience", 1)
-        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate >= 0):
-            raise InputError(f"learning_rate must be a number >= 0, got {self.learning_rate!r}")
+            check_int(self.patience, "patience", 1)
         if self.crop_shape is not None:
             try:
                 self.crop_shape = tuple(int(n) for n in self.crop_shape)
@@ -247,14 +225,6 @@ class SupervisedOptions:
                 raise InputError(f"labels must be >= 0 with at least one besides background 0, got {self.labels}")
             self.labels = labels
 
-    @property
-    def n_chunks(self) -> int:
-        return math.ceil(self.steps / self.steps_per_checkpoint)
-
-    @property
-    def total_steps(self) -> int:
-        return self.n_chunks * self.steps_per_checkpoint
-
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["crop_shape"] = None if self.crop_shape is None else list(self.crop_shape)
@@ -263,11 +233,6 @@ class SupervisedOptions:
     @classmethod
     def from_dict(cls, d: dict, source=None) -> "SupervisedOptions":
         return options_from_dict(cls, d, "supervised", source)
-
-
-def _check_int(value, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 @dataclass
@@ -317,6 +282,7 @@ class PairSet:
         found: sorted labels present in the label maps.
         info: how the pairs were made, saved in the run's ``options.json`` (``data`` section),
             e.g. ``{"slices": {"axis": 2, "k": 3}}`` for 2.5D slices.
+        voxel_sizes: voxel size (mm, RAS axes) of each scan read (empty when unknown).
     """
 
     image_files: list
@@ -326,11 +292,20 @@ class PairSet:
     n_channels: int
     found: list
     info: dict = field(default_factory=dict)
+    voxel_sizes: list = field(default_factory=list)
 
     @property
     def ndim(self) -> int:
         """Spatial dimensions of the pairs (3 for volumes, 2 for slices)."""
         return int(self.labels[0].ndim)
+
+    @property
+    def voxel_size(self) -> list[float] | None:
+        """The median voxel size (mm, per RAS axis) of the scans, ``None`` when unknown: the
+        resolution the network learns at, to which prediction resamples scans."""
+        if not self.voxel_sizes:
+            return None
+        return [round(float(v), 6) for v in np.median(np.asarray(self.voxel_sizes, float), axis=0)]
 
     @property
     def max_shape(self) -> tuple[int, ...]:
@@ -365,7 +340,7 @@ def load_pairs(images, labels, what: str = "training") -> PairSet:
         raise InputError(f"{len(image_files)} {what} image(s) but {len(label_files)} label map(s) "
                          f"(images: {images}, label maps: {labels}); pairs are matched by sorted file "
                          "name, so there must be as many of each")
-    out_images, out_labels, channels, found = [], [], None, set()
+    out_images, out_labels, channels, found, voxel_sizes = [], [], None, set(), []
     for img_file, lab_file in zip(image_files, label_files):
         vol = load_volume(img_file)
         if vol.data.ndim == 4 and vol.data.shape[-1] == 1:
@@ -389,8 +364,19 @@ def load_pairs(images, labels, what: str = "training") -> PairSet:
         data = robust_normalise(vol.data)
         out_images.append(data[..., None] if data.ndim == 3 else data)
         out_labels.append(lab.data)
+        voxel_sizes.append([float(v) for v in vol.voxel_size])
         found.update(np.unique(lab.data).tolist())
-    return PairSet(image_files, label_files, out_images, out_labels, channels, sorted(int(v) for v in found))
+    sizes = np.asarray(voxel_sizes)
+    if np.any(sizes.max(axis=0) > 1.1 * sizes.min(axis=0)):
+        warnings.warn(f"{what} scans have voxel sizes from {_mm(sizes.min(axis=0))} to {_mm(sizes.max(axis=0))} "
+                      f"mm; the network learns them as they are, and prediction resamples scans to the median, "
+                      f"{_mm(np.median(sizes, axis=0))} mm", stacklevel=2)
+    return PairSet(image_files, label_files, out_images, out_labels, channels, sorted(int(v) for v in found),
+                   voxel_sizes=voxel_sizes)
+
+
+def _mm(v) -> str:
+    return "x".join(f"{float(x):.3g}" for x in v)
 
 
 def standardise_pairs(pairs: PairSet, method: str) -> PairSet:
@@ -1032,7 +1018,8 @@ def supervised_training(images, labels, model_dir, validation=None, unet=None,
         data_info = {"n_channels": train.n_channels,
                      "images": [str(f) for f in train.image_files], "labels": [str(f) for f in train.label_files],
                      "validation_images": [str(f) for f in val.image_files] if val else None,
-                     "validation_labels": [str(f) for f in val.label_files] if val else None, **train.info}
+                     "validation_labels": [str(f) for f in val.label_files] if val else None,
+                     "voxel_size": train.voxel_size, **train.info}
         save_supervised_options(model_dir, unet, options, augmentation, transfer, data_info)
     np.save(model_dir / "labels.npy", np.asarray(label_list, np.int32))
 

@@ -45,23 +45,19 @@ SCHEDULES = ("constant", "cosine", "linear")
 
 
 @dataclass
-class TrainingOptions:
-    """How to train (the generator and the network have their own options).
+class RunOptions:
+    """What every training run is told (:class:`TrainingOptions` for synthetic scans and
+    :class:`synthseg.supervised.SupervisedOptions` for real pairs add their own).
 
     Attributes:
         steps: optimiser steps in total (rounded up to a whole number of checkpoints).
         steps_per_checkpoint: steps between checkpoints (also the Keras "epoch" length).
         keep_checkpoints: periodic checkpoints kept besides ``last.npz`` (0 keeps all).
-        batch_size: label maps per step and per replica.
-        learning_rate: Adam's initial learning rate.
-        lr_schedule: ``"constant"``, ``"cosine"`` (to 0 at ``steps``) or ``"linear"`` (to 0).
+        batch_size: samples per step (label maps per replica; pairs for supervised runs).
+        learning_rate: Adam's initial learning rate (``>= 0``; synthetic runs need ``> 0``).
         warmup_steps: steps of weighted cross-entropy before the loss turns to soft Dice.
-        mixed_precision: run the U-Net in half precision (the generator stays float32):
-            float16 with loss scaling on a GPU, bfloat16 elsewhere (CPUs lack float16 kernels).
-        seed: seed of the generator, the label-map choice and the weight initialisation.
-        strategy: ``None``, ``"mirrored"`` (tf.distribute, GPUs of one machine),
-            ``"multiworker"`` (tf.distribute across machines, ``TF_CONFIG``) or
-            ``"data_parallel"`` (Keras distribution API, JAX backend).
+        seed: seed of the sample choice, the generation or augmentation, and the weight
+            initialisation.
         deterministic: ask the backend for deterministic ops (slower; used by the tests).
         tensorboard: write TensorBoard logs.
         progress: show a progress bar with loss and ETA.
@@ -72,31 +68,61 @@ class TrainingOptions:
     keep_checkpoints: int = 5
     batch_size: int = 1
     learning_rate: float = 1e-4
-    lr_schedule: str = "constant"
     warmup_steps: int = 0
-    mixed_precision: bool = False
     seed: int = 0
-    strategy: str | None = None
     deterministic: bool = False
     tensorboard: bool = True
     progress: bool = True
 
     def __post_init__(self):
         for name in ("steps", "steps_per_checkpoint", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+            check_int(getattr(self, name), name, 1)
+        for name in ("keep_checkpoints", "warmup_steps", "seed"):
+            check_int(getattr(self, name), name, 0)
+        if isinstance(self.learning_rate, bool) or not isinstance(self.learning_rate, (int, float)) \
+                or not self.learning_rate >= 0:
+            raise InputError(f"learning_rate must be a number >= 0, got {self.learning_rate!r}")
+
+    @property
+    def n_chunks(self) -> int:
+        return math.ceil(self.steps / self.steps_per_checkpoint)
+
+    @property
+    def total_steps(self) -> int:
+        return self.n_chunks * self.steps_per_checkpoint
+
+
+def check_int(value, name: str, minimum: int) -> None:
+    """Raise :class:`InputError` unless ``value`` is an integer (not a bool) ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+@dataclass
+class TrainingOptions(RunOptions):
+    """How to train on synthetic scans: :class:`RunOptions`, and
+
+    Attributes:
+        lr_schedule: ``"constant"``, ``"cosine"`` (to 0 at ``steps``) or ``"linear"`` (to 0).
+        mixed_precision: run the U-Net in half precision (the generator stays float32):
+            float16 with loss scaling on a GPU, bfloat16 elsewhere (CPUs lack float16 kernels).
+        strategy: ``None``, ``"mirrored"`` (tf.distribute, GPUs of one machine),
+            ``"multiworker"`` (tf.distribute across machines, ``TF_CONFIG``) or
+            ``"data_parallel"`` (Keras distribution API, JAX backend).
+    """
+
+    lr_schedule: str = "constant"
+    mixed_precision: bool = False
+    strategy: str | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
         if self.learning_rate <= 0:
             raise InputError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.lr_schedule not in SCHEDULES:
             raise InputError(f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
         if self.strategy not in STRATEGIES:
             raise InputError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.warmup_steps < 0 or self.keep_checkpoints < 0:
-            raise InputError("warmup_steps and keep_checkpoints must be >= 0")
-
-    @property
-    def n_chunks(self) -> int:
-        return math.ceil(self.steps / self.steps_per_checkpoint)
 
 
 @dataclass

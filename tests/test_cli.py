@@ -61,3 +61,11 @@ def test_demo_generator(tmp_path):
     img = nib.load(str(tmp_path / "demo" / "synthetic_000.nii.gz"))
     assert img.shape == (48, 48, 48) and 0 <= img.get_fdata().min() and img.get_fdata().max() <= 1
     assert (tmp_path / "demo" / "mosaic.png").stat().st_size > 10_000
+
+
+def test_demo_with_a_missing_model_fails_before_making_anything(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", str(tmp_path / "no_such_model"), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "no_such_model" in err and "Traceback" not in err and err.count("synthseg: error:") == 1
+    assert not out.exists()

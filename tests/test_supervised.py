@@ -302,3 +302,29 @@ def test_bad_init_from_and_options(data, tmp_path):
         quiet(learning_rate=-1.0)
     with pytest.raises(InputError, match="augmentation prob must be in"):
         AugmentationOptions(prob=1.5)
+
+
+def test_the_training_voxel_size_is_recorded_and_used_by_prediction(tmp_path):
+    """Pairs at 2 mm: the run's options.json records data.voxel_size = the median voxel size,
+    and prediction resamples scans to it (it used to assume 1 mm). Mixed voxel sizes warn."""
+    from synthseg.predict import load_model
+    from synthseg.supervised import load_pairs
+
+    train = write_pairs(tmp_path / "train", [0, 1], affine=np.diag([2.0, 2.0, 2.0, 1.0]))
+    supervised_training(*train, tmp_path / "run", unet=TINY, options=quiet(steps=2, steps_per_checkpoint=2))
+    saved = json.loads((tmp_path / "run" / "options.json").read_text())
+    assert saved["data"]["voxel_size"] == [2.0, 2.0, 2.0]
+    assert load_model(tmp_path / "run").voxel_size.tolist() == [2.0, 2.0, 2.0]
+    # a run made before the voxel size was recorded: 1 mm, as then
+    del saved["data"]["voxel_size"]
+    (tmp_path / "run" / "options.json").write_text(json.dumps(saved))
+    assert load_model(tmp_path / "run").voxel_size.tolist() == [1.0, 1.0, 1.0]
+
+    images, labels = write_pairs(tmp_path / "mixed", [0, 1, 2], affine=np.diag([1.0, 1.0, 1.0, 1.0]))
+    odd = nib.load(images / "sub-02.nii.gz")
+    nib.save(nib.Nifti1Image(np.asarray(odd.dataobj), np.diag([1.0, 1.0, 3.0, 1.0])), str(images / "sub-02.nii.gz"))
+    lab = nib.load(labels / "sub-02.nii.gz")
+    nib.save(nib.Nifti1Image(np.asarray(lab.dataobj), np.diag([1.0, 1.0, 3.0, 1.0])), str(labels / "sub-02.nii.gz"))
+    with pytest.warns(UserWarning, match=r"voxel sizes from 1x1x1 to 1x1x3 mm.*median, 1x1x1 mm"):
+        pairs = load_pairs(images, labels)
+    assert pairs.voxel_size == [1.0, 1.0, 1.0] and pairs.voxel_sizes[2] == [1.0, 1.0, 3.0]

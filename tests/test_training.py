@@ -175,3 +175,31 @@ def test_mixed_precision_and_cosine_schedule(label_dir, tmp_path):
     unet = keras.saving.load_model(run / "unet_last.keras", compile=False)
     assert any(layer.dtype_policy.name == "mixed_bfloat16" for layer in unet.layers)  # CPU: bfloat16
     assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(steps=0), "steps must be an integer >= 1"),
+    (dict(batch_size=True), "batch_size must be an integer >= 1"),
+    (dict(steps_per_checkpoint=2.5), "steps_per_checkpoint must be an integer >= 1"),
+    (dict(keep_checkpoints=-1), "keep_checkpoints must be an integer >= 0"),
+    (dict(seed=-3), "seed must be an integer >= 0"),
+    (dict(learning_rate="fast"), "learning_rate must be a number >= 0"),
+])
+def test_run_options_are_checked_alike_for_synthetic_and_supervised_runs(kw, message):
+    """The fields both kinds of run share live in RunOptions, checked once."""
+    from synthseg.supervised import SupervisedOptions
+
+    for cls in (TrainingOptions, SupervisedOptions):
+        with pytest.raises(InputError, match=message):
+            cls(**kw)
+
+
+def test_synthetic_runs_need_a_learning_rate_supervised_ones_may_measure_with_zero():
+    from synthseg.supervised import SupervisedOptions
+
+    with pytest.raises(InputError, match="learning_rate must be > 0"):
+        TrainingOptions(learning_rate=0.0)
+    assert SupervisedOptions(learning_rate=0.0, steps=5, steps_per_checkpoint=2).total_steps == 6
+    assert TrainingOptions(steps=5, steps_per_checkpoint=2).n_chunks == 3
+    with pytest.raises(InputError, match="lr_schedule must be one of"):
+        TrainingOptions(lr_schedule="step")
