@@ -8,7 +8,9 @@ on grids of anisotropic voxel sizes. Every point of one sphere is ``R - r`` from
 the Hausdorff distance, HD95 and mean surface distance are all exactly ``R - r``. For each
 voxel size, random pairs (``r`` uniform in 4-24 mm, ``R - r`` in 1-8 mm, centre at a random
 sub-voxel offset) are evaluated with :func:`synthseg.evaluate.surface_distances` on both
-kinds of surface (``smooth``, the default, and ``fast``), and the errors (measured minus
+kinds of surface (``smooth``, the default, and ``fast``) and, for comparison, the common way
+(``plain_scipy``: voxel surfaces and distance transforms, as MedPy and MONAI compute them,
+:func:`benchmarks.evaluate.plain_scipy_distances`), and the errors (measured minus
 ``R - r``, mm) are summarised: the range, the largest absolute error, and how many pairs stay
 within half a voxel, taken as half the *largest* voxel side (the surface of a mask is known
 only to within a voxel along each axis).
@@ -69,14 +71,19 @@ def measure(spacing, n: int, seed: int) -> dict:
     """Errors (mm) of each metric for both kinds of surface over ``n`` random pairs."""
     import numpy as np
 
+    from benchmarks.evaluate import plain_scipy_distances
     from synthseg.evaluate import SURFACES, surface_distances
 
-    errors = {s: {m: [] for m in METRICS} for s in SURFACES}
+    kinds = (*SURFACES, "plain_scipy")
+    errors = {s: {m: [] for m in METRICS} for s in kinds}
     for r, big_r, a, b in random_pairs(spacing, n, seed):
-        for surfaces in SURFACES:
-            d = surface_distances(a, b, 1, spacing, surfaces=surfaces)
+        for kind in kinds:
+            if kind == "plain_scipy":
+                d = plain_scipy_distances(a, b, spacing)
+            else:
+                d = surface_distances(a, b, 1, spacing, surfaces=kind)
             for m in METRICS:
-                errors[surfaces][m].append(d[m] - (big_r - r))
+                errors[kind][m].append(d[m] - (big_r - r))
     half = max(spacing) / 2
     summary = {}
     for surfaces, by_metric in errors.items():
@@ -103,7 +110,7 @@ def plot(results: list[dict], path: Path) -> Path:
         for i, res in enumerate(results):
             for j, kind in enumerate(kinds):
                 e = np.asarray(res["surfaces"][kind][metric]["errors_mm"])
-                x = i + (j - 0.5) * 0.35 + np.random.default_rng(i).uniform(-0.07, 0.07, e.size)
+                x = i + (j - (len(kinds) - 1) / 2) * 0.28 + np.random.default_rng(i).uniform(-0.05, 0.05, e.size)
                 ax.scatter(x, e, s=6, alpha=0.6, color=f"C{j}", label=kind if i == 0 else None)
             half = res["half_voxel_mm"]
             ax.hlines([-half, half], i - 0.45, i + 0.45, colors="k", linestyles=":", linewidth=1)

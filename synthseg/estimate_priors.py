@@ -108,7 +108,7 @@ class IntensityStats:
         """The labels pooled in each column: ``[(label,), ...]``, or the labels of each class."""
         if self.classes is None:
             return [(int(v),) for v in self.labels]
-        return [tuple(int(l) for l, c in zip(self.labels, self.classes) if c == k)
+        return [tuple(int(lab) for lab, c in zip(self.labels, self.classes) if c == k)
                 for k in range(self.n_columns)]
 
     def column_names(self) -> list[str]:
@@ -310,10 +310,10 @@ def _resolve_labels(labels, classes, label_maps) -> tuple[np.ndarray, np.ndarray
     if isinstance(classes, dict):
         if labels is None:
             labels = sorted(classes)
-        missing = [int(l) for l in labels if int(l) not in classes]
+        missing = [int(lab) for lab in labels if int(lab) not in classes]
         if missing:
             raise InputError(f"classes gives no class for label(s) {missing}")
-        classes = [classes[int(l)] for l in labels]
+        classes = [classes[int(lab)] for lab in labels]
     if labels is None:
 
         found = set()

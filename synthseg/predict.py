@@ -597,10 +597,10 @@ def _tiled_posteriors(model: SegmentationModel, image: np.ndarray, window: CropP
                 # the tile's part that lands inside the output grid
                 lo = [max(0, -(s + o)) for s, o in zip(start, offset)]
                 hi = [min(length, n - (s + o)) for (length, _), s, o, n in zip(plan, start, offset, out_shape)]
-                if any(h <= l for l, h in zip(lo, hi)):
+                if any(b <= a for a, b in zip(lo, hi)):
                     continue
-                part = tuple(slice(l, h) for l, h in zip(lo, hi))
-                dst = tuple(slice(s + o + l, s + o + h) for s, o, l, h in zip(start, offset, lo, hi))
+                part = tuple(slice(a, b) for a, b in zip(lo, hi))
+                dst = tuple(slice(s + o + a, s + o + b) for s, o, a, b in zip(start, offset, lo, hi))
                 wx, wy, wz = (weights[a][i][lo[a]:hi[a]] for a, i in enumerate((ix, iy, iz)))
                 w = wx[:, None, None] * wy[None, :, None] * wz[None, None, :]
                 if flip:

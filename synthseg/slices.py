@@ -172,22 +172,22 @@ def slice_pairs(pairs, spec: SliceSpec, skip_empty: bool = True, normalisation: 
     """Cut volume pairs into 2D (or 2.5D) pairs.
 
     Args:
-        pairs: a :class:`synthseg.supervised.PairSet` of volumes (RAS), as
-            :func:`~synthseg.supervised.load_pairs` reads them.
+        pairs: a :class:`synthseg.pairs.PairSet` of volumes (RAS), as
+            :func:`~synthseg.pairs.load_pairs` reads them.
         spec: the axis and ``k``.
         skip_empty: leave out the slices whose label map is all background.
         normalisation: intensity standardisation of each whole volume before slicing
-            (:func:`synthseg.supervised.standardise_pairs`; ``"percentile"``: as read).
+            (:func:`synthseg.pairs.standardise_pairs`; ``"percentile"``: as read).
 
     Returns:
-        A :class:`~synthseg.supervised.PairSet` of slices: images ``(H, W, k * C)``, labels
+        A :class:`~synthseg.pairs.PairSet` of slices: images ``(H, W, k * C)``, labels
         ``(H, W)``, ``n_channels = k * C``; ``info`` records the spec (saved in the run) and
         the standardisation (so it is not applied again to single slices).
 
     Raises:
         InputError: no slice is left (every label map is background only).
     """
-    from synthseg.supervised import PairSet, standardise_pairs
+    from synthseg.pairs import PairSet, standardise_pairs
 
     if pairs.ndim != 3:
         raise InputError(f"slice_pairs needs 3D pairs, got {pairs.ndim}D ones", pairs.image_files[0])
@@ -237,7 +237,7 @@ def slice_training(images, labels, model_dir, axis: int, k: int = 1, validation=
         unet: :class:`synthseg.unet.UNetOptions` with ``ndim=2`` (default: a 2D U-Net with
             the default architecture).
         options: :class:`synthseg.supervised.SupervisedOptions`; ``crop_shape`` is 2D.
-        augmentation: :class:`synthseg.supervised.AugmentationOptions`, applied in the slice
+        augmentation: :class:`synthseg.pair_augmentation.AugmentationOptions`, applied in the slice
             plane; the flip axis is the volume's (0, left/right) and is mapped into the plane
             (:func:`in_plane_augmentation`).
         skip_empty: leave out slices whose label map is background only (training and validation).
