@@ -45,6 +45,8 @@ class PairSet:
         info: how the pairs were made, saved in the run's ``options.json`` (``data`` section),
             e.g. ``{"slices": {"axis": 2, "k": 3}}`` for 2.5D slices.
         voxel_sizes: voxel size (mm, RAS axes) of each scan read (empty when unknown).
+        sources: for each pair, the index (in ``image_files``) of the scan it was cut from
+            (slices of :func:`synthseg.slices.slice_pairs`); empty: each pair is a whole scan.
     """
 
     image_files: list
@@ -55,6 +57,7 @@ class PairSet:
     found: list
     info: dict = field(default_factory=dict)
     voxel_sizes: list = field(default_factory=list)
+    sources: list = field(default_factory=list)
 
     @property
     def ndim(self) -> int:

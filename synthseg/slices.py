@@ -192,8 +192,8 @@ def slice_pairs(pairs, spec: SliceSpec, skip_empty: bool = True, normalisation: 
     if pairs.ndim != 3:
         raise InputError(f"slice_pairs needs 3D pairs, got {pairs.ndim}D ones", pairs.image_files[0])
     pairs = standardise_pairs(pairs, normalisation)
-    images, labels = [], []
-    for image, lab in zip(pairs.images, pairs.labels):
+    images, labels, sources = [], [], []
+    for volume, (image, lab) in enumerate(zip(pairs.images, pairs.labels)):
         stacks = stack_slices(image, spec.axis, spec.k)
         labs = label_slices(lab, spec.axis)
         keep = range(len(labs))
@@ -201,12 +201,13 @@ def slice_pairs(pairs, spec: SliceSpec, skip_empty: bool = True, normalisation: 
             keep = np.flatnonzero(labs.reshape(len(labs), -1).any(axis=1))
         images.extend(stacks[i] for i in keep)
         labels.extend(np.ascontiguousarray(labs[i]) for i in keep)
+        sources.extend([volume] * len(keep))
     if not labels:
         raise InputError("no slice holds a label other than background", pairs.label_files[0])
     return PairSet(list(pairs.image_files), list(pairs.label_files), images, labels,
                    pairs.n_channels * spec.k, list(pairs.found),
                    info={"slices": spec.to_dict(), "skip_empty_slices": bool(skip_empty),
-                         "normalisation": normalisation}, voxel_sizes=list(pairs.voxel_sizes))
+                         "normalisation": normalisation}, voxel_sizes=list(pairs.voxel_sizes), sources=sources)
 
 
 def in_plane_augmentation(augmentation, spec: SliceSpec):
@@ -240,7 +241,8 @@ def slice_training(images, labels, model_dir, axis: int, k: int = 1, validation=
         augmentation: :class:`synthseg.pair_augmentation.AugmentationOptions`, applied in the slice
             plane; the flip axis is the volume's (0, left/right) and is mapped into the plane
             (:func:`in_plane_augmentation`).
-        skip_empty: leave out slices whose label map is background only (training and validation).
+        skip_empty: leave out training slices whose label map is background only. Validation
+            keeps every slice: it is scored volume by volume, as prediction segments.
         init_from, freeze_encoder, resume, callbacks: as for ``supervised_training`` (a resumed
             run must be given the same ``axis`` and ``k``).
 
@@ -267,7 +269,7 @@ def slice_training(images, labels, model_dir, axis: int, k: int = 1, validation=
     if validation is not None:
         if not isinstance(validation, (tuple, list)) or len(validation) != 2:
             raise InputError("validation must be an (images, label maps) pair of sources")
-        val = slice_pairs(load_pairs(validation[0], validation[1], "validation"), spec, skip_empty,
+        val = slice_pairs(load_pairs(validation[0], validation[1], "validation"), spec, False,
                           augmentation.normalisation)
     augmentation = in_plane_augmentation(augmentation, spec)
     return supervised_training(train, None, model_dir, validation=val, unet=unet, options=options,

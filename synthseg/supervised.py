@@ -235,18 +235,22 @@ def load_supervised_options(model_dir):
 # ----------------------------------------------------------------------------- validation
 def validation_dice(unet: keras.Model, pairs: PairSet, labels, multiple: int) -> tuple[float, np.ndarray]:
     """Mean hard Dice of ``unet`` on whole validation volumes (padded to ``multiple``, no
-    augmentation), background excluded.
+    augmentation), background excluded. Slices (``pairs.sources`` set) are segmented one by
+    one and scored together with the other slices of their volume, so that a label absent
+    from a slice does not count as a perfect score there.
 
     Returns:
         ``(mean over volumes of the mean over labels, (K - 1,) mean Dice of each label)``.
     """
     table = np.asarray(labels, np.int32)
-    scores = []
-    for image, truth in zip(pairs.images, pairs.labels):
+    truths, preds = {}, {}
+    for i, (image, truth) in enumerate(zip(pairs.images, pairs.labels)):
         x, pad = pad_to_multiple(image, multiple, n_spatial=truth.ndim)
         probs = ops.convert_to_numpy(unet(x[None], training=False))[0]
-        pred = pad.undo(table[np.argmax(probs, axis=-1)])
-        scores.append(hard_dice(truth, pred, labels[1:]))
+        volume = pairs.sources[i] if pairs.sources else i
+        truths.setdefault(volume, []).append(truth.ravel())
+        preds.setdefault(volume, []).append(pad.undo(table[np.argmax(probs, axis=-1)]).ravel())
+    scores = [hard_dice(np.concatenate(truths[v]), np.concatenate(preds[v]), labels[1:]) for v in truths]
     per_label = np.mean(scores, axis=0)
     return float(np.mean([s.mean() for s in scores])), per_label
 
@@ -421,7 +425,8 @@ def supervised_training(images, labels, model_dir, validation=None, unet=None,
     val = None
     if isinstance(validation, PairSet):
         val = validation
-        if val.ndim != train.ndim or val.info != train.info:
+        made = ("slices", "normalisation")  # how pairs are made (training may skip empty slices)
+        if val.ndim != train.ndim or any(val.info.get(k) != train.info.get(k) for k in made):
             raise InputError(f"validation pairs ({val.ndim}D, {val.info}) are not made like the training "
                              f"pairs ({train.ndim}D, {train.info})", val.image_files[0])
     elif validation is not None:

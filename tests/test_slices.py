@@ -1,5 +1,6 @@
 """2D / 2.5D slices of 3D volumes: slicing and stacking, training a 2D U-Net on slices (Dice
 goes up), slice-wise prediction on the native grid, and bad input (tiny volumes, tiny U-Net)."""
+import dataclasses
 import json
 
 import keras
@@ -66,6 +67,37 @@ def test_slice_pairs_skip_background_slices_and_record_the_spec():
     assert sliced.images[0].shape == (24, 24, 3) and sliced.labels[0].shape == (24, 24)
     assert sliced.info == {"slices": {"axis": 2, "k": 3}, "skip_empty_slices": True, "normalisation": "percentile"}
     assert len(slice_pairs(pairs, SliceSpec(axis=0), skip_empty=False).labels) == SHAPE[0]
+
+
+def test_slice_validation_scores_whole_volumes():
+    """Validation of a slice run scores the slices of a volume together: a network that
+    predicts background everywhere gets Dice 0 for a label it misses, not 1 on the slices
+    where the label is absent (per slice, the mean would be 8/14 here)."""
+    from synthseg.supervised import validation_dice
+
+    lab = np.zeros(SHAPE, np.int32)
+    lab[4:20, 4:20, 3:9] = 2
+    volume = PairSet(["img"], ["lab"], [np.ones(SHAPE + (1,), np.float32)], [lab], 1, [0, 2])
+    sliced = slice_pairs(volume, SliceSpec(axis=2, k=1), skip_empty=False)
+    assert sliced.sources == [0] * SHAPE[2]
+
+    def background_everywhere(x, training=False):
+        out = np.zeros(x.shape[:-1] + (2,), np.float32)
+        out[..., 0] = 1.0
+        return out
+
+    def perfect(x, training=False):  # reads the label from the image, which holds it here
+        out = np.zeros(x.shape[:-1] + (2,), np.float32)
+        out[..., 1] = x[..., 0] > 0.5
+        out[..., 0] = 1.0 - out[..., 1]
+        return out
+
+    mean, per_label = validation_dice(background_everywhere, sliced, [0, 2], multiple=1)
+    assert mean == 0.0 and per_label.tolist() == [0.0]
+    informed = dataclasses.replace(sliced, images=[(s == 2).astype(np.float32)[..., None] for s in sliced.labels])
+    assert validation_dice(perfect, informed, [0, 2], multiple=1)[0] == 1.0
+    # whole volumes (no sources) are scored one by one, as before
+    assert validation_dice(background_everywhere, volume, [0, 2], multiple=1)[0] == 0.0
 
 
 def test_slices_are_standardised_per_volume_as_prediction_does():
@@ -284,3 +316,15 @@ def test_a_3d_network_with_slice_options_is_refused(tmp_path):
         "augmentation": {}, "data": {"slices": {"axis": 2, "k": 3}}}))
     with pytest.raises(InputError, match="not a 2D segmentation network"):
         load_model(tmp_path)
+
+
+def test_slice_training_validates_on_whole_volumes(tmp_path):
+    """Validation pairs keep every slice (training skips the empty ones) and are accepted as
+    made like the training pairs; the log gets a row per validation."""
+    train = write_pairs(tmp_path / "train", [0, 1], seed=0)
+    val = write_pairs(tmp_path / "val", [2], seed=1)
+    result = slice_training(*train, tmp_path / "run", axis=2, k=1, unet=UNET, validation=val,
+                            options=quiet(steps=4, steps_per_checkpoint=2, batch_size=2, seed=SEED))
+    rows = (tmp_path / "run" / "validation_log.csv").read_text().splitlines()
+    assert rows[0].startswith("step,dice") and [r.split(",")[0] for r in rows[1:]] == ["2", "4"]
+    assert 0.0 <= result.best_dice <= 1.0
