@@ -170,6 +170,13 @@ def main(argv=None) -> int:
     per_label = last_dice_per_label(args.run / "dice_per_label.csv")
     if per_label:
         step, dice = per_label
+        from synthseg.training import DEAD_DICE
+
+        dead = [k for k, v in dice.items() if v < DEAD_DICE]
+        if dead:  # present in the training crops (absent labels score 1) but not predicted
+            text = text.replace("## Limits\n\n", "## Limits\n\n- **Never predicted:** "
+                                + ", ".join(dead) + f" (Dice < {DEAD_DICE} on the synthetic training crops at "
+                                f"step {step:,}): the network assigns those voxels to other labels.\n", 1)
         text += (f"\n## Dice per label on synthetic crops (checkpoint at step {step:,})\n\n"
                  + "| label | Dice |\n| --- | --- |\n" + "".join(f"| {k} | {v:.3f} |\n" for k, v in dice.items()))
     (dest / "MODEL_CARD.md").write_text(text)

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -203,3 +204,41 @@ def test_synthetic_runs_need_a_learning_rate_supervised_ones_may_measure_with_ze
     assert TrainingOptions(steps=5, steps_per_checkpoint=2).n_chunks == 3
     with pytest.raises(InputError, match="lr_schedule must be one of"):
         TrainingOptions(lr_schedule="step")
+
+
+def test_a_label_the_network_never_predicts_is_reported_once(tmp_path):
+    """dice_per_label.csv gets a row per checkpoint; a label below Dice 0.01 for 3 checkpoints
+    in a row after the warm-up (here CSF, 24, as in the shipped model's run) gets one warning;
+    a label that recovers, or is low only during the warm-up, gets none."""
+    from synthseg.training import LabelDiceLog
+
+    class Metric:
+        values = None
+
+        def per_label(self):
+            return np.asarray(self.values)
+
+    metric = Metric()
+    log = LabelDiceLog(tmp_path / "dice_per_label.csv", metric, [0, 24, 2], steps_per_checkpoint=10,
+                       keep_until=0, warmup_steps=20)
+    history = [[0.5, 0.0, 0.0], [0.6, 0.0, 0.0],  # warm-up (steps 10, 20): not counted
+               [0.7, 0.0, 0.005], [0.8, 0.0, 0.2], [0.8, 0.0, 0.005], [0.9, 0.0, 0.005]]
+    caught = []
+    for epoch, values in enumerate(history):
+        metric.values = values
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            log.on_epoch_end(epoch)
+        caught += [(epoch, str(x.message)) for x in w]
+    assert [e for e, _ in caught] == [4]  # steps 30, 40, 50: three in a row for CSF
+    assert "label 24 (CSF)" in caught[0][1] and "step 50" in caught[0][1]
+    metric.values = [0.9, 0.0, 0.0]  # label 2: a third low checkpoint in a row (the 0.2 broke the first run)
+    for epoch in (6, 7):
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            log.on_epoch_end(epoch)
+        caught += [(epoch, str(x.message)) for x in w]
+    assert [e for e, _ in caught] == [4, 6]  # CSF is not reported again
+    assert "label 2 (Left-Cerebral-White-Matter)" in caught[1][1]
+    rows = (tmp_path / "dice_per_label.csv").read_text().splitlines()
+    assert rows[0] == "step,Unknown,CSF,Left-Cerebral-White-Matter" and len(rows) == 1 + len(history) + 2
