@@ -38,6 +38,9 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ce-after-warmup", type=float, default=None,
+                        help="share of cross-entropy kept after the warm-up (new runs; the presets use 0, "
+                             "as the shipped model did; 0.1 keeps labels from dying under Dice)")
     parser.add_argument("--cache-dir", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -56,6 +59,8 @@ def main(argv=None) -> int:
             t = dict(preset["training"], seed=args.seed)
             if args.steps:
                 t["steps"] = args.steps
+            if args.ce_after_warmup is not None:
+                t["ce_after_warmup"] = args.ce_after_warmup
             result = training(labels, args.run_dir, unet=UNetOptions(**preset["unet"]),
                               options=TrainingOptions(**t), output_shape=(preset["crop"],) * 3)
     except InputError as exc:

@@ -102,6 +102,7 @@ def cmd_train(args) -> int:
         options = TrainingOptions(
             steps=args.steps or 1000, steps_per_checkpoint=args.checkpoint_every, batch_size=args.batch_size,
             learning_rate=args.lr, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps,
+            ce_after_warmup=args.ce_after_warmup,
             mixed_precision=args.mixed_precision, seed=args.seed, strategy=args.strategy)
         unet = UNetOptions(n_levels=args.levels, base_features=args.features)
         overrides = {"output_shape": (args.crop,) * 3} if args.crop else {}
@@ -210,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default: 1e-4)")
     p.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"), default="constant")
     p.add_argument("--warmup-steps", type=int, default=0, help="cross-entropy steps before soft Dice")
+    p.add_argument("--ce-after-warmup", type=float, default=0.0,
+                   help="share of cross-entropy kept after the warm-up, 0-1 (0: Dice only; 0.1 keeps labels from "
+                        "dying under Dice)")
     p.add_argument("--mixed-precision", action="store_true")
     p.add_argument("--strategy", choices=("mirrored", "multiworker", "data_parallel"), default=None)
     p.add_argument("--seed", type=int, default=0)

@@ -91,9 +91,13 @@ class SegmentationLoss(keras.losses.Loss):
     """Soft Dice loss, optionally after a cross-entropy warm-up; usable as a Keras loss.
 
     ``loss = w * weighted_cross_entropy + (1 - w) * soft_dice_loss``, where the blend weight
-    ``w`` is 1 during the first ``warmup_steps`` optimiser steps and 0 afterwards. Randomly
-    initialised networks can get stuck when trained with Dice from the start (empty
-    predictions give flat Dice gradients); a short cross-entropy phase avoids it. The SynthSeg
+    ``w`` is 1 during the first ``warmup_steps`` optimiser steps and ``ce_after_warmup`` (0 by
+    default) afterwards. Randomly initialised networks can get stuck when trained with Dice
+    from the start (empty predictions give flat Dice gradients); a short cross-entropy phase
+    avoids it. A label the network has stopped predicting stays dead under soft Dice (its
+    softmax probability is ~0 everywhere, and so is the Dice gradient through the softmax),
+    while cross-entropy's gradient at its voxels stays strong: ``ce_after_warmup > 0`` keeps
+    some (nnU-Net trains with Dice + cross-entropy throughout). The SynthSeg
     reference warms up with a weighted L2 loss on the logits; we use cross-entropy on the
     probabilities instead, which needs no access to the logits.
 
@@ -114,10 +118,11 @@ class SegmentationLoss(keras.losses.Loss):
         ce_weights: per-label cross-entropy weights (``None``: inverse frequency per batch,
             see :func:`weighted_cross_entropy`).
         eps: Dice smoothing term.
+        ce_after_warmup: the blend weight ``w`` after the warm-up, in [0, 1].
     """
 
     def __init__(self, warmup_steps: int = 0, include_background: bool = True, ce_weights=None,
-                 eps: float = 1e-5, name: str = "segmentation_loss", **kwargs):
+                 eps: float = 1e-5, ce_after_warmup: float = 0.0, name: str = "segmentation_loss", **kwargs):
         super().__init__(name=name, **kwargs)
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, (int, np.integer)) or warmup_steps < 0:
             raise InputError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
@@ -125,12 +130,15 @@ class SegmentationLoss(keras.losses.Loss):
         self.include_background = bool(include_background)
         self.ce_weights = None if ce_weights is None else [float(w) for w in np.ravel(ce_weights)]
         self.eps = float(eps)
-        self.blend = keras.Variable(1.0 if self.warmup_steps > 0 else 0.0, dtype="float32",
-                                    trainable=False, name="ce_blend")
+        if isinstance(ce_after_warmup, bool) or not isinstance(ce_after_warmup, (int, float)) \
+                or not 0.0 <= ce_after_warmup <= 1.0:
+            raise InputError(f"ce_after_warmup must be a number in [0, 1], got {ce_after_warmup!r}")
+        self.ce_after_warmup = float(ce_after_warmup)
+        self.blend = keras.Variable(self.blend_for_step(0), dtype="float32", trainable=False, name="ce_blend")
 
     def blend_for_step(self, step: int) -> float:
         """The blend weight ``w`` at optimiser step ``step`` (0-based)."""
-        return 1.0 if int(step) < self.warmup_steps else 0.0
+        return 1.0 if int(step) < self.warmup_steps else self.ce_after_warmup
 
     def set_step(self, step: int) -> bool:
         """Set ``w`` for optimiser step ``step``; return whether it changed."""
@@ -142,7 +150,7 @@ class SegmentationLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         dice = soft_dice_loss(y_true, y_pred, self.include_background, self.eps)
-        if self.warmup_steps == 0:
+        if self.warmup_steps == 0 and self.ce_after_warmup == 0.0:
             return dice
         ce = weighted_cross_entropy(y_true, y_pred, self.ce_weights)
         w = ops.cast(self.blend.value, dice.dtype)
@@ -151,7 +159,7 @@ class SegmentationLoss(keras.losses.Loss):
     def get_config(self):
         config = super().get_config()
         config.update(warmup_steps=self.warmup_steps, include_background=self.include_background,
-                      ce_weights=self.ce_weights, eps=self.eps)
+                      ce_weights=self.ce_weights, eps=self.eps, ce_after_warmup=self.ce_after_warmup)
         return config
 
 

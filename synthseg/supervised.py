@@ -500,7 +500,7 @@ def supervised_training(images, labels, model_dir, validation=None, unet=None,
         for layer in encoder_layers(unet_model, unet.n_levels):
             layer.trainable = False
             frozen.append(layer.name)
-    loss = SegmentationLoss(warmup_steps=options.warmup_steps)
+    loss = SegmentationLoss(warmup_steps=options.warmup_steps, ce_after_warmup=options.ce_after_warmup)
     n_labels = len(label_list)
     model.compile(optimizer=keras.optimizers.Adam(options.learning_rate), loss=SplitOutputLoss(loss, n_labels),
                   metrics=[SplitOutputDice(n_labels)], jit_compile=False)

@@ -61,6 +61,10 @@ class RunOptions:
         batch_size: samples per step (label maps per replica; pairs for supervised runs).
         learning_rate: Adam's initial learning rate (``>= 0``; synthetic runs need ``> 0``).
         warmup_steps: steps of weighted cross-entropy before the loss turns to soft Dice.
+        ce_after_warmup: share of weighted cross-entropy kept in the loss after the warm-up,
+            in [0, 1] (0: soft Dice only, as SynthSeg). Under Dice alone a label the network
+            stops predicting cannot come back (:class:`synthseg.losses.SegmentationLoss`);
+            the shipped 2 mm model lost its CSF that way.
         seed: seed of the sample choice, the generation or augmentation, and the weight
             initialisation.
         deterministic: ask the backend for deterministic ops (slower; used by the tests).
@@ -74,6 +78,7 @@ class RunOptions:
     batch_size: int = 1
     learning_rate: float = 1e-4
     warmup_steps: int = 0
+    ce_after_warmup: float = 0.0
     seed: int = 0
     deterministic: bool = False
     tensorboard: bool = True
@@ -87,6 +92,9 @@ class RunOptions:
         if isinstance(self.learning_rate, bool) or not isinstance(self.learning_rate, (int, float)) \
                 or not self.learning_rate >= 0:
             raise InputError(f"learning_rate must be a number >= 0, got {self.learning_rate!r}")
+        if isinstance(self.ce_after_warmup, bool) or not isinstance(self.ce_after_warmup, (int, float)) \
+                or not 0 <= self.ce_after_warmup <= 1:
+            raise InputError(f"ce_after_warmup must be a number in [0, 1], got {self.ce_after_warmup!r}")
 
     @property
     def n_chunks(self) -> int:
@@ -337,7 +345,7 @@ def training(labels_dir, model_dir, generator: GeneratorOptions | None = None, u
     with scope:
         model, unet_model, labels = build_training_model(generator, unet, data.shape, options.seed,
                                                          options.mixed_precision)
-        loss = SegmentationLoss(warmup_steps=options.warmup_steps)
+        loss = SegmentationLoss(warmup_steps=options.warmup_steps, ce_after_warmup=options.ce_after_warmup)
         dice = SplitOutputDice(len(labels))
         model.compile(optimizer=_optimizer(options), loss=SplitOutputLoss(loss, len(labels)),
                       metrics=[dice], jit_compile=False)

@@ -185,6 +185,7 @@ def test_mixed_precision_and_cosine_schedule(label_dir, tmp_path):
     (dict(keep_checkpoints=-1), "keep_checkpoints must be an integer >= 0"),
     (dict(seed=-3), "seed must be an integer >= 0"),
     (dict(learning_rate="fast"), "learning_rate must be a number >= 0"),
+    (dict(ce_after_warmup=2.0), "ce_after_warmup must be a number in"),
 ])
 def test_run_options_are_checked_alike_for_synthetic_and_supervised_runs(kw, message):
     """The fields both kinds of run share live in RunOptions, checked once."""
