@@ -151,10 +151,9 @@ def _cpu_model() -> str:
 
 def machine_info(packages: Iterable[str] = ()) -> dict:
     """Where a benchmark ran: CPU, core counts, OS, Python and package versions."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        usable = os.cpu_count()
+    from lab2im.io import usable_cpus
+
+    usable = usable_cpus()
     mem_gib = None
     try:
         mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)

@@ -32,7 +32,6 @@ The label map: ``--labels`` if given, else the first of the real training label 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -83,13 +82,6 @@ def parse_args(argv=None):
 
 def repeats_for(args, size: int) -> int:
     return args.repeats or DEFAULT_REPEATS.get(size, 5)
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 # ----------------------------------------------------------------------------- label map
@@ -341,9 +333,11 @@ def breakdown_table(title: str, times: dict[str, float]) -> str:
 
 
 def main(argv=None) -> int:
+    from lab2im.io import usable_cpus  # no Keras import: the backend is chosen next
+
     args = parse_args(argv)
     backend = common.select_keras_backend(args.backend)
-    threads = args.threads or usable_cores()
+    threads = args.threads or usable_cpus()
     if backend == "tensorflow":  # the breakdown's one-layer models trigger retracing warnings
         import logging
 

@@ -73,6 +73,19 @@ def voxel_size_of(affine: np.ndarray) -> np.ndarray:
     return np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(axis=0))
 
 
+def format_mm(values) -> str:
+    """Voxel sizes (or any per-axis lengths) for messages: ``(1, 1, 2.5)`` -> ``"1x1x2.5"``."""
+    return "x".join(f"{float(v):.3g}" for v in values)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask on Linux, else ``os.cpu_count()``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def has_volume_suffix(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(VOLUME_SUFFIXES)
 

@@ -199,6 +199,21 @@ class GeneratorOptions:
         return cls.from_dict(d, source=str(path))
 
 
+def check_int(value, name: str, minimum: int) -> None:
+    """Raise :class:`InputError` unless ``value`` is an integer (not a bool) ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_number(value, name: str, minimum, maximum=None) -> None:
+    """Raise :class:`InputError` unless ``value`` is a number (not a bool, not NaN) ``>= minimum``
+    and, when given, ``<= maximum``."""
+    bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not minimum <= value or (maximum is not None and not value <= maximum):
+        raise InputError(f"{name} must be a number {bounds}, got {value!r}")
+
+
 def options_from_dict(cls, d, what: str, source: str | os.PathLike | None = None):
     """Build the options dataclass ``cls`` from a mapping, strictly.
 

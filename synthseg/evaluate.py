@@ -96,8 +96,8 @@ from scipy.spatial import KDTree
 from tqdm import tqdm
 
 from lab2im.errors import InputError
-from lab2im.io import (atomic_write_text, check_folder_writable, check_not_an_input, list_volume_files,
-                       load_volume, strip_volume_suffix, voxel_size_of)
+from lab2im.io import (atomic_write_text, check_folder_writable, check_not_an_input, format_mm, list_volume_files,
+                       load_volume, strip_volume_suffix, usable_cpus, voxel_size_of)
 
 #: Metrics of :func:`evaluate_arrays`, in row order for each label.
 METRICS = ("dice", "hausdorff", "hd95", "mean_surface", "volume_true_mm3", "volume_pred_mm3",
@@ -234,15 +234,17 @@ def evaluate_arrays(gt: np.ndarray, pred: np.ndarray, labels: Sequence[int], spa
         One dict ``{"label", "name", "metric", "value"}`` per label and metric of :data:`METRICS`.
     """
     _check_surfaces(surfaces)
+    _check_threads(threads)
     gt, pred = _same_shape(gt, pred)
     spacing = _spacing(spacing, gt.ndim)
     voxel_mm3 = float(np.prod(spacing))
     labels = _label_list(labels)
     names = _names()
     boxes_gt, boxes_pred = _label_boxes(gt, labels), _label_boxes(pred, labels)
+    boxes = {label: _merge_boxes(boxes_gt[label], boxes_pred[label]) for label in labels}
 
     def label_values(label: int) -> dict[str, float]:
-        box = _merge_boxes(boxes_gt[label], boxes_pred[label])
+        box = boxes[label]
         if box is None:
             n_a = n_b = n_ab = 0
             ma = mb = None
@@ -257,12 +259,10 @@ def evaluate_arrays(gt: np.ndarray, pred: np.ndarray, labels: Sequence[int], spa
         values.update(_volumes(n_a, n_b, voxel_mm3))
         return values
 
-    if threads is not None and int(threads) < 1:
-        raise InputError(f"threads must be >= 1, got {threads}")
-    workers = min(len(labels), _usable_cpus() if threads is None else int(threads))
+    workers = min(len(labels), usable_cpus() if threads is None else int(threads))
     if workers > 1:
         with ThreadPoolExecutor(workers) as pool:  # the largest labels first: the pool stays busy
-            order = sorted(labels, key=lambda lab: -_box_size(boxes_gt[lab], boxes_pred[lab]))
+            order = sorted(labels, key=lambda lab: -_box_size(boxes[lab]))
             by_label = dict(zip(order, pool.map(label_values, order)))
     else:
         by_label = {label: label_values(label) for label in labels}
@@ -273,15 +273,7 @@ def evaluate_arrays(gt: np.ndarray, pred: np.ndarray, labels: Sequence[int], spa
     return rows
 
 
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _box_size(box_a, box_b) -> int:
-    box = _merge_boxes(box_a, box_b)
+def _box_size(box) -> int:
     return 0 if box is None else int(np.prod([sl.stop - sl.start for sl in box]))
 
 
@@ -313,8 +305,8 @@ def evaluate_pair(gt_path, pred_path, labels: Sequence[int], on_mismatch: str = 
     gt, pred = _label_data(gt_vol.data, gt_path), _label_data(pred_vol.data, pred_path)
     same = gt.shape == pred.shape and np.allclose(gt_vol.affine, pred_vol.affine, rtol=0, atol=_AFFINE_TOL)
     if not same:
-        what = (f"prediction grid (shape {pred.shape}, voxel {_fmt_mm(voxel_size_of(pred_vol.affine))} mm) differs "
-                f"from ground truth {gt_path} (shape {gt.shape}, voxel {_fmt_mm(voxel_size_of(gt_vol.affine))} mm)")
+        what = (f"prediction grid (shape {pred.shape}, voxel {format_mm(voxel_size_of(pred_vol.affine))} mm) differs "
+                f"from ground truth {gt_path} (shape {gt.shape}, voxel {format_mm(voxel_size_of(gt_vol.affine))} mm)")
         if on_mismatch == "error":
             raise InputError(f"{what}; resample it or use on_mismatch='resample'", pred_path)
         from lab2im.geometry import resample_to_grid
@@ -420,6 +412,7 @@ def evaluate_folders(gt_dir, pred_dir, labels: Sequence[int], pred2_dir=None, ou
             or cannot be written (checked first).
     """
     _check_surfaces(surfaces)
+    _check_threads(threads)  # before any file: not a per-subject failure
     labels = _label_list(labels)
     if not labels:
         raise InputError("no labels to evaluate")
@@ -585,10 +578,8 @@ def _surface_net(mask: np.ndarray, spacing: np.ndarray, origin,
     points = low_corner + 0.5
     for _ in range(SURFACE_RELAXATION):
         points = np.clip(mean_of_neighbours @ points, low_corner, high_corner, out=points)
-    if surfaces == "smooth":
+    if surfaces == "smooth":  # (checked by the public functions: "smooth" or "fast")
         points = _bend_to_smoothest(mean_of_neighbours, points, low_corner, high_corner)
-    elif surfaces != "fast":
-        raise ValueError(f"surfaces must be one of {SURFACES}, got {surfaces!r}")
     offset = start + (np.asarray(origin, float) - 1.0)
     return (points + offset) * spacing, _cell_areas(tuple(spacing))[code[on_surface]]
 
@@ -688,6 +679,11 @@ def _cell_areas(spacing: tuple[float, ...]) -> np.ndarray:
 def _check_surfaces(surfaces: str) -> None:
     if surfaces not in SURFACES:
         raise ValueError(f"surfaces must be one of {SURFACES}, got {surfaces!r}")
+
+
+def _check_threads(threads) -> None:
+    if threads is not None and int(threads) < 1:
+        raise InputError(f"threads must be >= 1, got {threads}")
 
 
 def _origin(box: tuple[slice, ...]) -> tuple[int, ...]:
@@ -920,10 +916,6 @@ def _median(v: np.ndarray) -> float:
 def _short_list(items, n: int = 5) -> str:
     items = list(items)
     return ", ".join(items[:n]) + (f", ... ({len(items) - n} more)" if len(items) > n else "")
-
-
-def _fmt_mm(v) -> str:
-    return "x".join(f"{x:.3g}" for x in v)
 
 
 # ----------------------------------------------------------------------------- command line

@@ -14,6 +14,7 @@ import numpy as np
 from keras import ops
 
 from lab2im.errors import InputError
+from lab2im.options import check_int, check_number
 
 
 def _reduction_axes(x) -> list[int]:
@@ -124,15 +125,12 @@ class SegmentationLoss(keras.losses.Loss):
     def __init__(self, warmup_steps: int = 0, include_background: bool = True, ce_weights=None,
                  eps: float = 1e-5, ce_after_warmup: float = 0.0, name: str = "segmentation_loss", **kwargs):
         super().__init__(name=name, **kwargs)
-        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, (int, np.integer)) or warmup_steps < 0:
-            raise InputError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+        check_int(warmup_steps, "warmup_steps", 0)
         self.warmup_steps = int(warmup_steps)
         self.include_background = bool(include_background)
         self.ce_weights = None if ce_weights is None else [float(w) for w in np.ravel(ce_weights)]
         self.eps = float(eps)
-        if isinstance(ce_after_warmup, bool) or not isinstance(ce_after_warmup, (int, float)) \
-                or not 0.0 <= ce_after_warmup <= 1.0:
-            raise InputError(f"ce_after_warmup must be a number in [0, 1], got {ce_after_warmup!r}")
+        check_number(ce_after_warmup, "ce_after_warmup", 0, 1)
         self.ce_after_warmup = float(ce_after_warmup)
         self.blend = keras.Variable(self.blend_for_step(0), dtype="float32", trainable=False, name="ce_blend")
 
@@ -188,8 +186,7 @@ class WarmupCallback(keras.callbacks.Callback):
         if not isinstance(loss, SegmentationLoss):
             raise InputError(f"WarmupCallback needs a SegmentationLoss, got {type(loss).__name__}")
         if warmup_steps is not None:
-            if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, (int, np.integer)) or warmup_steps < 0:
-                raise InputError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+            check_int(warmup_steps, "warmup_steps", 0)
             loss.warmup_steps = int(warmup_steps)
         self.loss = loss
         self._epoch_start = 0
@@ -253,8 +250,7 @@ class MeanDice(keras.metrics.Metric):
 
     def __init__(self, n_labels: int, include_background: bool = False, name: str = "mean_dice", **kwargs):
         super().__init__(name=name, **kwargs)
-        if isinstance(n_labels, bool) or not isinstance(n_labels, (int, np.integer)) or n_labels < 1:
-            raise InputError(f"n_labels must be an integer >= 1, got {n_labels!r}")
+        check_int(n_labels, "n_labels", 1)
         if not include_background and n_labels < 2:
             raise InputError("MeanDice without background needs n_labels >= 2")
         self.n_labels = int(n_labels)

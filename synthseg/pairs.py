@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lab2im.errors import InputError
-from lab2im.io import check_image, list_volume_files, load_volume
+from lab2im.io import check_image, format_mm, list_volume_files, load_volume
 from lab2im.normalisation import check_method, normalise_intensities, zscore_foreground
 from lab2im.volumes import crop_or_pad
 
@@ -133,15 +133,12 @@ def load_pairs(images, labels, what: str = "training") -> PairSet:
         found.update(np.unique(lab.data).tolist())
     sizes = np.asarray(voxel_sizes)
     if np.any(sizes.max(axis=0) > 1.1 * sizes.min(axis=0)):
-        warnings.warn(f"{what} scans have voxel sizes from {_mm(sizes.min(axis=0))} to {_mm(sizes.max(axis=0))} "
+        warnings.warn(f"{what} scans have voxel sizes from {format_mm(sizes.min(axis=0))} to "
+                      f"{format_mm(sizes.max(axis=0))} "
                       f"mm; the network learns them as they are, and prediction resamples scans to the median, "
-                      f"{_mm(np.median(sizes, axis=0))} mm", stacklevel=2)
+                      f"{format_mm(np.median(sizes, axis=0))} mm", stacklevel=2)
     return PairSet(image_files, label_files, out_images, out_labels, channels, sorted(int(v) for v in found),
                    voxel_sizes=voxel_sizes)
-
-
-def _mm(v) -> str:
-    return "x".join(f"{float(x):.3g}" for x in v)
 
 
 def standardise_pairs(pairs: PairSet, method: str) -> PairSet:

@@ -51,7 +51,7 @@ from keras import ops
 from lab2im.errors import InputError
 from lab2im.io import atomic_write_text, check_not_an_input
 from lab2im.normalisation import PERCENTILES  # noqa: F401 (re-exported)
-from lab2im.options import options_from_dict
+from lab2im.options import check_int, options_from_dict
 from lab2im.layers import OneHotLabels
 from lab2im.volumes import pad_to_multiple
 from synthseg.losses import SegmentationLoss, WarmupCallback, hard_dice
@@ -67,7 +67,6 @@ from synthseg.training import (
     StepLog,
     TrainingResult,
     _prepare_folder,
-    check_int,
 )
 from synthseg.transfer import (copy_matching_weights, encoder_layers, load_source_unet,  # noqa: F401
                                run_unet_options)

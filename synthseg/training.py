@@ -38,7 +38,7 @@ from keras import ops
 
 from lab2im.errors import InputError
 from lab2im.io import atomic_write_text, check_not_an_input, make_writable_folder
-from lab2im.options import GeneratorOptions, options_from_dict
+from lab2im.options import GeneratorOptions, check_int, check_number, options_from_dict
 from synthseg.losses import MeanDice, SegmentationLoss, WarmupCallback
 
 STRATEGIES = (None, "mirrored", "multiworker", "data_parallel")
@@ -89,12 +89,8 @@ class RunOptions:
             check_int(getattr(self, name), name, 1)
         for name in ("keep_checkpoints", "warmup_steps", "seed"):
             check_int(getattr(self, name), name, 0)
-        if isinstance(self.learning_rate, bool) or not isinstance(self.learning_rate, (int, float)) \
-                or not self.learning_rate >= 0:
-            raise InputError(f"learning_rate must be a number >= 0, got {self.learning_rate!r}")
-        if isinstance(self.ce_after_warmup, bool) or not isinstance(self.ce_after_warmup, (int, float)) \
-                or not 0 <= self.ce_after_warmup <= 1:
-            raise InputError(f"ce_after_warmup must be a number in [0, 1], got {self.ce_after_warmup!r}")
+        check_number(self.learning_rate, "learning_rate", 0)
+        check_number(self.ce_after_warmup, "ce_after_warmup", 0, 1)
 
     @property
     def n_chunks(self) -> int:
@@ -103,12 +99,6 @@ class RunOptions:
     @property
     def total_steps(self) -> int:
         return self.n_chunks * self.steps_per_checkpoint
-
-
-def check_int(value, name: str, minimum: int) -> None:
-    """Raise :class:`InputError` unless ``value`` is an integer (not a bool) ``>= minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 @dataclass

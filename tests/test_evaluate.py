@@ -368,6 +368,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     (["--gt", "{tmp}/missing", "--pred", "{tmp}/predA", "--labels", "2"], "missing: no such file or directory"),
     (["--gt", "{tmp}/gt", "--pred", "{tmp}/predA", "--labels", "two"], "--labels must be integers"),
     (["--gt", "{tmp}/gt", "--pred", "{tmp}/predA", "--labels", "{tmp}/nope.npy"], "no such label list file"),
+    (["--gt", "{tmp}/gt", "--pred", "{tmp}/predA", "--labels", "2", "--threads", "0"], "error: threads must be >= 1"),
 ])
 def test_cli_bad_input_is_one_line(tmp_path, capsys, args, expected):
     _study(tmp_path, n=1)
