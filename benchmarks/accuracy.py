@@ -27,6 +27,10 @@ much; it separates what training could still gain from what the voxel size costs
 Prints a table (Dice per tissue, mean, ceiling), writes ``benchmarks/results/accuracy.json``
 and a grouped bar plot ``benchmarks/results/accuracy.png``. Targets (issue 4): mean Dice
 >= 0.85 over every scan and tissue, spread (max - min of the per-scan mean) <= 0.05.
+
+**Outside the brain** (issue 12): on the whole-head MNI scans, the volume (mL) of voxels given
+any brain label more than 10 mm away from the template's brain mask (face, neck, scalp taken
+for brain); target < 5 mL.
 """
 from __future__ import annotations
 
@@ -56,6 +60,24 @@ CASES = {
     "spm_avg152_t2": _OLDSEG,
     "spm_avg152_pd": _OLDSEG,
 }
+
+#: whole-head scans with a brain mask: brain labels predicted more than OUTSIDE_MM away from
+#: the mask (face, neck, scalp) are counted, in mL; target below OUTSIDE_TARGET_ML (issue 12)
+BRAIN_MASKS = {name: f"mni2009c_{name.split('_')[1]}_brainmask" for name in CASES if name.startswith("mni2009c")}
+OUTSIDE_MM, OUTSIDE_TARGET_ML = 10.0, 5.0
+
+
+def outside_brain_ml(predicted, mask, affine, distance_mm: float = OUTSIDE_MM) -> float:
+    """Volume (mL) of voxels labelled as any brain tissue (``predicted > 0``) that lie more than
+    ``distance_mm`` from the brain ``mask`` (both on the grid of ``affine``)."""
+    import numpy as np
+    from scipy import ndimage
+
+    from lab2im.io import voxel_size_of
+
+    voxel = voxel_size_of(affine)
+    distance = ndimage.distance_transform_edt(~np.asarray(mask, bool), sampling=voxel)
+    return float(np.count_nonzero((predicted > 0) & (distance > distance_mm)) * np.prod(voxel) / 1000.0)
 
 
 def tissue_map(probabilities):
@@ -137,7 +159,14 @@ def measure(name: str, model, flip: bool) -> dict:
     seconds = time.perf_counter() - t0
     dice = tissue_dice(truth, predicted)
     ceiling = resolution_ceiling(probabilities, truth, image.affine, model.voxel_size)
-    return {"case": name, "status": "ok", "shape": list(image.data.shape[:3]),
+    outside = None
+    if name in BRAIN_MASKS:
+        from lab2im.io import load_volume
+        from synthseg import datasets
+
+        mask = load_volume(datasets.fetch(BRAIN_MASKS[name])).data > 0.5
+        outside = outside_brain_ml(predicted, mask, image.affine)
+    return {"case": name, "status": "ok", "shape": list(image.data.shape[:3]), "outside_brain_ml": outside,
             "voxel_mm": [float(v) for v in image.voxel_size],
             "dice": dice, "mean_dice": float(np.mean(list(dice.values()))), "ceiling": ceiling,
             "seconds": seconds, "truth_voxels": {t: int((truth == i).sum()) for i, t in enumerate(TISSUES, 1)},
@@ -155,6 +184,9 @@ def summary(results: list[dict]) -> dict:
            "per_tissue": {t: float(np.mean([r["dice"][t] for r in ok])) for t in TISSUES},
            "target_mean": TARGET_MEAN, "target_spread": TARGET_SPREAD}
     out["meets_target"] = out["mean_dice"] >= TARGET_MEAN and out["spread"] <= TARGET_SPREAD
+    outside = [r["outside_brain_ml"] for r in ok if r.get("outside_brain_ml") is not None]
+    out["max_outside_brain_ml"] = max(outside) if outside else None
+    out["outside_target_ml"] = OUTSIDE_TARGET_ML
     return out
 
 
@@ -250,18 +282,22 @@ def main(argv=None) -> int:
     rows = []
     for r in results:
         if r["status"] != "ok":
-            rows.append((r["case"], "-", "-", "-", "-", "-", r["status"]))
+            rows.append((r["case"], "-", "-", "-", "-", "-", "-", r["status"]))
             continue
-        ceiling = r["ceiling"]
+        ceiling, outside = r["ceiling"], r["outside_brain_ml"]
         rows.append((r["case"], *(r["dice"][t] for t in TISSUES), r["mean_dice"],
                      "-" if ceiling is None else "/".join(f"{ceiling[t]:.2f}" for t in TISSUES),
-                     f"{r['seconds']:.1f} s"))
+                     "-" if outside is None else f"{outside:.1f}", f"{r['seconds']:.1f} s"))
     print(f"tissue Dice, model {model.path} (voxel {model.voxel_size.tolist()} mm), flip {not args.no_flip}")
-    print(format_table(["scan", "GM", "WM", "CSF", "mean", "ceiling GM/WM/CSF", "time"], rows))
+    print(format_table(["scan", "GM", "WM", "CSF", "mean", "ceiling GM/WM/CSF",
+                        f"brain >{OUTSIDE_MM:g} mm outside (mL)", "time"], rows))
     if stats["mean_dice"] is not None:
         print(f"mean {stats['mean_dice']:.3f} (target >= {TARGET_MEAN}), spread across scans "
               f"{stats['spread']:.3f} (target <= {TARGET_SPREAD}): "
               f"{'target met' if stats['meets_target'] else 'target NOT met'}")
+    if stats.get("max_outside_brain_ml") is not None:
+        print(f"brain labels more than {OUTSIDE_MM:g} mm outside the brain mask: at most "
+              f"{stats['max_outside_brain_ml']:.1f} mL (target < {OUTSIDE_TARGET_ML:g} mL)")
     plot = args.plot or args.out.with_suffix(".png")
     for folder in {args.out.parent, plot.parent}:
         folder.mkdir(parents=True, exist_ok=True)

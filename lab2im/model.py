@@ -1,7 +1,7 @@
 """``labels_to_image_model``: the random layers composed into one Keras model.
 
 Per minibatch, in this order: spatial deformation (affine + diffeomorphic, with random crop)
--> left/right flip -> per-label Gaussian intensities -> bias field -> resolution loss (and
+-> left/right flip -> random partition of chosen labels into parts -> per-label Gaussian intensities -> bias field -> resolution loss (and
 optional blur) -> noise, clipping, min-max normalisation to [0, 1], gamma; and generation
 labels converted to segmentation labels. Everything runs on the device Keras runs on.
 """
@@ -18,6 +18,7 @@ from lab2im.layers import (
     RandomBiasField,
     RandomBlur,
     RandomFlip,
+    RandomPartition,
     RandomSpatialDeformation,
     SampleConditionalGMM,
     SimulateResolution,
@@ -26,14 +27,18 @@ from lab2im.options import GeneratorOptions
 
 #: names of the random layers, in the order they are applied (and seeded)
 STAGES = ("deformation", "flip", "gmm", "bias_field", "resolution", "blur", "intensity")
+#: stages added later draw seeds after those of :data:`STAGES` (so the draws of the older
+#: stages stay the same for a given seed); listed in the order they were added
+LATER_STAGES = ("partition",)
 
 
 def stage_seeds(seed: int | None) -> dict[str, int | None]:
     """Independent per-layer seeds derived from one model seed (``None`` stays ``None``)."""
     if seed is None:
-        return dict.fromkeys(STAGES)
-    states = np.random.SeedSequence(int(seed)).generate_state(len(STAGES))
-    return {name: int(s) % (2**31 - 1) for name, s in zip(STAGES, states)}
+        return dict.fromkeys(STAGES + LATER_STAGES)
+    names = STAGES + LATER_STAGES
+    states = np.random.SeedSequence(int(seed)).generate_state(len(names))  # a prefix of a longer draw
+    return {name: int(s) % (2**31 - 1) for name, s in zip(names, states)}
 
 
 def labels_to_image_model(options: GeneratorOptions, input_shape: Sequence[int], batch_size: int = 1,
@@ -64,6 +69,9 @@ def labels_to_image_model(options: GeneratorOptions, input_shape: Sequence[int],
     if o.flip_prob > 0:
         labels = RandomFlip(o.lr_pairs, axis=o.flip_axis, prob=o.flip_prob, seed=seeds["flip"],
                             name="flip")(labels)
+    if o.partitions and o.partition_prob > 0:
+        labels = RandomPartition(o.partitions, o.partition_scale, o.partition_prob, seed=seeds["partition"],
+                                 name="partition")(labels)
 
     image = SampleConditionalGMM(
         o.generation_labels, o.generation_classes, prior_means=o.prior_array("prior_means"),

@@ -44,6 +44,11 @@ class GeneratorOptions:
         integration_steps, integration_downsample: scaling-and-squaring steps and how much
             coarser than the output the field is integrated.
 
+        partitions, partition_scale, partition_prob: labels split at random into smooth parts,
+            each painted with its own intensities: ``[[label, part_1, ...], ...]`` (every part
+            must be a generation label); see :class:`~lab2im.layers.RandomPartition`. Empty:
+            no partition.
+
     Intensities
         n_channels: image channels.
         prior_distribution: ``"uniform"`` (prior rows are min, max) or ``"normal"`` (mean, std).
@@ -79,6 +84,9 @@ class GeneratorOptions:
     nonlin_scale: float = 0.04
     integration_steps: int = 7
     integration_downsample: int = 4
+    partitions: list[list[int]] = field(default_factory=list)
+    partition_scale: float = 0.125
+    partition_prob: float = 1.0
 
     n_channels: int = 1
     prior_distribution: str = "uniform"
@@ -118,6 +126,17 @@ class GeneratorOptions:
         missing = sorted({v for p in self.lr_pairs for v in p} - set(self.generation_labels))
         if missing:
             raise InputError(f"lr_pairs name labels that are not generation labels: {missing}")
+        self.partitions = [_int_list(p, "partitions") for p in self.partitions]
+        if any(len(p) < 2 for p in self.partitions):
+            raise InputError(f"each partition must be [label, part_1, ...], got {self.partitions}")
+        every = [v for p in self.partitions for v in p]
+        if len(set(every)) != len(every):
+            raise InputError(f"partitions repeat a label: {self.partitions}")
+        missing = sorted(set(every) - set(self.generation_labels))
+        if missing:
+            raise InputError(f"partitions name labels that are not generation labels: {missing}")
+        if not float(self.partition_scale) > 0:
+            raise InputError(f"partition_scale must be > 0, got {self.partition_scale}")
         if self.output_shape is not None:
             self.output_shape = tuple(int(v) for v in self.output_shape)
             if any(v < 1 for v in self.output_shape):
@@ -126,7 +145,7 @@ class GeneratorOptions:
             raise InputError(f"prior_distribution must be 'uniform' or 'normal', got {self.prior_distribution!r}")
         if self.n_channels < 1:
             raise InputError("n_channels must be >= 1")
-        for name in ("flip_prob", "bias_prob", "prob_isotropic"):
+        for name in ("flip_prob", "bias_prob", "prob_isotropic", "partition_prob"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise InputError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         for name in ("scaling", "rotation", "shearing", "translation", "nonlin_std", "bias_std",

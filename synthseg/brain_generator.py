@@ -27,15 +27,18 @@ from synthseg import labels as protocol
 def brain_options(**overrides) -> GeneratorOptions:
     """Generator options for label maps in the SynthSeg protocol (:mod:`synthseg.labels`).
 
-    Generation labels include skull and scalp (mapped to background in the target); left and
-    right counterparts share an intensity class and are swapped by the flip. Any option can be
+    Generation labels include skull and scalp (mapped to background in the target), each
+    split at random into parts of independent intensities, and so is the air around the head
+    (:func:`synthseg.labels.extra_cerebral_partitions`); left and right counterparts share an
+    intensity class and are swapped by the flip. Any option can be
     overridden by keyword, e.g. ``brain_options(output_shape=(160, 160, 160))``.
     """
     gen = [int(v) for v in protocol.generation_labels()]
     to_seg = protocol.generation_to_segmentation()
     classes = protocol.tissue_classes()
     base = dict(generation_labels=gen, segmentation_labels=[to_seg[v] for v in gen],
-                generation_classes=[classes[v] for v in gen], lr_pairs=protocol.lr_pairs())
+                generation_classes=[classes[v] for v in gen], lr_pairs=protocol.lr_pairs(),
+                partitions=protocol.extra_cerebral_partitions())
     base.update(overrides)
     return GeneratorOptions(**base)
 

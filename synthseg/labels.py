@@ -17,7 +17,7 @@ Example::
     >>> labels.segmentation_labels()[:6]
     array([ 0, 14, 15, 16, 24,  2], dtype=int32)
     >>> labels.n_neutral(), labels.n_neutral(generation=True)
-    (5, 7)
+    (5, 15)
     >>> labels.lr_pairs()[0]
     (2, 41)
 """
@@ -84,7 +84,19 @@ _STRUCTURES: tuple[Structure, ...] = (
     Structure("amygdala", 18, 54, "GM"),
     Structure("accumbens", 26, 58, "GM"),
     Structure("ventral_dc", 28, 60, "GM"),
+    # generation-only parts of the extra-cerebral classes, drawn at random by the generator
+    # (lab2im.layers.RandomPartition, see extra_cerebral_partitions); last, so the classes of
+    # the rows above keep their numbers
+    *(Structure(f"extra_cerebral_part_{i}", label, None, None, segmented=False)
+      for i, label in enumerate(range(502, 510), start=1)),
 )
+
+#: generation-only labels into which the generator splits each extra-cerebral class at random
+EXTRA_CEREBRAL_PARTS: dict[int, tuple[int, ...]] = {
+    BACKGROUND: (502, 503),
+    SKULL: (504, 505),
+    SOFT_TISSUE: (506, 507, 508, 509),
+}
 
 # FreeSurferColorLUT.txt (FreeSurfer 7): ID -> (name, (R, G, B)).
 _FREESURFER_LUT: dict[int, tuple[str, tuple[int, int, int]]] = {
@@ -123,6 +135,8 @@ _FREESURFER_LUT: dict[int, tuple[str, tuple[int, int, int]]] = {
     60: ("Right-VentralDC", (165, 42, 42)),
     165: ("Skull", (120, 120, 120)),
     258: ("Head-ExtraCerebral", (150, 150, 200)),
+    **{label: (f"Extra-Cerebral-Part-{i}", (150 + 10 * i, 120, 90))
+       for i, label in enumerate(range(502, 510), start=1)},
 }
 
 
@@ -156,11 +170,12 @@ def segmentation_labels() -> np.ndarray:
 
 def generation_labels() -> np.ndarray:
     """Labels that may appear in training label maps: the segmentation labels plus the
-    extra-cerebral generation labels (skull 165, soft tissue 258), which go in the neutral
-    part (after the segmentation's neutral labels).
+    extra-cerebral generation labels (skull 165, soft tissue 258, and the random parts
+    502-509 of :func:`extra_cerebral_partitions`), which go in the neutral part (after the
+    segmentation's neutral labels).
 
     Returns:
-        int32 array, shape ``(35,)``: 7 neutral labels and 14 left/right pairs.
+        int32 array, shape ``(43,)``: 15 neutral labels and 14 left/right pairs.
     """
     neutral, left, right = _ordered(generation=True)
     return np.asarray(neutral + left + right, dtype=np.int32)
@@ -170,6 +185,13 @@ def n_neutral(generation: bool = False) -> int:
     """Number of neutral labels at the start of :func:`segmentation_labels` (5) or, with
     ``generation=True``, of :func:`generation_labels` (7)."""
     return len(_ordered(generation)[0])
+
+
+def extra_cerebral_partitions() -> list[list[int]]:
+    """``[label, part_1, ...]`` for background, skull and soft tissue (:data:`EXTRA_CEREBRAL_PARTS`):
+    the ``partitions`` option of the generator, so non-brain tissue gets a random patchwork
+    of independent intensities (as SynthSeg 2.0's 14 extra-cerebral generation labels)."""
+    return [[label, *parts] for label, parts in EXTRA_CEREBRAL_PARTS.items()]
 
 
 def lr_pairs() -> list[tuple[int, int]]:

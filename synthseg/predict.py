@@ -39,8 +39,10 @@ Per scan (:func:`segment_volume` does steps 2-9 on a :class:`~lab2im.io.Volume` 
    axis 0, which is L-R after step 2); that prediction is flipped back, its left and right
    label channels are swapped (:meth:`SegmentationModel.flip_permutation`) and it is averaged
    with the direct one.
-8. **Clean-up** (``cleanup=True``, :func:`clean_posteriors`): every structure keeps only its
-   largest connected component (26-connectivity); the posterior of a removed voxel for that
+8. **Clean-up** (``cleanup=True``, :func:`clean_posteriors`): first the whole brain (voxels
+   whose non-background posteriors sum to more than 0.25) keeps only its largest connected
+   component, so stray "brain" in the face or neck becomes background; then every structure
+   keeps only its largest connected component (26-connectivity); the posterior of a removed voxel for that
    structure is set to 0 and the voxel's posteriors are renormalised, so it goes to its next
    most likely label (voxels that would then form a stray part of that label go to
    background). Background voxels enclosed by the brain (holes, including those) get the
@@ -629,8 +631,45 @@ def _tiled_posteriors(model: SegmentationModel, image: np.ndarray, window: CropP
 
 
 # ----------------------------------------------------------------------------- clean-up
+#: a voxel belongs to the brain mask of :func:`keep_largest_brain` where its posteriors of
+#: all structures but the background sum to more than this (SynthSeg's value)
+BRAIN_THRESHOLD = 0.25
+
+
+def keep_largest_brain(post: np.ndarray, background: int = 0, threshold: float = BRAIN_THRESHOLD) -> int:
+    """Keep the brain in one piece: voxels outside the largest connected component (26-connectivity)
+    of the brain mask (non-background posterior above ``threshold``) become background, in
+    place on ``post`` (one-hot). Structures wrongly found in the face or neck, away from the
+    brain, go with them.
+
+    Args:
+        post: ``(X, Y, Z, K)`` posteriors, modified in place.
+        background: channel of the background.
+        threshold: brain-mask threshold on ``1 - post[..., background]``.
+
+    Returns:
+        the number of voxels set to background.
+    """
+    brain = post[..., background] < 1.0 - threshold
+    box = _box(brain)
+    if box is None:
+        return 0
+    components, count = ndimage.label(brain[box], ndimage.generate_binary_structure(3, 3))
+    if count <= 1:
+        return 0
+    sizes = np.bincount(components.ravel(), minlength=count + 1)
+    sizes[0] = 0
+    outside = (components != int(np.argmax(sizes))) & (components > 0)
+    sub = post[box]
+    values = np.zeros((int(outside.sum()), post.shape[-1]), post.dtype)
+    values[:, background] = 1
+    sub[outside] = values
+    return int(outside.sum())
+
+
 def clean_posteriors(post: np.ndarray, background: int = 0, rounds: int = CLEANUP_ROUNDS) -> np.ndarray:
-    """Clean a segmentation: one connected component per structure, no holes (in place on ``post``).
+    """Clean a segmentation: the brain in one piece (:func:`keep_largest_brain`), then one connected
+    component per structure, no holes (in place on ``post``).
 
     Args:
         post: ``(X, Y, Z, K)`` posteriors, modified in place.
@@ -645,6 +684,7 @@ def clean_posteriors(post: np.ndarray, background: int = 0, rounds: int = CLEANU
         background voxel is enclosed by the other channels (6-connected background).
     """
     K = post.shape[-1]
+    keep_largest_brain(post, background)
     idx = np.argmax(post, axis=-1).astype(np.int32)
     structure = ndimage.generate_binary_structure(3, 3)
     todo = set(range(K)) - {background}

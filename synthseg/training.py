@@ -112,11 +112,20 @@ class TrainingOptions(RunOptions):
         strategy: ``None``, ``"mirrored"`` (tf.distribute, GPUs of one machine),
             ``"multiworker"`` (tf.distribute across machines, ``TF_CONFIG``) or
             ``"data_parallel"`` (Keras distribution API, JAX backend).
+        init_weights: a U-Net ``.keras`` file (e.g. a shipped model's ``unet_last.keras``,
+            float16 weights are fine) whose weights start a new run instead of a random
+            initialisation; it must have the run's architecture and labels. The optimiser
+            starts afresh. Ignored on resume (the checkpoint holds the weights).
+        stop_on_dead_label: end the run at the checkpoint where a label is found dead (see
+            :class:`LabelDiceLog`) and raise :class:`InputError` saying which, instead of only
+            warning: a recipe that kills a label fails early rather than after hours.
     """
 
     lr_schedule: str = "constant"
     mixed_precision: bool = False
     strategy: str | None = None
+    init_weights: str | None = None
+    stop_on_dead_label: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -126,6 +135,8 @@ class TrainingOptions(RunOptions):
             raise InputError(f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
         if self.strategy not in STRATEGIES:
             raise InputError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.init_weights is not None:
+            self.init_weights = str(self.init_weights)
 
 
 @dataclass
@@ -245,6 +256,29 @@ def _strategy(name: str | None):
     return contextlib.nullcontext(), len(devices)
 
 
+def load_initial_weights(unet, path) -> None:
+    """Copy the weights of the U-Net saved in ``path`` (``.keras``) into ``unet``, cast to its
+    dtypes.
+
+    Raises:
+        InputError: unreadable file, or a network of another architecture (the message names
+            the first weight whose shape differs).
+    """
+    from lab2im.model import load_keras_model
+
+    source = load_keras_model(path, "the initial U-Net")
+    mine, theirs = unet.weights, source.weights
+    if len(mine) != len(theirs):
+        raise InputError(f"the initial U-Net has {len(theirs)} weight arrays, this run's U-Net {len(mine)}: "
+                         "another architecture (check n_levels, base_features, batch_norm)", path)
+    for a, b in zip(mine, theirs):
+        if tuple(a.shape) != tuple(b.shape):
+            raise InputError(f"the initial U-Net's weight {b.path} has shape {tuple(b.shape)}, this run needs "
+                             f"{tuple(a.shape)} (another architecture or label list)", path)
+    for a, b in zip(mine, theirs):
+        a.assign(ops.cast(b.value, a.dtype))
+
+
 # ----------------------------------------------------------------------------- data
 def label_map_batches(maps: np.ndarray, batch_size: int, seed: int, start_step: int):
     """Endless minibatches of label maps; the choice for step ``s`` depends only on
@@ -307,6 +341,8 @@ def training(labels_dir, model_dir, generator: GeneratorOptions | None = None, u
 
     model_dir = Path(model_dir)
     check_not_an_input(model_dir, [labels_dir], "run folder")
+    if not resume and options and options.init_weights and not Path(options.init_weights).is_file():
+        raise InputError("initial U-Net weights file does not exist (init_weights)", options.init_weights)
     resume_from = _prepare_folder(model_dir, resume)
     if resume_from is not None:
         generator, unet, saved = load_options(model_dir)
@@ -344,6 +380,8 @@ def training(labels_dir, model_dir, generator: GeneratorOptions | None = None, u
         step = 0
         if resume_from is not None:
             step = int(load_checkpoint(resume_from, model, model.optimizer)["step"])
+        elif options.init_weights:
+            load_initial_weights(unet_model, options.init_weights)
     np.save(model_dir / "labels.npy", np.asarray(labels, np.int32))
 
     spc = options.steps_per_checkpoint
@@ -354,9 +392,9 @@ def training(labels_dir, model_dir, generator: GeneratorOptions | None = None, u
         return TrainingResult(model_dir, step, None)
     batch = options.batch_size * replicas
     log = StepLog(model_dir / "training_log.csv", keep_until=step)
-    extra_callbacks, callbacks = callbacks, [WarmupCallback(loss, options.warmup_steps), log,
-                                             LabelDiceLog(model_dir / "dice_per_label.csv", dice, labels, spc, step,
-                                                          options.warmup_steps),
+    dead = LabelDiceLog(model_dir / "dice_per_label.csv", dice, labels, spc, step, options.warmup_steps,
+                        stop=options.stop_on_dead_label)
+    extra_callbacks, callbacks = callbacks, [WarmupCallback(loss, options.warmup_steps), log, dead,
                  Checkpointer(model_dir, model, unet_model, spc, options.keep_checkpoints)]
     if options.progress:
         callbacks.append(ProgressBar(options.n_chunks * spc, step))
@@ -365,6 +403,9 @@ def training(labels_dir, model_dir, generator: GeneratorOptions | None = None, u
         callbacks.append(keras.callbacks.TensorBoard(str(model_dir / "tensorboard"), update_freq=10))
     model.fit(label_map_batches(data.maps, batch, options.seed, step), steps_per_epoch=spc,
               epochs=options.n_chunks, initial_epoch=start_chunk, callbacks=callbacks, verbose=0)
+    if dead.stopped:
+        raise InputError(f"training stopped: {dead.stopped} (stop_on_dead_label); the last checkpoint is kept, "
+                         "change the loss (e.g. ce_after_warmup) before training on", model_dir)
     return TrainingResult(model_dir, options.n_chunks * spc, log.last_loss)
 
 
@@ -399,6 +440,20 @@ class SplitOutputDice(MeanDice):
 
 
 # ----------------------------------------------------------------------------- callbacks
+def cumulative_seconds(rows) -> list[float]:
+    """Training wall time (s) up to each row of a ``training_log.csv`` (rows of dicts with a
+    ``seconds`` column, in step order). The column restarts at each resume; each step's
+    duration is its ``seconds`` minus the previous row's (a restarted clock counts from 0), so
+    the pause between a stop and the resume is not counted."""
+    out, total, previous = [], 0.0, 0.0
+    for row in rows:
+        seconds = float(row["seconds"])
+        total += seconds - previous if seconds >= previous else seconds
+        previous = seconds
+        out.append(total)
+    return out
+
+
 class StepLog(keras.callbacks.Callback):
     """Append one CSV row per step: ``step, loss, dice, learning_rate, seconds``.
 
@@ -453,8 +508,10 @@ class LabelDiceLog(keras.callbacks.Callback):
     (Dice 0.000 from step 2,250 to the end)."""
 
     def __init__(self, path: Path, metric, labels, steps_per_checkpoint: int, keep_until: int,
-                 warmup_steps: int = 0):
+                 warmup_steps: int = 0, stop: bool = False):
         super().__init__()
+        self.stop = bool(stop)
+        self.stopped = ""  # what stopped the run (with ``stop``), else empty
         from synthseg.labels import label_names
 
         names = label_names()
@@ -484,9 +541,14 @@ class LabelDiceLog(keras.callbacks.Callback):
         for i in np.flatnonzero(self.low_since >= DEAD_CHECKPOINTS):
             if i not in self.warned:
                 self.warned.add(int(i))
-                warnings.warn(f"label {self.labels[i]} ({self.names[i]}) has scored Dice < {DEAD_DICE} on the "
-                              f"training batches for {DEAD_CHECKPOINTS} checkpoints in a row (step {step}): the "
-                              "network does not predict it; see dice_per_label.csv", stacklevel=2)
+                text = (f"label {self.labels[i]} ({self.names[i]}) has scored Dice < {DEAD_DICE} on the "
+                        f"training batches for {DEAD_CHECKPOINTS} checkpoints in a row (step {step}): the "
+                        "network does not predict it; see dice_per_label.csv")
+                if self.stop:
+                    self.stopped = self.stopped or text
+                    self.model.stop_training = True
+                else:
+                    warnings.warn(text, stacklevel=2)
 
 
 class Checkpointer(keras.callbacks.Callback):

@@ -40,6 +40,9 @@ from synthseg import labels as protocol
 VOXEL_MM = 1.0
 MARGIN_VOXELS = 2
 OUTPUT_DTYPE = np.int32
+#: version of the built maps, kept in ``<cache>/training_labels/VERSION``; a cache holding
+#: another version is rebuilt (2: the Neuromorphometrics map has carved sulci)
+MAPS_VERSION = "2"
 
 
 # ----------------------------------------------------------------------------- mapping actions
@@ -279,6 +282,56 @@ def whole_head(brain: np.ndarray, brain_affine: np.ndarray, extra: np.ndarray, s
     return np.where(on_grid != 0, on_grid, extra).astype(OUTPUT_DTYPE)
 
 
+# ----------------------------------------------------------------------------- sulci
+#: labels that are neither brain tissue under the cortex nor cortex (distances are measured
+#: from the other brain labels)
+_NOT_UNDER_CORTEX = (protocol.BACKGROUND, protocol.CSF, protocol.SKULL, protocol.SOFT_TISSUE)
+_CORTEX = (3, 42)
+
+
+def cortex_depth(labels: np.ndarray, voxel_mm) -> np.ndarray:
+    """Distance (mm) of every voxel to the nearest brain voxel that is not cortex (white
+    matter, deep grey matter, ...), a float32 array of ``labels``' shape."""
+    under = ~np.isin(labels, _NOT_UNDER_CORTEX + _CORTEX)
+    return ndimage.distance_transform_edt(~under, sampling=voxel_mm).astype(np.float32)
+
+
+def cortex_ratio(labels: np.ndarray) -> float:
+    """Cerebral cortex volume over the volume of the brain under it (see :func:`cortex_depth`)."""
+    under = ~np.isin(labels, _NOT_UNDER_CORTEX + _CORTEX)
+    return float(np.isin(labels, _CORTEX).sum() / max(int(under.sum()), 1))
+
+
+def carve_sulci(labels: np.ndarray, voxel_mm, target_ratio: float) -> tuple[np.ndarray, float]:
+    """Turn the deepest cortex voxels into CSF until the cortex has ``target_ratio`` (see
+    :func:`cortex_ratio`): a cortex drawn as one thick shell without sulci gets a ribbon of
+    nearly constant thickness that follows the white matter, with CSF between the gyri.
+
+    The Neuromorphometrics labels are such a shell (cortex 1.46 x the brain under it, against
+    0.83 for the Desikan-Killiany map, whose sulci are drawn): trained on them, a network
+    learns that the cortex is a smooth thick ring and paints it over the sulci.
+
+    Args:
+        labels: protocol label map ``(X, Y, Z)``.
+        voxel_mm: voxel size (mm), scalar or per axis.
+        target_ratio: cortex volume / volume under the cortex to reach (> 0).
+
+    Returns:
+        ``(carved labels, depth threshold in mm)``: cortex deeper than the threshold became
+        CSF (24). A map already at or below ``target_ratio`` is returned unchanged (threshold inf).
+    """
+    cortex = np.isin(labels, _CORTEX)
+    under = ~np.isin(labels, _NOT_UNDER_CORTEX + _CORTEX)
+    keep = int(round(target_ratio * under.sum()))
+    if cortex.sum() <= keep:
+        return labels, float("inf")
+    depth = cortex_depth(labels, voxel_mm)
+    threshold = float(np.sort(depth[cortex])[keep])  # the keep-th shallowest voxel sets the depth
+    carved = labels.copy()
+    carved[cortex & (depth >= threshold)] = protocol.CSF
+    return carved, threshold
+
+
 # ----------------------------------------------------------------------------- checks
 def check_sides(labels: np.ndarray, affine: np.ndarray, what: str) -> None:
     """Every left structure must lie at world x < 0 and every right one at x > 0 (centroids).
@@ -349,6 +402,11 @@ def build_training_labels(out_dir, cache_dir=None) -> list[Path]:
     extra = tpm_extra_labels(tpm, shape, affine)
     maps = {key: whole_head(brain.data, brain.affine, extra, shape, affine)
             for key, brain in _brain_maps(paths).items()}
+    # the Neuromorphometrics cortex has no sulci: carve them, to the cortex ratio of the
+    # Desikan-Killiany map (another brain, whose sulci are drawn)
+    ratio = cortex_ratio(maps["desikan_killiany"])
+    maps["neuromorphometrics"], depth = carve_sulci(maps["neuromorphometrics"], VOXEL_MM, ratio)
+    print(f"neuromorphometrics: cortex deeper than {depth:.2f} mm carved into CSF (cortex ratio {ratio:.3f})")
 
     box = bounding_box(np.any([m != 0 for m in maps.values()], axis=0), margin=MARGIN_VOXELS)
     start = np.array([s.start for s in box], dtype=np.float64)
@@ -394,8 +452,13 @@ def training_label_maps(voxel_mm: float = 1.0, cache_dir=None) -> Path:
     from lab2im.geometry import resample_volume
 
     base = datasets.cache_root(cache_dir) / "training_labels"
-    if len(list(base.glob("*.nii.gz"))) < 2:
+    stamp = base / "VERSION"
+    current = stamp.read_text().strip() if stamp.exists() else ""
+    if len(list(base.glob("*.nii.gz"))) < 2 or current != MAPS_VERSION:
+        for old in [*base.glob("*.nii.gz"), *base.parent.glob("training_labels_*mm/*.nii.gz")]:
+            old.unlink()  # maps of an older build: rebuilt, and their resampled copies too
         build_training_labels(base, cache_dir)
+        stamp.write_text(MAPS_VERSION + "\n")
     if voxel_mm == VOXEL_MM:
         return base
     folder = datasets.cache_root(cache_dir) / f"training_labels_{voxel_mm:g}mm"

@@ -87,7 +87,7 @@ def _ground_truth(label_path: Path, image_shape, image_affine) -> np.ndarray:
     return np.rint(data).astype(np.int32)
 
 
-def _network_for_run(run_dir: Path):
+def network_for_run(run_dir: Path):
     """The run's training model (to restore checkpoints into) and a SegmentationModel on its U-Net."""
     from synthseg.predict import load_model
     from synthseg.training import build_training_model, load_options
@@ -140,7 +140,7 @@ def validate_training(run_dir, images, labels, out_dir=None, flip: bool = False,
     done = {int(r["step"]) for r in rows}
     todo = [s for s in sorted(found) if s not in done]
     if todo:
-        model, seg_model = _network_for_run(run_dir)
+        model, seg_model = network_for_run(run_dir)
         scored = [int(v) for v in seg_model.labels if v != 0]
         scans = [(img, load_volume(img), lab) for img, lab in pairs]
         for step in tqdm(todo, desc="validating", unit="checkpoint", disable=not progress, file=sys.stderr):

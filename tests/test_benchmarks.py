@@ -63,3 +63,20 @@ def test_accuracy_tissue_helpers():
     d = tissue_dice(truth, pred)
     assert d["GM"] == pytest.approx(2 * 1 / 3) and d["WM"] == pytest.approx(2 * 2 / 5) and d["CSF"] == 0.0
     assert tissue_dice(np.zeros(3), np.zeros(3)) == {"GM": 1.0, "WM": 1.0, "CSF": 1.0}
+
+
+def test_accuracy_outside_brain_volume():
+    """benchmarks/accuracy.py: brain labels farther than 10 mm from the brain mask, in mL, with
+    the voxel size taken from the affine."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.accuracy import outside_brain_ml
+
+    mask = np.zeros((40, 10, 10), bool)
+    mask[:10] = True
+    predicted = np.zeros((40, 10, 10), np.int32)
+    predicted[:10] = 3  # inside the mask: not counted
+    predicted[15:20] = 2  # 6-10 mm away at 1 mm voxels: not counted
+    predicted[30:35, :2, :2] = 42  # 21-25 mm away: 20 voxels
+    assert outside_brain_ml(predicted, mask, np.eye(4)) == pytest.approx(20 / 1000)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])  # 2 mm voxels: rows 15-19 are 12-20 mm away
+    assert outside_brain_ml(predicted, mask, affine) == pytest.approx((5 * 100 + 20) * 8 / 1000)

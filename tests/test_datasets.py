@@ -267,6 +267,26 @@ def test_neuromorphometrics_table_by_name():
         script.neuromorphometrics_table({1: "Left Pineal"})
 
 
+def test_carve_sulci_thins_a_thick_cortex_to_the_target_ratio():
+    """A 9 mm cortex shell around a white-matter block: the deepest cortex becomes CSF until the
+    cortex / under-cortex ratio is the target, and what stays is the ribbon next to the WM."""
+    script = _load_script()
+    labels = np.zeros((40, 40, 40), np.int32)
+    labels[2:38, 2:38, 2:38] = 3
+    labels[11:29, 11:29, 11:29] = 2
+    under = (labels == 2).sum()
+    carved, depth = script.carve_sulci(labels, 1.0, 1.5)
+    assert script.cortex_ratio(carved) == pytest.approx(1.5, rel=0.15)
+    assert 2 < depth < 5
+    depths = script.cortex_depth(labels, 1.0)
+    assert (carved[labels == 3] == 3).sum() + (carved == 24).sum() == (labels == 3).sum()
+    assert depths[carved == 3].max() < depths[carved == 24].min()  # the deepest went
+    np.testing.assert_array_equal(carved[labels != 3], labels[labels != 3])
+    assert script.cortex_ratio(labels) > 1.5 and under == (carved == 2).sum()
+    same, inf = script.carve_sulci(carved, 1.0, 5.0)  # already thinner: unchanged
+    assert inf == float("inf") and np.array_equal(same, carved)
+
+
 # ----------------------------------------------------------------------------- network
 @pytest.fixture(scope="session")
 def network_cache(tmp_path_factory):
@@ -299,6 +319,9 @@ def test_build_training_labels(network_cache, tmp_path):
         present = set(np.unique(data).tolist())
         assert present <= generation
         assert {protocol.SKULL, protocol.SOFT_TISSUE, protocol.CSF, 17, 53} <= present
+        # both cortices are ribbons now (the Neuromorphometrics one was carved): the cortex is
+        # at most about as large as the brain under it, where it was 1.46 times it
+        assert script.cortex_ratio(data) < 0.6
         x = script.world_x(data.shape, image.affine)
         for left, right in protocol.lr_pairs():
             assert x[data == left].mean() < 0 < x[data == right].mean()

@@ -72,8 +72,23 @@ def test_generation_labels_extend_the_neutral_part():
     gen = labels.generation_labels().tolist()
     n_seg, n_gen = labels.n_neutral(), labels.n_neutral(generation=True)
     assert gen[:n_seg] == seg[:n_seg]
-    assert gen[n_seg:n_gen] == [labels.SKULL, labels.SOFT_TISSUE]
+    parts = [v for p in labels.EXTRA_CEREBRAL_PARTS.values() for v in p]
+    assert gen[n_seg:n_gen] == [labels.SKULL, labels.SOFT_TISSUE, *parts]
     assert gen[n_gen:] == seg[n_seg:]
+
+
+def test_extra_cerebral_partitions_split_only_generation_labels():
+    """Background, skull and soft tissue are split into parts that are generation-only labels
+    (mapped to background, each its own intensity class) and that the brain options use."""
+    from synthseg import brain_options
+
+    partitions = labels.extra_cerebral_partitions()
+    assert [p[0] for p in partitions] == [labels.BACKGROUND, labels.SKULL, labels.SOFT_TISSUE]
+    parts = [v for p in partitions for v in p[1:]]
+    to_seg, classes = labels.generation_to_segmentation(), labels.tissue_classes()
+    assert all(to_seg[v] == 0 for v in parts) and len({classes[v] for v in parts}) == len(parts)
+    assert not set(parts) & set(labels.segmentation_labels().tolist())
+    assert brain_options().partitions == partitions
 
 
 def test_generation_to_segmentation_covers_every_generation_label():

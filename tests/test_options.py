@@ -57,6 +57,11 @@ def test_pickled_npy_is_refused(tmp_path):
     (dict(generation_labels=[0, 1], flip_prob=2), "flip_prob must be in"),
     (dict(generation_labels=[0, 1], rotation=-1), "rotation must be >= 0"),
     (dict(generation_labels=[0.5, 1]), "must hold integers"),
+    (dict(generation_labels=[0, 1, 2], partitions=[[0, 5]]), r"not generation labels: \[5\]"),
+    (dict(generation_labels=[0, 1, 2], partitions=[[0]]), "each partition must be"),
+    (dict(generation_labels=[0, 1, 2], partitions=[[0, 1], [1, 2]]), "repeat a label"),
+    (dict(generation_labels=[0, 1, 2], partitions=[[0, 1]], partition_prob=1.5), "partition_prob must be in"),
+    (dict(generation_labels=[0, 1, 2], partitions=[[0, 1]], partition_scale=0), "partition_scale must be > 0"),
 ])
 def test_invalid_options(kwargs, message):
     with pytest.raises(InputError, match=message):

@@ -217,18 +217,40 @@ def test_clean_posteriors_keeps_one_component_per_label_and_fills_holes():
     post[4:16, 4:16, 4:16, 1] += 1.0  # a cube of label 1 ...
     post[8:11, 8:11, 8:11, 1] = 0  # ... with a background hole
     post[1:3, 1:3, 1:3, 1] += 1.0  # a stray island of label 1
-    post[17:19, 17:19, 17:19, 2] += 1.0  # label 2: one small component
+    post[16:18, 16:18, 16:18, 2] += 1.0  # label 2: one small component, touching the cube
     post /= post.sum(-1, keepdims=True)
     idx = P.clean_posteriors(post, background=0)
     assert np.all(idx[1:3, 1:3, 1:3] == 0)  # the island went to its next most likely label
     assert np.all(idx[8:11, 8:11, 8:11] == 1)  # the hole is filled
-    assert np.all(idx[17:19, 17:19, 17:19] == 2)
+    assert np.all(idx[16:18, 16:18, 16:18] == 2)
     np.testing.assert_array_equal(np.argmax(post, -1), idx)  # posteriors consistent
     np.testing.assert_allclose(post.sum(-1), 1, atol=1e-5)
     from scipy import ndimage
 
     for c in (1, 2):
         assert ndimage.label(idx == c, np.ones((3, 3, 3)))[1] == 1
+
+
+def test_clean_posteriors_keeps_the_brain_in_one_piece():
+    # label 2 in one piece, but far from the brain (cortex in the neck): only the brain-level
+    # step removes it; a weak brain posterior (sum 0.3 > 0.25) still links a part to the brain
+    post = np.zeros((30, 20, 20, 3), np.float32)
+    post[..., 0] = 1.0
+    post[4:16, 4:16, 4:16] = (0.1, 0.8, 0.1)  # the brain
+    post[22:27, 8:12, 8:12] = (0.2, 0.1, 0.7)  # a separate blob of label 2
+    post[16:19, 9:11, 9:11] = (0.7, 0.3, 0.0)  # a faint bridge: brain mask, background label
+    post[19:22, 9:11, 9:11] = (0.2, 0.1, 0.7)  # label 2 beyond the bridge, touching the blob
+    far = post.copy()
+    far[16:19] = (1.0, 0.0, 0.0)  # no bridge: the blob is a component of its own
+    assert P.keep_largest_brain(far, background=0) == 5 * 4 * 4 + 3 * 2 * 2
+    idx = P.clean_posteriors(far, background=0)
+    assert np.all(idx[22:27] == 0) and np.all(idx[4:16, 4:16, 4:16] == 1)
+    np.testing.assert_allclose(far.sum(-1), 1, atol=1e-6)
+    assert P.keep_largest_brain(post, background=0) == 0  # connected through the bridge
+    assert np.all(P.clean_posteriors(post, background=0)[22:27, 8:12, 8:12] == 2)
+    empty = np.zeros((5, 5, 5, 3), np.float32)
+    empty[..., 0] = 1
+    assert P.keep_largest_brain(empty) == 0
 
 
 # ----------------------------------------------------------------------------- geometry

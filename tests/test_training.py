@@ -111,6 +111,30 @@ def test_two_devices_data_parallel_on_jax(label_dir, tmp_path):
     assert [row["step"] for row in read_log(tmp_path / "run")] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
+def test_a_run_starts_from_saved_weights_and_refuses_other_architectures(label_dir, tmp_path):
+    """init_weights: a new run starts from a saved U-Net (here a first run's), so its first loss
+    is that network's, not a random one's; a missing file or another architecture is refused
+    before any run folder is made."""
+    kw = dict(flip_prob=0.0, randomise_resolution=False, generation_labels=[0, 2, 3, 41, 42],
+              lr_pairs=[(2, 41), (3, 42)])
+    opts = dict(steps=40, steps_per_checkpoint=40, learning_rate=3e-3, seed=0)
+    training(label_dir, tmp_path / "first", unet=TINY, options=quiet(**opts), **kw)
+    weights = tmp_path / "first" / "unet_last.keras"
+    later = dict(opts, steps=2, steps_per_checkpoint=2, seed=1)
+    training(label_dir, tmp_path / "init", unet=TINY, options=quiet(**later, init_weights=str(weights)), **kw)
+    training(label_dir, tmp_path / "fresh", unet=TINY, options=quiet(**later), **kw)
+    init, fresh = (read_log(tmp_path / n)[0]["loss"] for n in ("init", "fresh"))
+    assert init < fresh, (init, fresh)
+    assert str(weights) in (tmp_path / "init" / "options.json").read_text()
+    with pytest.raises(InputError, match="does not exist"):
+        training(label_dir, tmp_path / "missing", unet=TINY, options=quiet(**later, init_weights=str(tmp_path / "x.keras")), **kw)
+    assert not (tmp_path / "missing").exists()
+    with pytest.raises(InputError, match="another architecture"):
+        training(label_dir, tmp_path / "other", unet=UNetOptions(n_levels=2, base_features=8),
+                 options=quiet(**later, init_weights=str(weights)), **kw)
+
+
 # ---------------------------------------------------------------------------- bad input
 def test_empty_label_directory(tmp_path):
     (tmp_path / "empty").mkdir()
@@ -243,3 +267,39 @@ def test_a_label_the_network_never_predicts_is_reported_once(tmp_path):
     assert "label 2 (Left-Cerebral-White-Matter)" in caught[1][1]
     rows = (tmp_path / "dice_per_label.csv").read_text().splitlines()
     assert rows[0] == "step,Unknown,CSF,Left-Cerebral-White-Matter" and len(rows) == 1 + len(history) + 2
+
+
+def test_stop_on_dead_label_ends_the_run_at_that_checkpoint(tmp_path):
+    """With stop=True the same history stops the run (no warning) at the checkpoint that finds
+    the dead label, and says which; training() turns that into an InputError."""
+    from synthseg.training import LabelDiceLog
+
+    class Metric:
+        values = None
+
+        def per_label(self):
+            return np.asarray(self.values)
+
+    class Model:
+        stop_training = False
+
+    metric = Metric()
+    log = LabelDiceLog(tmp_path / "dice_per_label.csv", metric, [0, 24, 2], steps_per_checkpoint=10,
+                       keep_until=0, warmup_steps=0, stop=True)
+    log.set_model(Model())
+    for epoch in range(3):
+        metric.values = [0.8, 0.0, 0.5]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no warning: it stops instead
+            log.on_epoch_end(epoch)
+        assert log.model.stop_training == (epoch == 2)
+    assert "label 24 (CSF)" in log.stopped and "step 30" in log.stopped
+
+
+def test_cumulative_seconds_sums_over_resumes():
+    """training_log.csv's seconds restart at each resume; the time between runs is not counted."""
+    from synthseg.training import cumulative_seconds
+
+    rows = [{"seconds": s} for s in ("2.0", "4.5", "7.0", "1.5", "3.0")]  # resumed after the 3rd step
+    assert cumulative_seconds(rows) == [2.0, 4.5, 7.0, 8.5, 10.0]
+    assert cumulative_seconds([]) == []

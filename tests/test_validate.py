@@ -61,12 +61,12 @@ def test_scores_every_checkpoint_and_names_the_best(run_and_scans):
 def test_dice_matches_predicting_the_checkpoint_by_hand(run_and_scans):
     from synthseg.checkpoint import load_checkpoint
     from synthseg.predict import segment_volume
-    from synthseg.validate import _network_for_run
+    from synthseg.validate import network_for_run
     from lab2im.io import load_volume
 
     tmp = run_and_scans
     result = validate_training(tmp / "run", tmp / "images", tmp / "labels", progress=False)
-    model, seg_model = _network_for_run(tmp / "run")
+    model, seg_model = network_for_run(tmp / "run")
     load_checkpoint(tmp / "run" / "checkpoints" / "step-0000002.npz", model, None)
     seg = segment_volume(load_volume(tmp / "images" / "s1.nii.gz"), seg_model, flip=False).native_segmentation()
     gt = np.asarray(nib.load(str(tmp / "labels" / "s1.nii.gz")).dataobj)

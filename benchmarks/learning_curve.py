@@ -1,0 +1,134 @@
+"""Learning curves: development-set Dice of a training run's checkpoints against steps and CPU time.
+
+    python benchmarks/learning_curve.py runs/a runs/b                     # every checkpoint of each run
+    python benchmarks/learning_curve.py runs/a=runs/a_kept --every 200    # checkpoints kept elsewhere
+    python benchmarks/learning_curve.py runs/a --init models/synthseg_2mm/unet_last.keras
+
+Recipes are compared at equal budget: each run's checkpoints (``step-*.npz``) are restored and
+scored on development scans with the accuracy benchmark's measure (whole prediction pipeline,
+tissue Dice GM/WM/CSF, brain labels far outside the brain mask; see ``benchmarks/accuracy.py``),
+and the training time to reach each checkpoint is read from the run's ``training_log.csv``
+(wall seconds between steps, summed over resumes) times the CPU cores the run used
+(``--cores``). ``--init`` scores the weights a run started from as its step 0.
+
+Writes ``benchmarks/results/learning_curve.json`` and a plot (mean tissue Dice against steps
+and against CPU minutes, one line per run), and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import RESULTS_DIR, format_table, write_results  # noqa: E402
+
+DEFAULT_CASES = ("mni2009c_2mm_t1", "mni2009c_2mm_t2", "spm_avg152_pd")
+
+
+def wall_seconds(run_dir: Path) -> dict[int, float]:
+    """``{step: wall seconds of training up to that step}`` from the run's ``training_log.csv``
+    (summed over resumes, see :func:`synthseg.training.cumulative_seconds`)."""
+    from synthseg.training import cumulative_seconds
+
+    with open(Path(run_dir) / "training_log.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return {int(r["step"]): t for r, t in zip(rows, cumulative_seconds(rows))}
+
+
+def parse_run(text: str) -> tuple[Path, Path]:
+    """``RUN`` or ``RUN=CHECKPOINT_FOLDER`` -> (run folder, folder of its ``step-*.npz``)."""
+    run, _, kept = text.partition("=")
+    return Path(run), Path(kept) if kept else Path(run) / "checkpoints"
+
+
+def score(seg_model, cases, flip: bool) -> dict:
+    """Mean tissue Dice (and the worst outside-brain volume) of one network on ``cases``."""
+    import numpy as np
+
+    from benchmarks.accuracy import measure
+
+    results = [measure(name, seg_model, flip) for name in cases]
+    outside = [r["outside_brain_ml"] for r in results if r["outside_brain_ml"] is not None]
+    return {"mean_dice": float(np.mean([r["mean_dice"] for r in results])),
+            "per_case": {r["case"]: r["dice"] for r in results},
+            "max_outside_brain_ml": max(outside) if outside else None}
+
+
+def curve(run_dir: Path, kept: Path, cases, every: int, cores: int, flip: bool, init=None) -> list[dict]:
+    """Score the checkpoints of one run (every ``every`` steps); see the module docstring."""
+    from synthseg.checkpoint import load_checkpoint
+    from synthseg.training import load_initial_weights
+    from synthseg.validate import STEP_FILE, network_for_run
+
+    model, seg_model = network_for_run(run_dir)
+    seconds = wall_seconds(run_dir)
+    points = []
+    if init:
+        load_initial_weights(seg_model.network, init)
+        points.append({"step": 0, "cpu_minutes": 0.0, **score(seg_model, cases, flip)})
+        print(f"{run_dir.name} step 0 (init): {points[-1]['mean_dice']:.3f}", flush=True)
+    found = sorted((int(STEP_FILE.search(p.name).group(1)), p) for p in kept.glob("step-*.npz"))
+    for step, path in found:
+        if step % every or step not in seconds:
+            continue
+        load_checkpoint(path, model, None)
+        points.append({"step": step, "cpu_minutes": seconds[step] * cores / 60.0,
+                       **score(seg_model, cases, flip)})
+        print(f"{run_dir.name} step {step}: {points[-1]['mean_dice']:.3f}", flush=True)
+    return points
+
+
+def plot(curves: dict[str, list[dict]], path: Path) -> Path:
+    from synthseg.plots import plt, save_figure
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+    for name, points in curves.items():
+        for ax, key in zip(axes, ("step", "cpu_minutes")):
+            ax.plot([p[key] for p in points], [p["mean_dice"] for p in points], marker="o", label=name)
+    axes[0].set_xlabel("training step")
+    axes[1].set_xlabel("CPU minutes (wall time x cores)")
+    for ax in axes:
+        ax.set_ylabel("mean tissue Dice (development scans)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="run folders, each RUN or RUN=FOLDER_OF_CHECKPOINTS")
+    parser.add_argument("--cases", nargs="+", default=list(DEFAULT_CASES), help="development scans")
+    parser.add_argument("--every", type=int, default=100, help="score checkpoints every this many steps")
+    parser.add_argument("--cores", type=int, default=1, help="CPU cores each run trained on")
+    parser.add_argument("--init", default=None, help="U-Net .keras the runs started from (scored as step 0)")
+    parser.add_argument("--flip", action="store_true", help="left/right flip averaging (twice the time)")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "learning_curve.json")
+    args = parser.parse_args(argv)
+
+    from lab2im.errors import InputError
+
+    curves = {}
+    try:
+        for text in args.runs:
+            run_dir, kept = parse_run(text)
+            curves[run_dir.name] = curve(run_dir, kept, args.cases, args.every, args.cores, args.flip, args.init)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    rows = [(name, p["step"], f"{p['cpu_minutes']:.0f}", p["mean_dice"],
+             "-" if p["max_outside_brain_ml"] is None else f"{p['max_outside_brain_ml']:.1f}")
+            for name, points in curves.items() for p in points]
+    print(format_table(["run", "step", "CPU min", "mean tissue Dice", "outside brain (mL)"], rows))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    png = plot(curves, args.out.with_suffix(".png"))
+    write_results(args.out, "learning_curve", {"cases": args.cases, "cores": args.cores, "flip": args.flip,
+                                               "init": args.init}, curves, packages=["keras", "torch", "tensorflow"])
+    print(f"wrote {args.out} and {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

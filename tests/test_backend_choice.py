@@ -1,0 +1,47 @@
+"""Choosing the training backend by measuring it (synthseg.backend_choice, scripts/train_synthseg.py)."""
+import importlib.util
+import os
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+
+from synthseg import backend_choice
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("train_synthseg", REPO / "scripts" / "train_synthseg.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_installed_backends_lists_what_imports():
+    found = backend_choice.installed_backends()
+    assert "tensorflow" in found and "jax" in found  # both are dependencies of the tests
+    assert set(found) <= set(backend_choice.BACKENDS)
+
+
+@pytest.mark.slow
+def test_a_backend_is_timed_in_a_child_process_and_the_fastest_wins():
+    seconds = backend_choice.time_backend("tensorflow", levels=2, features=4, crop=16, steps=2)
+    assert seconds is not None and 0 < seconds < 60
+    assert backend_choice.time_backend("no-such-backend", 2, 4, 16) is None  # a failure is None, not a crash
+    lines = []
+    chosen = backend_choice.fastest_backend(2, 4, 16, candidates=["tensorflow", "no-such-backend"],
+                                            report=lines.append)
+    assert chosen == "tensorflow" and any("failed" in line for line in lines)
+
+
+def test_train_script_backend_flag_environment_and_recorded_run(tmp_path, monkeypatch):
+    script = _script()
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    args = Namespace(run_dir=tmp_path, resume=False, backend=None, preset="cpu2")
+    assert script.choose_backend(args) == "jax"  # the user's KERAS_BACKEND
+    args.backend = "tensorflow"
+    assert script.choose_backend(args) == "tensorflow" and os.environ["KERAS_BACKEND"] == "tensorflow"
+    (tmp_path / script.BACKEND_FILE).write_text("torch\n")
+    args.resume, args.backend = True, None
+    assert script.choose_backend(args) == "torch"  # a resumed run keeps the backend it trained on
