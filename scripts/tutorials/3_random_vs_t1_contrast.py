@@ -45,6 +45,12 @@ T1_MEANS = {
     "caudate": (75, 90), "accumbens": (75, 90), "putamen": (80, 95),
     "thalamus": (90, 105), "pallidum": (95, 110), "ventral_dc": (100, 115),
 }
+# The random parts of background, skull and soft tissue (synthseg.labels.EXTRA_CEREBRAL_PARTS):
+# background and bone stay dark on T1; soft tissue ranges from muscle to fat.
+PART_MEANS = {protocol.BACKGROUND: (0, 8), protocol.SKULL: (5, 35), protocol.SOFT_TISSUE: (40, 160)}
+KEY_OF = {s.left: s.key for s in protocol.structures()}
+T1_MEANS |= {KEY_OF[part]: PART_MEANS[parent]
+             for parent, parts in protocol.EXTRA_CEREBRAL_PARTS.items() for part in parts}
 # Narrow stds: tissue looks homogeneous (the default prior U(5, 25) is noisier).
 T1_STDS = {name: (1, 5) for name in T1_MEANS} | {"background": (0, 3)}
 
