@@ -289,17 +289,20 @@ _NOT_UNDER_CORTEX = (protocol.BACKGROUND, protocol.CSF, protocol.SKULL, protocol
 _CORTEX = (3, 42)
 
 
+def _under_cortex(labels: np.ndarray) -> np.ndarray:
+    """Brain voxels that are not cortex (white matter, deep grey matter, cerebellum, ...)."""
+    return ~np.isin(labels, _NOT_UNDER_CORTEX + _CORTEX)
+
+
 def cortex_depth(labels: np.ndarray, voxel_mm) -> np.ndarray:
     """Distance (mm) of every voxel to the nearest brain voxel that is not cortex (white
     matter, deep grey matter, ...), a float32 array of ``labels``' shape."""
-    under = ~np.isin(labels, _NOT_UNDER_CORTEX + _CORTEX)
-    return ndimage.distance_transform_edt(~under, sampling=voxel_mm).astype(np.float32)
+    return ndimage.distance_transform_edt(~_under_cortex(labels), sampling=voxel_mm).astype(np.float32)
 
 
 def cortex_ratio(labels: np.ndarray) -> float:
     """Cerebral cortex volume over the volume of the brain under it (see :func:`cortex_depth`)."""
-    under = ~np.isin(labels, _NOT_UNDER_CORTEX + _CORTEX)
-    return float(np.isin(labels, _CORTEX).sum() / max(int(under.sum()), 1))
+    return float(np.isin(labels, _CORTEX).sum() / max(int(_under_cortex(labels).sum()), 1))
 
 
 def carve_sulci(labels: np.ndarray, voxel_mm, target_ratio: float) -> tuple[np.ndarray, float]:
@@ -307,9 +310,10 @@ def carve_sulci(labels: np.ndarray, voxel_mm, target_ratio: float) -> tuple[np.n
     :func:`cortex_ratio`): a cortex drawn as one thick shell without sulci gets a ribbon of
     nearly constant thickness that follows the white matter, with CSF between the gyri.
 
-    The Neuromorphometrics labels are such a shell (cortex 1.46 x the brain under it, against
-    0.83 for the Desikan-Killiany map, whose sulci are drawn): trained on them, a network
-    learns that the cortex is a smooth thick ring and paints it over the sulci.
+    The Neuromorphometrics labels are such a shell (cortex ratio 0.93, against 0.56 for the
+    Desikan-Killiany map, whose sulci are drawn; by cerebral white matter alone 1.46 against
+    0.83): trained on them, a network learns that the cortex is a smooth thick ring and paints
+    it over the sulci.
 
     Args:
         labels: protocol label map ``(X, Y, Z)``.
@@ -321,8 +325,7 @@ def carve_sulci(labels: np.ndarray, voxel_mm, target_ratio: float) -> tuple[np.n
         CSF (24). A map already at or below ``target_ratio`` is returned unchanged (threshold inf).
     """
     cortex = np.isin(labels, _CORTEX)
-    under = ~np.isin(labels, _NOT_UNDER_CORTEX + _CORTEX)
-    keep = int(round(target_ratio * under.sum()))
+    keep = int(round(target_ratio * _under_cortex(labels).sum()))
     if cortex.sum() <= keep:
         return labels, float("inf")
     depth = cortex_depth(labels, voxel_mm)
