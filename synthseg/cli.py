@@ -14,6 +14,8 @@ from pathlib import Path
 from lab2im.errors import InputError
 
 DEMO_DIR = "demo_output"
+#: commands that run a network or the generator: the backend is started quietly before them
+BACKEND_COMMANDS = {"demo", "generate", "train", "predict", "validate", "cascade"}
 
 
 def _generate(labels, out_dir: Path, n: int, size: int | None, seed: int | None,
@@ -167,7 +169,16 @@ def cmd_predict(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        installed = version("synthseg")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        installed = "unknown (not installed)"
     parser = argparse.ArgumentParser(prog="synthseg", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"synthseg {installed}")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the backend's start-up messages (TensorFlow's C++ logs); default: quiet")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="segment a real scan (MNI 2009c T1, fetched from PyPI) with the shipped "
@@ -288,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "segments it at fine resolution; written on the native grid")
     _cascade_arguments(p)
     p.set_defaults(func=cmd_cascade)
+    for p in sub.choices.values():  # also accepted after the command's name
+        p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="show the backend's start-up messages")
     return parser
 
 
@@ -299,11 +313,14 @@ def main(argv=None) -> int:
     """Run a command; bad input (:class:`~lab2im.errors.InputError`, which includes outputs that
     cannot be written), file-system errors and running out of memory are one line on stderr and
     exit status 1 (interrupted: 130); warnings are one line each (``synthseg: warning: ...``)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warning
         try:
+            if args.command in BACKEND_COMMANDS:
+                from synthseg.quiet import start_backend
+
+                start_backend(args.verbose)
             return args.func(args)
         except InputError as exc:
             print(f"synthseg: error: {exc}", file=sys.stderr)

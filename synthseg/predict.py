@@ -121,7 +121,7 @@ from lab2im.io import (
 )
 from lab2im.io import check_image as check_scan
 from lab2im.normalisation import PERCENTILES, check_method, normalise_intensities  # noqa: F401 (re-exported)
-from lab2im.volumes import CropPad, crop_or_pad, pad_to_multiple
+from lab2im.volumes import CropPad, crop_or_pad, merge_stray_components, pad_to_multiple
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 NETWORK_FILES = ("unet_best.keras", "unet_last.keras")
@@ -742,6 +742,35 @@ def clean_posteriors(post: np.ndarray, background: int = 0, rounds: int = CLEANU
     return idx
 
 
+def structure_volumes(post: np.ndarray, channels: np.ndarray, background: int = 0) -> np.ndarray:
+    """Soft voxel count of each channel (see :meth:`Segmentation.volumes`), float64 ``(K,)``.
+
+    Args:
+        post: ``(X, Y, Z, K)`` posteriors.
+        channels: ``(X, Y, Z)`` segmentation (channel indices) made from them.
+        background: channel of the background; its entry is its voxel count.
+    """
+    K = post.shape[-1]
+    structure = ndimage.generate_binary_structure(3, 3)
+    boxes = ndimage.find_objects(channels + 1, max_label=K)
+    foreground = channels != background
+    regions = {}  # channel -> (box, voxels where it counts: found there or next to it)
+    total = np.zeros(channels.shape, np.float64)
+    for c, box in enumerate(boxes):
+        if box is None or c == background:
+            continue
+        box = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(box, channels.shape))
+        region = ndimage.binary_dilation(channels[box] == c, structure) & foreground[box]
+        regions[c] = (box, region)
+        total[box][region] += post[box][..., c][region]
+    total[total <= 0] = 1.0  # unreachable for an argmax segmentation; no division by zero
+    sums = np.zeros(K, np.float64)
+    for c, (box, region) in regions.items():
+        sums[c] = float(np.sum(post[box][..., c][region] / total[box][region]))
+    sums[background] = float(np.sum(~foreground))
+    return sums
+
+
 def _box(mask: np.ndarray, margin: int = 0):
     nz = np.nonzero(mask)
     if nz[0].size == 0:
@@ -760,12 +789,15 @@ class Segmentation:
         channels: ``(X, Y, Z)`` int32 channel index of each voxel on the network grid.
         posteriors: ``(X, Y, Z, K)`` float32 on the network grid (after clean-up).
         labels: the model's labels (channel order).
+        cleaned: the clean-up ran (:func:`clean_posteriors`); the native-grid labels are then
+            cleaned too.
     """
 
     prepared: Prepared
     channels: np.ndarray
     posteriors: np.ndarray
     labels: np.ndarray
+    cleaned: bool = True
 
     @property
     def affine(self) -> np.ndarray:
@@ -796,6 +828,8 @@ class Segmentation:
         reo = prep.reorientation
         channels = argmax_on_grid(self.posteriors, prep.affine, reo.canonical_shape, reo.canonical_affine,
                                   fill=self.background_channel, slab=NATIVE_SLAB)
+        if self.cleaned:  # interpolation leaves islands at boundaries: one piece per structure here too
+            channels = merge_stray_components(channels, self.background_channel)
         return reo.undo(self.labels[channels])
 
     def native_posteriors(self) -> np.ndarray:
@@ -818,12 +852,21 @@ class Segmentation:
         return float(np.prod(voxel_size_of(self.affine)))
 
     def volumes(self) -> dict[int, float]:
-        """Soft volume of each label (mm³): the sum of its posterior times the voxel volume."""
-        sums = self.posteriors.sum(axis=(0, 1, 2), dtype=np.float64)
+        """Soft volume of each label (mm³), consistent with the segmentation.
+
+        Only voxels segmented as a structure count (the background's posteriors, and those of
+        voxels the clean-up removed, do not), and in each of them only the structures found in
+        it or next to it (26-neighbours): a structure's posterior spread thinly far from where
+        it was found does not count. Each counted voxel's posteriors are renormalised over
+        those structures, so it contributes exactly one voxel volume: the structures' volumes
+        sum to the segmented volume, and each is its voxel count give or take the partial
+        volume at its boundary. The background's entry is its voxel count.
+        """
+        sums = structure_volumes(self.posteriors, self.channels, self.background_channel)
         return {int(label): float(s) * self.voxel_volume for label, s in zip(self.labels, sums)}
 
     def total_intracranial_volume(self) -> float:
-        """Sum of the soft volumes of every non-background label (mm³)."""
+        """Sum of the soft volumes of every non-background label (mm³): the segmented volume."""
         return float(sum(v for label, v in self.volumes().items() if label != 0))
 
     def qc_scores(self) -> tuple[float, dict[int, float | None]]:
@@ -873,7 +916,7 @@ def _segment(prep: Prepared, model: SegmentationModel, flip: bool, cleanup: bool
         channels = clean_posteriors(post, model.background_channel)
     else:
         channels = np.argmax(post, axis=-1).astype(np.int32)
-    return Segmentation(prepared=prep, channels=channels, posteriors=post, labels=model.labels)
+    return Segmentation(prepared=prep, channels=channels, posteriors=post, labels=model.labels, cleaned=cleanup)
 
 
 # ----------------------------------------------------------------------------- batch prediction
@@ -1010,9 +1053,9 @@ def predict(inputs, outputs, model=None, vol=None, post=None, resample=None, qc=
     names_k = model.label_names()
     structures = [(c, int(v), names_k[c]) for c, v in enumerate(model.labels) if v != 0]
     vol_table = None if vol is None else _CsvTable(
-        Path(vol), ["subject", "total intracranial"] + [n for _, _, n in structures], keep=skip_existing)
+        Path(vol), ["subject", "total intracranial"] + [n for _, _, n in structures], "volumes")
     qc_table = None if qc is None else _CsvTable(
-        Path(qc), ["subject", "qc"] + [n for _, _, n in structures], keep=skip_existing)
+        Path(qc), ["subject", "qc"] + [n for _, _, n in structures], "quality scores")
 
     def per_scan(i):
         return [p[i] for p in (seg_paths, post_paths, res_paths, png_paths) if p is not None]
@@ -1154,19 +1197,27 @@ def _check_distinct(files, groups) -> None:
 
 
 class _CsvTable:
-    """A CSV with one row per subject, rewritten atomically after each change. With ``keep``,
-    the rows of an existing file with the same columns are kept (for re-runs)."""
+    """A CSV with one row per subject, rewritten atomically after each change. The rows of an
+    existing file are kept (a re-run on some subjects updates their rows, the others stay);
+    a file that is not such a table, or has other columns (another model's), is refused."""
 
-    def __init__(self, path: Path, header: list[str], keep: bool):
+    def __init__(self, path: Path, header: list[str], what: str):
         self.path, self.header, self.rows = path, header, {}
-        if keep and path.is_file():
-            try:
-                with open(path, newline="") as f:
-                    rows = list(csv.reader(f))
-            except (OSError, UnicodeDecodeError, csv.Error):
-                rows = []
-            if rows and rows[0] == header:
-                self.rows = {r[0]: r[1:] for r in rows[1:] if len(r) == len(header)}
+        if not path.exists():
+            return
+        try:
+            with open(path, newline="") as f:
+                rows = list(csv.reader(f))
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise InputError(f"{what}: cannot read the existing table ({short_error(exc)}); "
+                             "give another file name or remove it", path) from None
+        if not rows:
+            return
+        if rows[0] != header:
+            raise InputError(f"{what}: the existing table has other columns ({len(rows[0])}, expected "
+                             f"{len(header)}: written by another model?); its rows would be lost, so it is "
+                             "left alone: give another file name or remove it", path)
+        self.rows = {r[0]: r[1:] for r in rows[1:] if len(r) == len(header)}
 
     def has(self, subject: str) -> bool:
         return subject in self.rows

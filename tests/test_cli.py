@@ -36,8 +36,25 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path):
     assert r.returncode == 1
     assert "scan.nii.gz: label map is not integer" in r.stderr
     assert "Traceback" not in r.stderr
+    # quiet: no start-up logs of the backend's C++ libraries (I0000 ..., cuInit, oneDNN), only our lines
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) <= 2 and all(line.startswith(("synthseg", "building")) for line in lines), lines
     r = run_cli("generate", tmp_path / "missing", "--out", tmp_path / "out")
     assert r.returncode == 1 and "missing: no such file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_version_and_verbose_flags(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"synthseg {version('synthseg')}"
+    from synthseg.cli import build_parser
+
+    # --verbose before or after the command's name
+    assert build_parser().parse_args(["--verbose", "fetch"]).verbose
+    assert build_parser().parse_args(["fetch", "--verbose"]).verbose
+    assert not build_parser().parse_args(["fetch"]).verbose
 
 
 def test_bad_options_file(tmp_path, blocks_labels, capsys):

@@ -56,8 +56,24 @@ def test_demo_segments_the_mni_t1(tmp_path):
     with open(out / "volumes.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1
+    # soft volumes agree with the segmentation the user gets (voxels of 1 mm^3): the total is the
+    # segmented volume, each structure of 2 mL or more its voxel count within 5%
+    data = np.asarray(seg.dataobj)
     tiv = float(rows[0]["total intracranial"])
-    assert 1.2e6 < tiv < 2.4e6, tiv
+    assert tiv == pytest.approx(np.sum(data > 0), rel=0.01)
+    from synthseg.labels import label_names
+
+    for label, name in label_names().items():
+        if name in rows[0] and label != 0 and np.sum(data == label) >= 2000:
+            assert float(rows[0][name]) == pytest.approx(np.sum(data == label), rel=0.05), name
+    # and a plausible intracranial volume: the MNI 2009c brain mask is 1.89 L
+    mask = np.asarray(nib.load(str(datasets.fetch("mni2009c_1mm_brainmask"))).dataobj) > 0
+    assert tiv == pytest.approx(mask.sum(), rel=0.12), (tiv, mask.sum())
+    # one piece per structure on the native grid, as on the network grid
+    from scipy import ndimage
+
+    for label in labels - {0}:
+        assert ndimage.label(data == label, np.ones((3, 3, 3)))[1] == 1, label
     assert (out / "qc.csv").is_file()
     assert (out / "mni2009c_1mm_t1_synthseg.png").stat().st_size > 10_000
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
