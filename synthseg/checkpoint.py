@@ -105,3 +105,31 @@ def load_checkpoint(path, model, optimizer) -> dict:
     for (_, var), value in zip(entries, values):
         var.assign(value)
     return header
+
+
+def save_float16_copy(source, out) -> Path:
+    """Write a float16 copy of the Keras model in ``source`` (``.keras``) to ``out`` (``.keras``,
+    atomically): half the size, enough to start a new run from (``TrainingOptions.init_weights``
+    casts the weights back) but not an exact resume (no optimiser state; see :func:`save_checkpoint`).
+
+    Raises:
+        InputError: an unreadable ``source``.
+    """
+    import keras
+
+    from lab2im.model import load_keras_model
+
+    model = load_keras_model(source, "the U-Net to copy")
+
+    def half(layer):
+        config = layer.get_config()
+        if not isinstance(layer, keras.layers.InputLayer):
+            config["dtype"] = "float16"
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=half)
+    for target, value in zip(copy.weights, model.get_weights()):
+        target.assign(value.astype(np.float16))
+    with atomic_output(out, suffix=".keras") as tmp:
+        copy.save(tmp)
+    return Path(out)

@@ -16,6 +16,8 @@ from lab2im.errors import InputError
 from synthseg.training import TrainingOptions, training
 from synthseg.unet import UNetOptions
 
+ROOT = Path(__file__).resolve().parent.parent
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = UNetOptions(n_levels=2, base_features=4)
 
@@ -127,6 +129,18 @@ def test_a_run_starts_from_saved_weights_and_refuses_other_architectures(label_d
     init, fresh = (read_log(tmp_path / n)[0]["loss"] for n in ("init", "fresh"))
     assert init < fresh, (init, fresh)
     assert str(weights) in (tmp_path / "init" / "options.json").read_text()
+    # a float16 copy (scripts/save_continue_weights.py) is smaller and starts the same run alike
+    half = tmp_path / "half.keras"
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "save_continue_weights.py"), str(tmp_path / "first"),
+                        str(half)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "(step 40)" in r.stdout, r.stderr[-2000:]
+    from lab2im.model import load_keras_model
+
+    halved = load_keras_model(half, "copy")
+    assert {str(w.dtype) for w in halved.weights} == {"float16"}
+    assert len(halved.weights) == len(load_keras_model(weights, "run").weights)
+    training(label_dir, tmp_path / "half", unet=TINY, options=quiet(**later, init_weights=str(half)), **kw)
+    assert read_log(tmp_path / "half")[0]["loss"] == pytest.approx(init, rel=0.02)
     with pytest.raises(InputError, match="does not exist"):
         training(label_dir, tmp_path / "missing", unet=TINY, options=quiet(**later, init_weights=str(tmp_path / "x.keras")), **kw)
     assert not (tmp_path / "missing").exists()
