@@ -1,4 +1,5 @@
-"""Read and write volumes (NIfTI ``.nii``/``.nii.gz`` and FreeSurfer ``.mgz``), keeping affine and header.
+"""Read and write volumes (NIfTI ``.nii``/``.nii.gz`` and FreeSurfer ``.mgz``), keeping affine and header;
+read NRRD (``.nrrd``/``.nhdr``, 3D Slicer's and pyradiomics' format) too.
 
 Every reader error is an :class:`lab2im.errors.InputError` naming the file and the problem;
 every write is atomic (temporary file in the destination folder, then ``os.replace``), so an
@@ -33,7 +34,9 @@ import numpy as np
 
 from lab2im.errors import InputError, OutputError
 
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mgz")
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mgz")  # written and read
+NRRD_SUFFIXES = (".nrrd", ".nhdr")  # read only (outputs are NIfTI)
+INPUT_SUFFIXES = VOLUME_SUFFIXES + NRRD_SUFFIXES
 #: Largest number of voxels :func:`load_volume` reads (the product of the header's dimensions;
 #: of the first three with ``first_volume=True``): 2**28, 1 GiB as float32. Environment
 #: variable ``LAB2IM_MAX_VOXELS`` overrides it.
@@ -87,13 +90,19 @@ def usable_cpus() -> int:
 
 
 def has_volume_suffix(path: str | os.PathLike) -> bool:
+    """A name this module writes (and reads): NIfTI or MGZ."""
     return str(path).lower().endswith(VOLUME_SUFFIXES)
 
 
+def has_input_suffix(path: str | os.PathLike) -> bool:
+    """A name :func:`load_volume` reads: NIfTI, MGZ or NRRD."""
+    return str(path).lower().endswith(INPUT_SUFFIXES)
+
+
 def strip_volume_suffix(path: str | os.PathLike) -> str:
-    """``'a/sub-01.nii.gz'`` -> ``'a/sub-01'``."""
+    """``'a/sub-01.nii.gz'`` -> ``'a/sub-01'`` (any of :data:`INPUT_SUFFIXES`)."""
     s = os.fspath(path)
-    for suffix in VOLUME_SUFFIXES:
+    for suffix in INPUT_SUFFIXES:
         if s.lower().endswith(suffix):
             return s[: -len(suffix)]
     return s
@@ -115,7 +124,7 @@ def max_voxels_limit() -> int:
 
 def load_volume(path: str | os.PathLike, dtype=None, max_voxels: int | None = None,
                 first_volume: bool = False) -> Volume:
-    """Read a NIfTI or MGZ file into a :class:`Volume`.
+    """Read a NIfTI, MGZ or NRRD file into a :class:`Volume` (NRRD: :func:`_load_nrrd`).
 
     Args:
         path: file to read.
@@ -139,18 +148,16 @@ def load_volume(path: str | os.PathLike, dtype=None, max_voxels: int | None = No
     size = p.stat().st_size
     if size == 0:
         raise InputError("file is empty", p)
+    limit = max_voxels_limit() if max_voxels is None else int(max_voxels)
+    if p.name.lower().endswith(NRRD_SUFFIXES):
+        return _load_nrrd(p, dtype, limit, first_volume)
     try:
         img = nib.load(str(p))
     except Exception as exc:  # nibabel raises many types for unreadable files
         raise InputError(f"not a readable NIfTI/MGZ image ({short_error(exc)})", p) from None
     shape = tuple(int(n) for n in img.shape)
     read_shape = shape[:3] if first_volume and len(shape) > 3 else shape
-    limit = max_voxels_limit() if max_voxels is None else int(max_voxels)
-    n_voxels = int(np.prod(read_shape, dtype=np.float64))
-    if n_voxels > limit:
-        raise InputError(f"image is too large: its header describes {n_voxels:,} voxels (shape {shape}), more "
-                         f"than the limit of {limit:,} (set LAB2IM_MAX_VOXELS to raise it); the data was not read",
-                         p)
+    _check_voxel_count(read_shape, shape, limit, p)
     _check_data_size(img, p, size)
     try:
         if read_shape != shape:
@@ -167,6 +174,74 @@ def load_volume(path: str | os.PathLike, dtype=None, max_voxels: int | None = No
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise InputError("header has an invalid (singular or non-finite) affine", p)
     return Volume(data=data, affine=affine, header=img.header, path=str(p))
+
+
+def _check_voxel_count(read_shape, shape, limit: int, path: Path) -> None:
+    n_voxels = int(np.prod(read_shape, dtype=np.float64))
+    if n_voxels > limit:
+        raise InputError(f"image is too large: its header describes {n_voxels:,} voxels (shape {shape}), more "
+                         f"than the limit of {limit:,} (set LAB2IM_MAX_VOXELS to raise it); the data was not read",
+                         path)
+
+
+#: NRRD ``space`` values -> sign of each world axis to turn it into RAS
+_NRRD_SPACES = {
+    "right-anterior-superior": (1, 1, 1), "ras": (1, 1, 1),
+    "left-anterior-superior": (-1, 1, 1), "las": (-1, 1, 1),
+    "left-posterior-superior": (-1, -1, 1), "lps": (-1, -1, 1),
+}
+
+
+def _load_nrrd(p: Path, dtype, limit: int, first_volume: bool) -> Volume:
+    """Read a NRRD file with pynrrd: the spatial axes (those with a ``space directions``
+    vector) become the first three, in file order, and the affine is their directions and
+    ``space origin`` turned into RAS (from LPS, LAS or RAS ``space``). Other axes (a vector or
+    list axis, e.g. diffusion gradients) go last. A file without ``space directions`` gets
+    ``spacings`` (1 mm if absent) along the axes and its origin at 0. The volume's ``header``
+    is ``None`` (outputs are NIfTI, made from the affine)."""
+    import nrrd
+
+    try:
+        header = nrrd.read_header(str(p))
+    except Exception as exc:  # pynrrd raises NRRDError, ValueError, ... for bad headers
+        raise InputError(f"not a readable NRRD image ({short_error(exc)})", p) from None
+    sizes = tuple(int(n) for n in header.get("sizes", ()))
+    directions = header.get("space directions")
+    if directions is not None:
+        spatial = [i for i, d in enumerate(directions) if d is not None and np.all(np.isfinite(d))]
+    else:
+        spatial = list(range(min(3, len(sizes))))
+    if len(spatial) != 3:
+        raise InputError(f"NRRD image has {len(spatial)} spatial axes (sizes {sizes}); expected 3", p)
+    others = [i for i in range(len(sizes)) if i not in spatial]
+    shape = tuple(sizes[i] for i in spatial + others)
+    read_shape = shape[:3] if first_volume and others else shape
+    _check_voxel_count(read_shape, shape, limit, p)
+    try:
+        raw, _ = nrrd.read(str(p), index_order="F")
+    except Exception as exc:
+        raise InputError(f"image data is truncated or corrupt ({short_error(exc)})", p) from None
+    raw = np.moveaxis(np.asarray(raw), spatial + others, list(range(len(sizes))))
+    if first_volume and others:
+        raw = raw[(slice(None),) * 3 + (0,) * len(others)]
+    affine = np.eye(4)
+    if directions is not None:
+        affine[:3, :3] = np.asarray([directions[i] for i in spatial], np.float64).T
+        origin = header.get("space origin")
+        affine[:3, 3] = np.zeros(3) if origin is None else np.asarray(origin, np.float64)
+        space = str(header.get("space", "right-anterior-superior")).lower()
+        if space not in _NRRD_SPACES:
+            raise InputError(f"NRRD space {space!r} is not supported (use one of: RAS, LAS, LPS)", p)
+        affine[:3] *= np.asarray(_NRRD_SPACES[space], np.float64)[:, None]
+    else:
+        spacings = header.get("spacings")
+        steps = [1.0 if spacings is None or not np.isfinite(spacings[i]) else float(spacings[i]) for i in spatial]
+        affine[:3, :3] = np.diag(steps)
+    if dtype is None:
+        dtype = raw.dtype.newbyteorder("=") if np.issubdtype(raw.dtype, np.integer) else np.float32
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise InputError("header has an invalid (singular or non-finite) affine", p)
+    return Volume(data=np.asarray(raw, dtype=dtype), affine=affine, header=None, path=str(p))
 
 
 def _check_data_size(img, path: Path, file_size: int) -> None:
@@ -437,9 +512,9 @@ def list_volume_files(source, what: str = "volume") -> list[Path]:
     if not p.exists():
         raise InputError("no such file or directory", p)
     if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.is_file() and has_volume_suffix(f.name))
+        files = sorted(f for f in p.iterdir() if f.is_file() and has_input_suffix(f.name))
         if not files:
-            raise InputError(f"folder contains no {what} files ({', '.join(VOLUME_SUFFIXES)})", p)
+            raise InputError(f"folder contains no {what} files ({', '.join(INPUT_SUFFIXES)})", p)
         return files
     if p.suffix.lower() == ".txt":
         lines = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]

@@ -38,11 +38,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lab2im.errors import InputError
-from lab2im.io import Volume, list_volume_files, make_writable_folder, save_volume, short_error, strip_volume_suffix
+from lab2im.io import Volume, list_volume_files, make_writable_folder, save_volume, short_error
 from lab2im.volumes import bounding_box
 from synthseg.predict import (DEFAULT_TILE, DEFAULT_TILE_OVERLAP, MIN_VOXELS, SEG_SUFFIX, PredictReport,
                               Segmentation, SegmentationModel, _check_distinct, _output_paths, first_volume,
-                              load_model, read_scan, segment_volume)
+                              load_model, output_names, read_scan, segment_volume)
 
 ON_EMPTY = ("error", "background")
 
@@ -187,7 +187,7 @@ def cascade(inputs, outputs, coarse, fine, region_labels=None, margin_mm: float 
     from tqdm import tqdm
 
     files = list_volume_files(inputs, "image")
-    names = [strip_volume_suffix(f.name) for f in files]
+    names = output_names(files)
     seg_paths = _output_paths(files, names, outputs, SEG_SUFFIX, ".nii.gz", "segmentation")
     region_paths = _output_paths(files, names, region, "_region", ".nii.gz", "region")
     _check_distinct(files, [seg_paths, region_paths])

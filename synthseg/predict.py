@@ -87,6 +87,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -105,10 +106,14 @@ from lab2im.geometry import (
     resampled_grid,
 )
 from lab2im.io import (
+    INPUT_SUFFIXES,
+    NRRD_SUFFIXES,
+    VOLUME_SUFFIXES,
     Volume,
     atomic_write_text,
     check_folder_writable,
     dimension_problem,
+    has_input_suffix,
     has_volume_suffix,
     list_volume_files,
     load_volume,
@@ -1030,8 +1035,11 @@ def predict(inputs, outputs, model=None, vol=None, post=None, resample=None, qc=
         report.warnings.append((None, warning))
         print(f"synthseg: warning: {warning}", file=sys.stderr)
     files = list_volume_files(inputs, "image")
+    for warning in _ignored_entries(inputs):
+        report.warnings.append((Path(inputs), warning))
+        print(f"synthseg: warning: {inputs}: {warning}", file=sys.stderr)
     crop = parse_crop(crop)
-    names = [strip_volume_suffix(f.name) for f in files]
+    names = output_names(files)
     seg_paths = _output_paths(files, names, outputs, SEG_SUFFIX, ".nii.gz", "segmentation")
     post_paths = _output_paths(files, names, post, POST_SUFFIX, ".nii.gz", "posteriors")
     res_paths = _output_paths(files, names, resample, RESAMPLED_SUFFIX, ".nii.gz", "resampled image")
@@ -1121,6 +1129,48 @@ def predict(inputs, outputs, model=None, vol=None, post=None, resample=None, qc=
     return report
 
 
+def _ignored_entries(inputs) -> list[str]:
+    """What an input folder holds besides scans, as warnings (nothing is skipped silently)."""
+    if isinstance(inputs, (list, tuple)) or not Path(inputs).is_dir():
+        return []
+    entries = [e for e in sorted(Path(inputs).iterdir()) if not e.name.startswith(".")]
+    files = [e.name for e in entries if e.is_file() and not has_input_suffix(e.name)]
+    folders = [e.name + "/" for e in entries if e.is_dir()]
+    warnings = []
+    for kind, found, why in (("file(s)", files, f"not a scan ({', '.join(INPUT_SUFFIXES)})"),
+                             ("folder(s)", folders, "folders are not searched: list their scans in a .txt file")):
+        if found:
+            shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+            warnings.append(f"skipped {len(found)} {kind}: {shown} ({why})")
+    return warnings
+
+
+def output_names(files: list[Path]) -> list[str]:
+    """Names of the scans' outputs (and CSV rows): the file names without suffix, or, when two
+    would be equal (``sub-01/mri/orig.mgz``, ``sub-02/mri/orig.mgz``), every scan's path below
+    the folder the scans have in common, joined with ``_`` (``sub-01_mri_orig``).
+
+    Raises:
+        InputError: the same file listed twice.
+    """
+    names = [strip_volume_suffix(f.name) for f in files]
+    if len(set(names)) == len(names):
+        return names
+    resolved = [f.resolve() for f in files]
+    seen = {}
+    for f, r in zip(files, resolved):
+        if r in seen:
+            raise InputError(f"the same scan is listed twice ({seen[r]} and {f})", f)
+        seen[r] = f
+    common = Path(os.path.commonpath([r.parent for r in resolved]))
+    return ["_".join(strip_volume_suffix(r.relative_to(common)).split(os.sep)) for r in resolved]
+
+
+#: names that are files of other kinds: refused where a segmentation (NIfTI) or a PNG is expected
+_OTHER_FILE_SUFFIXES = (".png", ".jpg", ".jpeg", ".csv", ".tsv", ".txt", ".json", ".npy", ".npz", ".keras",
+                        ".pdf", ".svg", ".tif", ".tiff", ".h5") + NRRD_SUFFIXES
+
+
 def _add(paths: list, path: Path) -> None:
     if path not in paths:
         paths.append(path)
@@ -1156,6 +1206,9 @@ def _output_paths(files, names, target, suffix: str, ext: str, what: str) -> lis
     if target is None:
         return None
     t = Path(target)
+    wanted = "a .png file" if ext == ".png" else f"a NIfTI/MGZ file ({', '.join(VOLUME_SUFFIXES)})"
+    if not t.is_dir() and (has_volume_suffix(t) if ext == ".png" else t.name.lower().endswith(_OTHER_FILE_SUFFIXES)):
+        raise InputError(f"{what}: expected {wanted} or a folder, not a file of another kind", t)
     as_file = (has_volume_suffix(t) if ext != ".png" else t.suffix.lower() == ".png") and not t.is_dir()
     if as_file:
         if len(files) > 1:
@@ -1163,7 +1216,7 @@ def _output_paths(files, names, target, suffix: str, ext: str, what: str) -> lis
         _check_folder(_parent(t))
         return [t]
     if t.exists() and not t.is_dir():
-        raise InputError(f"{what}: expected a folder or a {'.png' if ext == '.png' else 'NIfTI/MGZ'} file name", t)
+        raise InputError(f"{what}: expected {wanted} or a folder", t)
     _check_folder(t)
     paths = [t / f"{n}{suffix}{ext}" for n in names]
     seen = {}

@@ -221,3 +221,70 @@ def test_a_failed_write_is_an_output_error_and_stale_temporaries_can_be_removed(
     removed = remove_stale_temporaries(target)
     assert sorted(p.name for p in removed) == [".table.csv.k1ll3d.tmp", ".table.csv.x.tmp.nii.gz"]
     assert sorted(os.listdir(tmp_path)) == [".other.csv.abc.tmp", "table.csv"]
+
+
+# ----------------------------------------------------------------------------- NRRD input (issue 13)
+def _lps(affine):
+    """The NRRD (LPS) space directions and origin of a RAS affine."""
+    flip = np.diag([-1.0, -1.0, 1.0])
+    return (flip @ affine[:3, :3]).T, flip @ affine[:3, 3]
+
+
+@pytest.mark.parametrize("space", ["left-posterior-superior", "right-anterior-superior"])
+@pytest.mark.parametrize("encoding", ["gzip", "raw"])
+def test_nrrd_reads_with_the_geometry_of_the_same_nifti(tmp_path, space, encoding):
+    import nrrd
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 1000, (7, 5, 4)).astype(np.int16)
+    affine = oblique_affine()
+    if space == "left-posterior-superior":
+        directions, origin = _lps(affine)
+    else:
+        directions, origin = affine[:3, :3].T, affine[:3, 3]
+    path = tmp_path / "scan.nrrd"
+    nrrd.write(str(path), data, {"space": space, "space directions": directions, "space origin": origin,
+                                 "encoding": encoding}, index_order="F")
+    save_volume(data, tmp_path / "scan.nii.gz", affine=affine)
+    a, b = load_volume(path), load_volume(tmp_path / "scan.nii.gz")
+    np.testing.assert_array_equal(a.data, b.data)
+    assert a.data.dtype == np.int16
+    np.testing.assert_allclose(a.affine, b.affine, atol=1e-9)  # the same world position for every voxel
+    assert list_volume_files(tmp_path) == [tmp_path / "scan.nii.gz", path]
+
+
+def test_nrrd_vector_axis_goes_last_and_first_volume_reads_it(tmp_path):
+    import nrrd
+
+    data = np.arange(3 * 6 * 5 * 4, dtype=np.float32).reshape(3, 6, 5, 4)  # axis 0: a 3-vector
+    directions = np.array([[np.nan] * 3, [-2.0, 0, 0], [0, -2.0, 0], [0, 0, 2.0]])
+    path = tmp_path / "dwi.nrrd"
+    nrrd.write(str(path), data, {"space": "left-posterior-superior", "space directions": directions,
+                                 "space origin": np.zeros(3), "kinds": ["vector", "domain", "domain", "domain"]},
+               index_order="F")
+    vol = load_volume(path)
+    assert vol.data.shape == (6, 5, 4, 3)
+    np.testing.assert_allclose(np.diag(vol.affine)[:3], [2.0, 2.0, 2.0])
+    first = load_volume(path, first_volume=True)
+    np.testing.assert_array_equal(first.data, data[0])
+
+
+def test_bad_nrrd_files_are_named(tmp_path, monkeypatch):
+    import nrrd
+
+    bad = tmp_path / "bad.nrrd"
+    bad.write_text("not a nrrd\n")
+    assert_input_error(bad, "not a readable NRRD image", load_volume)
+    good = tmp_path / "good.nrrd"
+    nrrd.write(str(good), np.zeros((8, 8, 8), np.float32), {"encoding": "raw"}, index_order="F")
+    assert load_volume(good).affine.tolist() == np.eye(4).tolist()  # no geometry: 1 mm, origin 0
+    truncated = tmp_path / "truncated.nrrd"
+    truncated.write_bytes(good.read_bytes()[:-100])
+    assert_input_error(truncated, "truncated or corrupt", load_volume)
+    monkeypatch.setenv("LAB2IM_MAX_VOXELS", "100")
+    assert_input_error(good, "image is too large", load_volume)
+    flat = tmp_path / "flat.nrrd"
+    nrrd.write(str(flat), np.zeros((8, 8), np.float32), {"space": "left-posterior-superior",
+                                                         "space directions": np.eye(2, 3) * -1}, index_order="F")
+    monkeypatch.delenv("LAB2IM_MAX_VOXELS")
+    assert_input_error(flat, "2 spatial axes", load_volume)

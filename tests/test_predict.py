@@ -449,6 +449,53 @@ def test_batch_with_a_bad_scan_goes_on_and_reruns_skip_finished_scans(band_model
     assert not leftovers(tmp_path)
 
 
+def test_batch_inputs_are_reported_and_named_without_collisions(band_model, tmp_path, phantom, blocks_labels,
+                                                                capsys):
+    import nrrd
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    save(scans, "a.nii.gz", phantom)
+    (scans / "notes.txt").write_text("x")
+    (scans / "a.png").write_bytes(b"x")
+    (scans / "sub").mkdir()
+    # an NRRD scan (LPS space) is read with its geometry: same labels as the NIfTI
+    nrrd.write(str(scans / "b.nrrd"), phantom, {"space": "left-posterior-superior",
+                                                "space directions": np.diag([-1.0, -1.0, 1.0]),
+                                                "space origin": np.zeros(3)}, index_order="F")
+    report = P.predict(scans, tmp_path / "out", band_model, flip=False, progress=False)
+    assert report.done == [scans / "a.nii.gz", scans / "b.nrrd"]
+    err = capsys.readouterr().err
+    assert "skipped 2 file(s): a.png, notes.txt (not a scan" in err and "skipped 1 folder(s): sub/" in err
+    assert len(report.warnings) == 2
+    b = nib.load(str(tmp_path / "out" / "b_synthseg.nii.gz"))
+    np.testing.assert_array_equal(np.asarray(b.dataobj), blocks_labels)
+    np.testing.assert_allclose(b.affine, np.eye(4), atol=1e-6)  # LPS diag(-1,-1,1) is RAS identity
+    # a FreeSurfer-style list: same file names in different subject folders
+    for sub in ("sub-01", "sub-02"):
+        (tmp_path / "fs" / sub / "mri").mkdir(parents=True)
+        save(tmp_path / "fs" / sub / "mri", "orig.nii.gz", phantom)
+    listing = tmp_path / "fs" / "list.txt"
+    listing.write_text("sub-01/mri/orig.nii.gz\nsub-02/mri/orig.nii.gz\n")
+    report = P.predict(listing, tmp_path / "fsout", band_model, vol=tmp_path / "fsout" / "v.csv", flip=False,
+                       progress=False)
+    assert report.ok and sorted(p.name for p in (tmp_path / "fsout").iterdir()) == [
+        "sub-01_mri_orig_synthseg.nii.gz", "sub-02_mri_orig_synthseg.nii.gz", "v.csv"]
+    with open(tmp_path / "fsout" / "v.csv") as f:
+        assert [r["subject"] for r in csv.DictReader(f)] == ["sub-01_mri_orig", "sub-02_mri_orig"]
+    listing.write_text("sub-01/mri/orig.nii.gz\nsub-01/mri/../mri/orig.nii.gz\n")
+    with pytest.raises(InputError, match="the same scan is listed twice"):
+        P.predict(listing, tmp_path / "twice", band_model, progress=False)
+    # outputs named as files of another kind are refused before anything is made
+    src = scans / "a.nii.gz"
+    for kwargs, message in (({"outputs": tmp_path / "x.png"}, "segmentation: expected a NIfTI/MGZ file"),
+                            ({"outputs": tmp_path / "o", "png": tmp_path / "o.nii.gz"}, "overlay: expected a .png"),
+                            ({"outputs": tmp_path / "o", "post": tmp_path / "p.csv"}, "posteriors: expected")):
+        with pytest.raises(InputError, match=message):
+            P.predict(src, model=band_model, progress=False, **kwargs)
+        assert not (tmp_path / "x.png").exists() and not (tmp_path / "o").exists()
+
+
 def test_cli_predict_one_scan(band_model_file, tmp_path, phantom, blocks_labels):
     src = save(tmp_path, "t1.nii.gz", phantom)
     out = tmp_path / "t1_seg.nii.gz"
