@@ -471,8 +471,12 @@ def evaluate_folders(gt_dir, pred_dir, labels: Sequence[int], pred2_dir=None, ou
 
 
 # ----------------------------------------------------------------------------- statistics
+#: significance level below which :func:`paired_test` names a better method
+ALPHA = 0.05
+
+
 def paired_test(values_a: Sequence[float], values_b: Sequence[float], higher_is_better: bool = True,
-                names: Sequence[str] = ("A", "B")) -> dict:
+                names: Sequence[str] = ("A", "B"), alpha: float = ALPHA) -> dict:
     """Wilcoxon signed-rank test of paired values of two methods (:func:`scipy.stats.wilcoxon`,
     two-sided, zero differences dropped, scipy's default exact / normal method).
 
@@ -483,13 +487,15 @@ def paired_test(values_a: Sequence[float], values_b: Sequence[float], higher_is_
         values_a, values_b: one value per subject, same order.
         higher_is_better: ``True`` for Dice, ``False`` for distances and errors.
         names: the two methods' names, used in ``"better"``.
+        alpha: significance level: a method is named better only when ``p_value < alpha``.
 
     Returns:
         ``{"n", "median_a", "median_b", "median_difference", "better", "statistic", "p_value",
         "note"}``: ``n`` the pairs used; ``median_difference`` the median of ``a - b``;
-        ``better`` the name of the method favoured by the median difference (``None`` when it
-        is 0, or when undefined); when every difference is zero, statistic 0.0 and p-value 1.0
-        with a note (no test needed), and with no pairs, NaNs.
+        ``better`` the name of the method favoured by the median difference when the test is
+        significant (else ``None``, the note says which way the median leaned and why no
+        winner: too few subjects, p too high); when every difference is zero, statistic 0.0
+        and p-value 1.0 with a note (no test needed), and with no pairs, NaNs.
 
     Raises:
         ValueError: the two sequences have different lengths.
@@ -519,6 +525,11 @@ def paired_test(values_a: Sequence[float], values_b: Sequence[float], higher_is_
     out.update(statistic=float(res.statistic), p_value=float(res.pvalue))
     if out["better"] is None:
         out["note"] = "median difference is zero"
+    elif not out["p_value"] < alpha:
+        out["note"] = (f"not significant (p = {out['p_value']:.3g} >= {alpha:g}"
+                       f"{'; too few subjects for any test to be' if np.count_nonzero(d) < 6 else ''}); "
+                       f"the median favours {out['better']}")
+        out["better"] = None
     return out
 
 
