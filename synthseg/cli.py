@@ -94,21 +94,38 @@ def cmd_build_labels(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from synthseg.predict import set_threads
     from synthseg.training import TrainingOptions, training
     from synthseg.unet import UNetOptions
 
+    warning = set_threads(args.threads)
+    if warning:
+        print(f"synthseg: warning: {warning}", file=sys.stderr)
     if args.resume:
+        ignored = [flag for flag, value in (("--options", args.options), ("--init-weights", args.init_weights),
+                                            ("--crop", args.crop)) if value is not None]
+        if ignored:
+            raise InputError(f"{', '.join(ignored)}: a resumed run keeps the options it was started with "
+                             "(only --steps may change)", args.model_dir)
         options = TrainingOptions(steps=args.steps) if args.steps else None
         result = training(args.labels, args.model_dir, options=options, resume=True)
     else:
+        from lab2im.options import GeneratorOptions
+
+        steps = args.steps or 1000
+        if steps > args.checkpoint_every and steps % args.checkpoint_every:
+            raise InputError(f"--steps {steps} is not a multiple of --checkpoint-every {args.checkpoint_every}: "
+                             "training runs whole checkpoint intervals")
         options = TrainingOptions(
-            steps=args.steps or 1000, steps_per_checkpoint=args.checkpoint_every, batch_size=args.batch_size,
-            learning_rate=args.lr, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps,
-            ce_after_warmup=args.ce_after_warmup,
-            mixed_precision=args.mixed_precision, seed=args.seed, strategy=args.strategy)
+            steps=steps, steps_per_checkpoint=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
+            batch_size=args.batch_size, learning_rate=args.lr, lr_schedule=args.lr_schedule,
+            warmup_steps=args.warmup_steps, ce_after_warmup=args.ce_after_warmup,
+            mixed_precision=args.mixed_precision, seed=args.seed, strategy=args.strategy,
+            init_weights=None if args.init_weights is None else str(args.init_weights))
         unet = UNetOptions(n_levels=args.levels, base_features=args.features)
+        generator = GeneratorOptions.load(args.options) if args.options else None
         overrides = {"output_shape": (args.crop,) * 3} if args.crop else {}
-        result = training(args.labels, args.model_dir, unet=unet, options=options, **overrides)
+        result = training(args.labels, args.model_dir, generator=generator, unet=unet, options=options, **overrides)
     print(f"trained to step {result.step} (last loss {result.last_loss}); model: {result.model_dir / 'unet_last.keras'}")
     return 0
 
@@ -160,7 +177,7 @@ def cmd_predict(args) -> int:
 
     report = predict(args.input, args.output, model=args.model, vol=args.vol, post=args.post,
                      resample=args.resample, qc=args.qc, png=args.png, crop=args.crop, flip=not args.no_flip,
-                     keep_native=not args.keep_1mm, skip_existing=args.skip_existing, threads=args.threads,
+                     keep_native=not args.network_grid, skip_existing=args.skip_existing, threads=args.threads,
                      cleanup=not args.no_cleanup, tile_size=args.tile)
     # each failure was reported on stderr (one line, file and problem) as it happened
     print(f"segmented {len(report.done)} scan(s), skipped {len(report.skipped)} (outputs exist), "
@@ -205,29 +222,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("build-labels", help="build the whole-head training label maps from public atlases")
-    p.add_argument("out_dir", type=Path)
-    p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument("out_dir", type=Path, help="folder for the label maps (.nii.gz)")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="data cache (default: $SYNTHSEG_DATA or ~/.cache/synthseg)")
     p.set_defaults(func=cmd_build_labels)
 
-    p = sub.add_parser("train", help="train a contrast-agnostic U-Net on synthetic scans from label maps")
+    p = sub.add_parser("train", help="train a contrast-agnostic U-Net on synthetic scans from label maps",
+                       description="Train a U-Net on synthetic scans generated on the fly from label maps. "
+                                   "A killed run continues exactly with --resume.")
     p.add_argument("labels", help="training label maps (file, folder or .txt list)")
     p.add_argument("model_dir", type=Path, help="run folder (checkpoints, logs, options)")
-    p.add_argument("--resume", action="store_true", help="continue the run in model_dir from last.npz")
-    p.add_argument("--steps", type=int, default=None, help="total optimiser steps (default: 1000)")
-    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default: 100)")
-    p.add_argument("--crop", type=int, default=None, help="training crop, voxels per axis (e.g. 160)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in model_dir from its last checkpoint, with its saved options")
+    p.add_argument("--steps", type=int, default=None,
+                   help="total optimiser steps (default: 1000); with --resume, the new total (more or fewer, a "
+                        "multiple of the run's checkpoint interval)")
+    p.add_argument("--checkpoint-every", type=int, default=100,
+                   help="steps between checkpoints; --steps must be a multiple of it (default: 100)")
+    p.add_argument("--keep-checkpoints", type=int, default=5,
+                   help="periodic checkpoints kept besides the last one; 0 keeps all, e.g. for `synthseg validate` "
+                        "(default: 5)")
+    p.add_argument("--options", type=Path, default=None,
+                   help="generator options (GeneratorOptions JSON, e.g. with the priors of `synthseg estimate-priors`: "
+                        "prior_means/prior_stds paths; voxel_size of the label maps); default: the brain protocol's")
+    p.add_argument("--init-weights", type=Path, default=None,
+                   help="start from these U-Net weights (.keras, same architecture and labels; float16 works); "
+                        "default: random")
+    p.add_argument("--crop", type=int, default=None,
+                   help="training crop, voxels per axis (e.g. 160; default: the label maps' shape)")
     p.add_argument("--levels", type=int, default=5, help="U-Net levels (default: 5)")
     p.add_argument("--features", type=int, default=24, help="features at the first level (default: 24)")
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=1, help="label maps per step (default: 1)")
     p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default: 1e-4)")
-    p.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"), default="constant")
-    p.add_argument("--warmup-steps", type=int, default=0, help="cross-entropy steps before soft Dice")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"), default="constant",
+                   help="learning-rate schedule (default: constant)")
+    p.add_argument("--warmup-steps", type=int, default=0,
+                   help="steps of cross-entropy before the loss turns to soft Dice (default: 0)")
     p.add_argument("--ce-after-warmup", type=float, default=0.0,
                    help="share of cross-entropy kept after the warm-up, 0-1 (0: Dice only; 0.1 keeps labels from "
                         "dying under Dice)")
-    p.add_argument("--mixed-precision", action="store_true")
-    p.add_argument("--strategy", choices=("mirrored", "multiworker", "data_parallel"), default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mixed-precision", action="store_true",
+                   help="half precision in the U-Net (float16 on a GPU, bfloat16 on a CPU)")
+    p.add_argument("--strategy", choices=("mirrored", "multiworker", "data_parallel"), default=None,
+                   help="several devices: tf.distribute mirrored / multi-worker, or Keras data parallel (JAX); "
+                        "default: one device")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of the backend (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.set_defaults(func=cmd_train)
 
     from synthseg.estimate_priors import add_arguments
@@ -258,8 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "slices (synthseg.slices) is detected from its options.json")
     p.add_argument("--no-flip", action="store_true", help="no left/right flip averaging (about 2x faster)")
     p.add_argument("--skip-existing", action="store_true", help="skip scans whose outputs all exist")
-    p.add_argument("--keep-1mm", action="store_true",
-                   help="outputs on the network grid (canonical RAS, model voxel size), not the input's")
+    p.add_argument("--network-grid", "--keep-1mm", dest="network_grid", action="store_true",
+                   help="outputs on the network grid (canonical RAS, the model's voxel size, e.g. 2 mm), not the "
+                        "input's (--keep-1mm is an old name of this flag)")
     p.add_argument("--tile", type=int, default=DEFAULT_TILE,
                    help=f"largest network input per axis, voxels (default: {DEFAULT_TILE}; 0: whole scan, "
                         "needs about 1.3 kB of memory per voxel)")
@@ -274,9 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("fetch", help="download public data files into the cache (--list to see them)")
-    p.add_argument("names", nargs="*")
-    p.add_argument("--list", action="store_true")
-    p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument("names", nargs="*", help="datasets to fetch (default: list them)")
+    p.add_argument("--list", action="store_true", help="list the datasets and their licences")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="data cache (default: $SYNTHSEG_DATA or ~/.cache/synthseg)")
     p.set_defaults(func=cmd_fetch)
 
     from synthseg.evaluate import add_arguments as add_evaluate_arguments

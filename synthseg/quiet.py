@@ -37,9 +37,10 @@ def start_backend(verbose: bool = False) -> None:
             if keras.backend.backend() == "tensorflow":
                 import tensorflow as tf
 
-                tf.config.list_physical_devices()  # looks for GPUs: the cuInit message
+                # looks for GPUs (the cuInit message) without starting the runtime, so that
+                # thread counts can still be set afterwards (synthseg.predict.set_threads)
+                tf.config.list_physical_devices()
                 tf.get_logger().setLevel("ERROR")
-            keras.ops.convert_to_numpy(keras.ops.zeros((1,)))  # the first operation starts the device
             failed = False
         finally:
             sys.stderr.flush()

@@ -87,6 +87,9 @@ class RunOptions:
     def __post_init__(self):
         for name in ("steps", "steps_per_checkpoint", "batch_size"):
             check_int(getattr(self, name), name, 1)
+        # a run shorter than one checkpoint interval is one interval of its own length (not a
+        # whole default interval: steps=3 trains 3 steps)
+        self.steps_per_checkpoint = min(self.steps_per_checkpoint, self.steps)
         for name in ("keep_checkpoints", "warmup_steps", "seed"):
             check_int(getattr(self, name), name, 0)
         check_number(self.learning_rate, "learning_rate", 0)
@@ -299,12 +302,12 @@ def _prepare_folder(model_dir: Path, resume: bool) -> Path | None:
     last = model_dir / "last.npz"
     if resume:
         if not last.exists():
-            raise InputError("nothing to resume: no last.npz (start a new run without resume=True)", model_dir)
+            raise InputError("nothing to resume: no last.npz (start a new run, without resume / --resume)", model_dir)
         read_header(last)  # a corrupt checkpoint is reported before anything is built
         return last
     if last.exists() or (model_dir / "options.json").exists():
-        raise InputError("folder already holds a training run; pass resume=True to continue it, "
-                         "or choose another folder", model_dir)
+        raise InputError("folder already holds a training run; continue it with resume (--resume on the "
+                         "command line) or choose another folder", model_dir)
     make_writable_folder(model_dir, "cannot write checkpoints here")
     (model_dir / "checkpoints").mkdir(exist_ok=True)
     return None
@@ -324,8 +327,9 @@ def training(labels_dir, model_dir, generator: GeneratorOptions | None = None, u
             label maps); ``generator_overrides`` change single fields.
         unet: :class:`synthseg.unet.UNetOptions` (default: SynthSeg's 5-level U-Net).
         options: :class:`TrainingOptions`.
-        resume: continue the run in ``model_dir`` from ``last.npz`` with its saved options
-            (``options.steps`` may be raised to train longer).
+        resume: continue the run in ``model_dir`` from ``last.npz`` with its saved options;
+            ``options.steps``, if given, is the new total (a multiple of the run's
+            ``steps_per_checkpoint``, beyond its last checkpoint; the other fields are ignored).
         callbacks: extra Keras callbacks.
 
     Returns:
@@ -344,9 +348,14 @@ def training(labels_dir, model_dir, generator: GeneratorOptions | None = None, u
     if not resume and options and options.init_weights and not Path(options.init_weights).is_file():
         raise InputError("initial U-Net weights file does not exist (init_weights)", options.init_weights)
     resume_from = _prepare_folder(model_dir, resume)
+    new_total = None
     if resume_from is not None:
         generator, unet, saved = load_options(model_dir)
-        options = dataclasses.replace(saved, steps=max(saved.steps, options.steps)) if options else saved
+        new_total = options.steps if options else None
+        if new_total is not None and new_total % saved.steps_per_checkpoint:
+            raise InputError(f"steps ({new_total}) must be a multiple of the run's steps_per_checkpoint "
+                             f"({saved.steps_per_checkpoint})", model_dir)
+        options = dataclasses.replace(saved, steps=new_total) if new_total else saved
         generator_overrides = {}
     options = options or TrainingOptions()
     unet = unet or UNetOptions()
@@ -356,7 +365,7 @@ def training(labels_dir, model_dir, generator: GeneratorOptions | None = None, u
     multiple = required_multiple(unet)
     if any(n % multiple for n in out_shape):
         raise InputError(f"output shape {tuple(out_shape)} is not a multiple of {multiple} (needed by a "
-                         f"{unet.n_levels}-level U-Net); set output_shape, e.g. "
+                         f"{unet.n_levels}-level U-Net); set output_shape (--crop on the command line), e.g. "
                          f"{tuple(max(multiple, n // multiple * multiple) for n in out_shape)}")
     if resume_from is None:
         save_options(model_dir, generator, unet, options)
@@ -389,6 +398,9 @@ def training(labels_dir, model_dir, generator: GeneratorOptions | None = None, u
         raise InputError(f"checkpoint step {step} is not a multiple of steps_per_checkpoint {spc}", resume_from)
     start_chunk = step // spc
     if start_chunk >= options.n_chunks:
+        if new_total is not None and step > new_total:
+            raise InputError(f"the run is at step {step}, past the {new_total} steps asked for: nothing to train "
+                             "(ask for more steps)", model_dir)
         return TrainingResult(model_dir, step, None)
     batch = options.batch_size * replicas
     log = StepLog(model_dir / "training_log.csv", keep_until=step)

@@ -334,7 +334,7 @@ def test_anisotropic_input_comes_back_on_its_native_grid(unet_model, tmp_path, p
     np.testing.assert_allclose(np.asarray(post.dataobj).sum(-1), 1, atol=1e-4)
     resampled = nib.load(str(tmp_path / "native" / "thick_resampled.nii.gz"))
     assert resampled.shape == (24, 28, 40) and np.allclose(nib.affines.voxel_sizes(resampled.affine), 1)
-    # --keep-1mm: everything on the network grid (canonical, 1 mm)
+    # --network-grid (keep_native=False): everything on the network grid (canonical, 1 mm)
     report = P.predict(src, tmp_path / "grid", unet_model, keep_native=False, progress=False)
     grid = nib.load(str(tmp_path / "grid" / "thick_synthseg.nii.gz"))
     assert grid.shape == (24, 28, 40) and np.allclose(grid.affine, resampled.affine)

@@ -16,7 +16,6 @@ from lab2im.errors import InputError
 from synthseg.training import TrainingOptions, training
 from synthseg.unet import UNetOptions
 
-ROOT = Path(__file__).resolve().parent.parent
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = UNetOptions(n_levels=2, base_features=4)
@@ -131,7 +130,7 @@ def test_a_run_starts_from_saved_weights_and_refuses_other_architectures(label_d
     assert str(weights) in (tmp_path / "init" / "options.json").read_text()
     # a float16 copy (scripts/save_continue_weights.py) is smaller and starts the same run alike
     half = tmp_path / "half.keras"
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "save_continue_weights.py"), str(tmp_path / "first"),
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "save_continue_weights.py"), str(tmp_path / "first"),
                         str(half)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and "(step 40)" in r.stdout, r.stderr[-2000:]
     from lab2im.model import load_keras_model
@@ -182,6 +181,41 @@ def test_unwritable_checkpoint_folder(label_dir, tmp_path):
 def test_output_shape_not_a_multiple_of_the_unet_levels(label_dir, tmp_path):
     with pytest.raises(InputError, match=r"output shape \(15, 15, 15\) is not a multiple of 2"):
         training(label_dir, tmp_path / "run", unet=TINY, options=quiet(steps=1), output_shape=(15, 15, 15))
+
+
+@pytest.mark.slow
+def test_command_line_training_flags(label_dir, tmp_path, capsys):
+    """`synthseg train`: --steps below one interval trains that many steps, --keep-checkpoints,
+    --options, --init-weights; on resume --steps is the new total, and asking for fewer steps
+    than done is an error in flag names."""
+    from lab2im.options import GeneratorOptions
+    from synthseg.cli import main
+
+    opts = GeneratorOptions(generation_labels=[0, 2, 3, 41, 42], lr_pairs=[(2, 41), (3, 42)], flip_prob=0.0)
+    opts.save(tmp_path / "gen.json")
+    small = ["--crop", "16", "--levels", "2", "--features", "4", "--lr", "3e-3", "--options", str(tmp_path / "gen.json")]
+    run = tmp_path / "run"
+    assert main(["train", str(label_dir), str(run), "--steps", "3", "--checkpoint-every", "7", *small]) == 0
+    assert len(read_log(run)) == 3  # not 7
+    run2 = tmp_path / "run2"
+    assert main(["train", str(label_dir), str(run2), "--steps", "4", "--checkpoint-every", "1",
+                 "--keep-checkpoints", "0", "--init-weights", str(run / "unet_last.keras"), *small]) == 0
+    assert len(list((run2 / "checkpoints").glob("step-*.npz"))) == 4  # 0 keeps all
+    saved = (run2 / "options.json").read_text()
+    assert '"flip_prob": 0.0' in saved and "unet_last.keras" in saved
+    assert main(["train", str(label_dir), str(run2), "--resume", "--steps", "6"]) == 0
+    assert len(read_log(run2)) == 6
+    capsys.readouterr()
+    assert main(["train", str(label_dir), str(run2), "--resume", "--steps", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "the run is at step 6, past the 2 steps asked for" in err
+    assert main(["train", str(label_dir), str(run2), "--resume", "--crop", "32"]) == 1
+    assert "a resumed run keeps the options it was started with" in capsys.readouterr().err
+    assert main(["train", str(label_dir), str(tmp_path / "r3"), "--steps", "250", *small]) == 1
+    assert "--steps 250 is not a multiple of --checkpoint-every 100" in capsys.readouterr().err
+    assert main(["train", str(label_dir), str(run2), *small]) == 1
+    err = capsys.readouterr().err
+    assert "--resume on the command line" in err and "resume=True" not in err
 
 
 @pytest.mark.slow
