@@ -169,7 +169,8 @@ def segment_cascade(volume: Volume, coarse: SegmentationModel, fine: Segmentatio
 
 def cascade(inputs, outputs, coarse, fine, region_labels=None, margin_mm: float = 10.0, fine_voxel_size=None,
             region=None, on_empty: str = "error", flip: bool = True, cleanup: bool = True, tile_size=DEFAULT_TILE,
-            tile_overlap: int = DEFAULT_TILE_OVERLAP, progress: bool = True) -> PredictReport:
+            tile_overlap: int = DEFAULT_TILE_OVERLAP, progress: bool = True,
+            skip_existing: bool = False) -> PredictReport:
     """Segment scans from files with :func:`segment_cascade` and write the results on each
     scan's native grid (atomically).
 
@@ -179,6 +180,7 @@ def cascade(inputs, outputs, coarse, fine, region_labels=None, margin_mm: float 
         coarse, fine: :class:`~synthseg.predict.SegmentationModel` or paths for
             :func:`~synthseg.predict.load_model`.
         region: optional file or folder for the coarse model's segmentation (``<name>_region.nii.gz``).
+        skip_existing: skip the scans whose outputs all exist (a re-run after a stop).
         Others: as in :func:`segment_cascade`.
 
     Returns:
@@ -197,6 +199,9 @@ def cascade(inputs, outputs, coarse, fine, region_labels=None, margin_mm: float 
         make_writable_folder(p, "output folder cannot be written")
     report = PredictReport()
     for i, f in enumerate(tqdm(files, desc="cascade", unit="scan", disable=not progress, file=sys.stderr)):
+        if skip_existing and seg_paths[i].exists() and (region_paths is None or region_paths[i].exists()):
+            report.skipped.append(f)
+            continue
         try:
             vol, warns = read_scan(f)
             result = segment_cascade(vol, coarse, fine, region_labels, margin_mm, fine_voxel_size, on_empty, flip,
@@ -233,15 +238,25 @@ def add_arguments(parser) -> None:
     parser.add_argument("--region", default=None, help="also write the first model's segmentation: file or folder")
     parser.add_argument("--on-empty", choices=ON_EMPTY, default="error",
                         help="no region found: report the scan as failed (error) or write background")
-    parser.add_argument("--no-flip", action="store_true", help="no left/right flip averaging")
+    parser.add_argument("--no-flip", action="store_true", help="no left/right flip averaging (about 2x faster)")
+    parser.add_argument("--skip-existing", action="store_true", help="skip scans whose outputs all exist")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads of the backend (default: all)")
+    parser.add_argument("--tile", type=int, default=DEFAULT_TILE,
+                        help=f"largest network input per axis, voxels (default: {DEFAULT_TILE}; 0: whole scan)")
 
 
 def run(args) -> int:
+    from synthseg.predict import set_threads
+
+    warning = set_threads(args.threads)
+    if warning:
+        print(f"synthseg: warning: {warning}", file=sys.stderr)
     voxel = args.fine_voxel_size
     if voxel is not None and len(voxel) not in (1, 3):
         raise InputError(f"--fine-voxel-size takes 1 or 3 numbers, got {len(voxel)}")
     report = cascade(args.input, args.output, args.coarse, args.fine, args.region_labels, args.margin,
                      None if voxel is None else (voxel * 3 if len(voxel) == 1 else voxel), args.region,
-                     args.on_empty, flip=not args.no_flip)
-    print(f"segmented {len(report.done)} scan(s), {len(report.failed)} failed")
+                     args.on_empty, flip=not args.no_flip, tile_size=args.tile, skip_existing=args.skip_existing)
+    print(f"segmented {len(report.done)} scan(s), skipped {len(report.skipped)} (outputs exist), "
+          f"failed {len(report.failed)}")
     return 0 if report.ok else 1

@@ -34,8 +34,8 @@ each image linearly to [0, 255] (its 0.5th and 99.5th percentiles) before measur
 
 Command line (``synthseg estimate-priors``, or :func:`main`)::
 
-    synthseg estimate-priors --images t1/ --labels seg/ --out priors/ --robust
-    synthseg estimate-priors --images t1/ --images t2/ --labels seg/ --out priors/   # 2 channels
+    synthseg estimate-priors --images t1/ --label-maps seg/ --out priors/ --robust
+    synthseg estimate-priors --images t1/ --images t2/ --label-maps seg/ --out priors/   # 2 channels
 """
 from __future__ import annotations
 
@@ -523,10 +523,10 @@ def format_table(stats: IntensityStats, prior_means=None, prior_stds=None, kind:
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``estimate-priors`` options to ``parser`` (a sub-command parser)."""
     parser.add_argument("--images", action="append", required=True, metavar="SOURCE",
-                        help="images: a file, a folder or a .txt list, in the order of --labels; "
+                        help="images: a file, a folder or a .txt list, in the order of --label-maps; "
                              "repeat the flag for more channels (e.g. --images t1/ --images t2/)")
-    parser.add_argument("--labels", required=True, metavar="SOURCE",
-                        help="label maps: a file, a folder or a .txt list")
+    parser.add_argument("--label-maps", "--labels", dest="label_maps", required=True, metavar="SOURCE",
+                        help="label maps: a file, a folder or a .txt list (--labels is an old name)")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--generation-labels", type=Path, default=None, metavar="NPY",
                         help="labels to measure (.npy); default: every label in the label maps")
@@ -554,7 +554,7 @@ def run(args) -> int:
     """Run ``estimate-priors`` from parsed arguments; prints the table. Returns the exit status."""
     try:
         images = [[str(p) for p in _expand(src, "image")] for src in args.images]
-        paths = estimate_priors(images, args.labels, args.out, labels=args.generation_labels,
+        paths = estimate_priors(images, args.label_maps, args.out, labels=args.generation_labels,
                                 classes=args.classes, robust=args.robust, kind=args.kind,
                                 spread=args.spread, min_std=args.min_std, resample=args.resample,
                                 rescale=args.rescale, missing=args.missing)
@@ -571,7 +571,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    """``python -m synthseg.estimate_priors --images ... --labels ... --out ...``"""
+    """``python -m synthseg.estimate_priors --images ... --label-maps ... --out ...``"""
     parser = argparse.ArgumentParser(prog="synthseg estimate-priors",
                                      description=__doc__.split("\n\n")[0])
     add_arguments(parser)

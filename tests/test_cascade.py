@@ -115,3 +115,9 @@ def test_cascade_files_and_command_line(tmp_path):
     expected = segment_cascade(vol, coarse_model(), fine_model(), margin_mm=3, flip=False).segmentation
     np.testing.assert_array_equal(np.asarray(out.dataobj), expected)
     assert np.array_equal(np.asarray(nib.load(tmp_path / "region" / "scan_region.nii.gz").dataobj) == 1, ball)
+    # a re-run with --skip-existing leaves finished scans alone; --threads and --tile are accepted
+    stamp = (tmp_path / "out" / "scan_synthseg.nii.gz").stat().st_mtime_ns
+    code = main(["cascade", "--i", str(tmp_path / "scan.nii.gz"), "--o", str(tmp_path / "out"),
+                 "--coarse", str(tmp_path / "coarse" / "net.keras"), "--fine", str(tmp_path / "fine" / "net.keras"),
+                 "--region", str(tmp_path / "region"), "--skip-existing", "--threads", "2", "--tile", "64"])
+    assert code == 0 and (tmp_path / "out" / "scan_synthseg.nii.gz").stat().st_mtime_ns == stamp

@@ -68,7 +68,7 @@ def test_dice_matches_predicting_the_checkpoint_by_hand(run_and_scans):
     result = validate_training(tmp / "run", tmp / "images", tmp / "labels", progress=False)
     model, seg_model = network_for_run(tmp / "run")
     load_checkpoint(tmp / "run" / "checkpoints" / "step-0000002.npz", model, None)
-    seg = segment_volume(load_volume(tmp / "images" / "s1.nii.gz"), seg_model, flip=False).native_segmentation()
+    seg = segment_volume(load_volume(tmp / "images" / "s1.nii.gz"), seg_model, flip=True).native_segmentation()
     gt = np.asarray(nib.load(str(tmp / "labels" / "s1.nii.gz")).dataobj)
     expected = dice(gt, seg, [2, 3, 41, 42])
     rows = [r for r in read(result.out_dir / "validation.csv") if r["step"] == "2" and r["subject"] == "s1.nii.gz"]
@@ -87,12 +87,16 @@ def test_resumable_checkpoints_are_not_recomputed(run_and_scans, tmp_path, monke
     monkeypatch.setattr("synthseg.predict.segment_volume", boom)
     again = validate_training(tmp / "run", tmp / "images", tmp / "labels", out_dir=out, progress=False)
     assert (out / "validation.csv").read_text() == before and sorted(again.mean_dice) == [2, 4]
+    # scores made with flip averaging (the default, as in predict) are not mixed with others
+    with pytest.raises(InputError, match="made with flip averaging"):
+        validate_training(tmp / "run", tmp / "images", tmp / "labels", out_dir=out, flip=False, progress=False)
 
 
 def test_cli_and_bad_input(run_and_scans, tmp_path, capsys):
     tmp = run_and_scans
-    assert main(["validate", str(tmp / "run"), "--images", str(tmp / "images"), "--labels",
-                 str(tmp / "labels"), "--out", str(tmp_path / "v")]) == 0
+    assert main(["validate", str(tmp / "run"), "--images", str(tmp / "images"), "--label-maps",
+                 str(tmp / "labels"), "--out", str(tmp_path / "v"), "--no-flip", "--threads", "2"]) == 0
+    assert '"flip": false' in (tmp_path / "v" / "settings.json").read_text()
     assert "best checkpoint" in capsys.readouterr().out
     assert main(["validate", str(tmp_path), "--images", str(tmp / "images"), "--labels", str(tmp / "labels")]) == 1
     assert "no checkpoints" in capsys.readouterr().err
