@@ -482,6 +482,8 @@ class Prepared:
         resampled: whether the canonical grid was resampled (else the network grid is it).
         native_shape, native_affine, native_header: the input's own grid.
         warnings: messages about the input (e.g. the 4D rule).
+        canonical_image: the input's intensities reoriented to RAS, not resampled (the grid
+            of :meth:`Segmentation.canonical_segmentation`; for figures at the scan's own resolution).
     """
 
     name: str
@@ -495,6 +497,7 @@ class Prepared:
     native_affine: np.ndarray
     native_header: object
     warnings: list = field(default_factory=list)
+    canonical_image: np.ndarray | None = None
 
 
 def prepare_volume(volume: Volume, model: SegmentationModel, crop=None, name: str | None = None,
@@ -505,6 +508,7 @@ def prepare_volume(volume: Volume, model: SegmentationModel, crop=None, name: st
     check_image(data, path)
     native = Volume(data=data, affine=np.asarray(volume.affine, np.float64), header=volume.header, path=path)
     canonical, reo = reorient_to_canonical(native)
+    canonical_image = canonical.data
     ratio = canonical.voxel_size / model.voxel_size
     resampled = bool(np.any(np.abs(ratio - 1) > VOXEL_SIZE_TOLERANCE))
     fov = np.asarray(canonical.shape[:3]) * canonical.voxel_size
@@ -523,7 +527,7 @@ def prepare_volume(volume: Volume, model: SegmentationModel, crop=None, name: st
                     path=Path(path) if path else None, image=image, affine=canonical.affine,
                     window=window, reorientation=reo, resampled=resampled, native_shape=tuple(data.shape),
                     native_affine=native.affine, native_header=volume.header,
-                    warnings=list(warnings) + more)
+                    warnings=list(warnings) + more, canonical_image=canonical_image)
 
 
 def _window(shape, multiple, crop) -> CropPad:
@@ -819,7 +823,12 @@ class Segmentation:
         return self.labels[self.channels]
 
     def native_segmentation(self) -> np.ndarray:
-        """Labels on the input's own grid (its shape and affine).
+        """Labels on the input's own grid (its shape and affine): :meth:`canonical_segmentation`
+        with the input's axes."""
+        return self.prepared.reorientation.undo(self.canonical_segmentation())
+
+    def canonical_segmentation(self) -> np.ndarray:
+        """Labels on the input's grid reoriented to RAS (its voxels, canonical axes).
 
         When nothing was resampled the labels are only moved (exact). Otherwise each native
         voxel gets the most likely label of the posteriors interpolated linearly at its centre
@@ -829,13 +838,13 @@ class Segmentation:
         """
         prep = self.prepared
         if not prep.resampled:
-            return prep.reorientation.undo(self.segmentation)
+            return self.segmentation
         reo = prep.reorientation
         channels = argmax_on_grid(self.posteriors, prep.affine, reo.canonical_shape, reo.canonical_affine,
                                   fill=self.background_channel, slab=NATIVE_SLAB)
         if self.cleaned:  # interpolation leaves islands at boundaries: one piece per structure here too
             channels = merge_stray_components(channels, self.background_channel)
-        return reo.undo(self.labels[channels])
+        return self.labels[channels]
 
     def native_posteriors(self) -> np.ndarray:
         """Posteriors on the input's own grid (linear interpolation when it was resampled)."""
@@ -1190,13 +1199,16 @@ def _write_outputs(seg: Segmentation, keep_native: bool, post_path, res_path, pn
         del data
     if res_path is not None:
         written.append(save_volume(prep.image, res_path, affine=prep.affine, dtype=np.float32))
+    canonical = seg.canonical_segmentation() if (keep_native or png_path is not None) else None
     if png_path is not None:
-        from synthseg.plots import save_mosaic
+        from synthseg.plots import save_overlay
 
-        vrange = (0.0, 1.0) if float(prep.image.min()) >= 0 and float(prep.image.max()) <= 1 else None
-        written.append(save_mosaic([prep.image], png_path, labels=[seg.segmentation],
-                                   suptitle=f"{prep.name}: segmentation", vrange=vrange))
-    labels = seg.native_segmentation() if keep_native else seg.segmentation
+        if prep.canonical_image is not None:  # the scan at its own resolution
+            image, labels_png, voxel = prep.canonical_image, canonical, voxel_size_of(prep.reorientation.canonical_affine)
+        else:
+            image, labels_png, voxel = prep.image, seg.segmentation, voxel_size_of(prep.affine)
+        written.append(save_overlay(image, labels_png, voxel, png_path, title=f"{prep.name}: segmentation"))
+    labels = prep.reorientation.undo(canonical) if keep_native else seg.segmentation
     written.append(save_volume(labels, seg_path, affine=affine, header=header, dtype=np.int32))
     return written
 
