@@ -3,13 +3,17 @@
     python benchmarks/learning_curve.py runs/a runs/b                     # every checkpoint of each run
     python benchmarks/learning_curve.py runs/a=runs/a_kept --every 200    # checkpoints kept elsewhere
     python benchmarks/learning_curve.py runs/a --init models/synthseg_2mm/unet_last.keras
+    python benchmarks/learning_curve.py runs/b --keep --after ab_dk:600   # b continued ab_dk's step 600
 
 Recipes are compared at equal budget: each run's checkpoints (``step-*.npz``) are restored and
 scored on development scans with the accuracy benchmark's measure (whole prediction pipeline,
 tissue Dice GM/WM/CSF, brain labels far outside the brain mask; see ``benchmarks/accuracy.py``),
 and the training time to reach each checkpoint is read from the run's ``training_log.csv``
 (wall seconds between steps, summed over resumes) times the CPU cores the run used
-(``--cores``). ``--init`` scores the weights a run started from as its step 0.
+(``--cores``). ``--init`` scores the weights a run started from as its step 0. ``--keep``
+keeps the curves already in the output file for runs not scored now (their folders may be
+gone), and ``--after NAME:STEP`` places the runs scored now after step STEP of the kept curve
+NAME (they started from its weights there): their steps and CPU minutes are counted from it.
 
 Writes ``benchmarks/results/learning_curve.json`` and a plot (mean tissue Dice against steps
 and against CPU minutes, one line per run), and prints a table.
@@ -81,6 +85,29 @@ def curve(run_dir: Path, kept: Path, cases, every: int, cores: int, flip: bool, 
     return points
 
 
+def kept_curves(path: Path) -> dict[str, list[dict]]:
+    """The curves already written to ``path`` (none if it does not exist)."""
+    import json
+
+    if not Path(path).is_file():
+        return {}
+    return dict(json.loads(Path(path).read_text()).get("results", {}))
+
+
+def start_point(curves: dict[str, list[dict]], after: str | None) -> dict:
+    """The point ``NAME:STEP`` of a kept curve (step 0 at 0 minutes without ``after``)."""
+    from lab2im.errors import InputError
+
+    if after is None:
+        return {"step": 0, "cpu_minutes": 0.0}
+    name, _, step = after.rpartition(":")
+    points = [p for p in curves.get(name, []) if str(p["step"]) == step]
+    if not points:
+        raise InputError(f"--after {after}: no step {step} in a kept curve {name!r} (have {sorted(curves)}; "
+                         "use --keep)")
+    return {k: v for k, v in points[0].items() if k != "continued"}
+
+
 def plot(curves: dict[str, list[dict]], path: Path) -> Path:
     from synthseg.plots import plt, save_figure
 
@@ -106,15 +133,23 @@ def main(argv=None) -> int:
     parser.add_argument("--init", default=None, help="U-Net .keras the runs started from (scored as step 0)")
     parser.add_argument("--flip", action="store_true", help="left/right flip averaging (twice the time)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "learning_curve.json")
+    parser.add_argument("--keep", action="store_true", help="keep the output file's curves of other runs")
+    parser.add_argument("--after", default=None, metavar="NAME:STEP",
+                        help="the runs continue the kept curve NAME from its step STEP (needs --keep)")
     args = parser.parse_args(argv)
 
     from lab2im.errors import InputError
 
-    curves = {}
+    curves = kept_curves(args.out) if args.keep else {}
     try:
+        start = start_point(curves, args.after)
         for text in args.runs:
             run_dir, kept = parse_run(text)
-            curves[run_dir.name] = curve(run_dir, kept, args.cases, args.every, args.cores, args.flip, args.init)
+            points = curve(run_dir, kept, args.cases, args.every, args.cores, args.flip, args.init)
+            for point in points:
+                point["step"] += start["step"]
+                point["cpu_minutes"] += start["cpu_minutes"]
+            curves[run_dir.name] = ([dict(start, continued=args.after)] if args.after else []) + points
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -96,7 +96,7 @@ def save_overlay(image: np.ndarray, labels: np.ndarray, voxel_size, path, title:
     spread across the segmented region (20% to 80% of its extent). Panels are cropped to the
     segmented region with a 15 mm margin and drawn with the voxels' true aspect (thick slices
     look thick). Dark background and white text, readable whatever the contrast; a legend of
-    the structures present (left and right counterparts of one colour share an entry). Grey
+    the structures present (left and right counterparts share an entry). Grey
     colours (FreeSurfer draws white matter white) would vanish on a grey scan: they are drawn
     in a light blue instead (:func:`_display_colours`), in the legend too.
 
@@ -162,9 +162,8 @@ def save_overlay(image: np.ndarray, labels: np.ndarray, voxel_size, path, title:
         name = names.get(lab, f"label {lab}")
         for side in ("Left-", "Right-"):
             name = name.replace(side, "")
-        colour = tuple(np.array(colours.get(lab, (200, 200, 200))) / 255)
-        entries.setdefault((name, colour), None)
-    handles = [Patch(facecolor=c, edgecolor="none", label=n) for n, c in entries]
+        entries.setdefault(name, tuple(np.array(colours.get(lab, (200, 200, 200))) / 255))
+    handles = [Patch(facecolor=c, edgecolor="none", label=n) for n, c in entries.items()]
     if handles:
         fig.legend(handles=handles, loc="outside lower center", ncol=min(6, len(handles)), fontsize=8,
                    frameon=False, labelcolor="white")
