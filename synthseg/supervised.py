@@ -54,6 +54,7 @@ from lab2im.normalisation import PERCENTILES  # noqa: F401 (re-exported)
 from lab2im.options import check_int, options_from_dict
 from lab2im.layers import OneHotLabels
 from lab2im.volumes import pad_to_multiple
+from synthseg.unet import recalibrate_batch_norm
 from synthseg.losses import SegmentationLoss, WarmupCallback, hard_dice
 # the pieces that grew into modules of their own, re-exported: import them from here or there
 from synthseg.pair_augmentation import AugmentationOptions, Mixup, PairAugmentation  # noqa: F401
@@ -285,8 +286,10 @@ class SupervisedMonitor(keras.callbacks.Callback):
     """
 
     def __init__(self, model_dir: Path, train_model, unet, options: SupervisedOptions, epoch_steps: int,
-                 validation: PairSet | None, labels, multiple: int, state: dict, log: ValidationLog | None):
+                 validation: PairSet | None, labels, multiple: int, state: dict, log: ValidationLog | None,
+                 calibration=()):
         super().__init__()
+        self.calibration = list(calibration)  # training scans for recalibrate_batch_norm
         self.dir, self.train_model, self.unet = Path(model_dir), train_model, unet
         self.o, self.epoch_steps = options, epoch_steps
         self.validation, self.labels, self.multiple = validation, list(labels), multiple
@@ -312,7 +315,12 @@ class SupervisedMonitor(keras.callbacks.Callback):
         step = (epoch + 1) * self.epoch_steps
         o, s = self.o, self.state
         stop = False
-        if self.validation is not None and (step % o.validate_every == 0 or step == o.total_steps):
+        validating = self.validation is not None and (step % o.validate_every == 0 or step == o.total_steps)
+        if validating or step % o.steps_per_checkpoint == 0 or step == o.total_steps:
+            # moving batch-norm statistics lag far behind after few steps: set them from the
+            # training scans before the network is scored or saved (a no-op without batch norm)
+            recalibrate_batch_norm(self.unet, self.calibration, self.multiple)
+        if validating:
             dice, per_label = validation_dice(self.unet, self.validation, self.labels, self.multiple)
             improved = s["best_dice"] is None or dice > s["best_dice"]
             if improved:
@@ -542,7 +550,7 @@ def supervised_training(images, labels, model_dir, validation=None, unet=None,
     vlog = ValidationLog(model_dir / "validation_log.csv", label_list, keep_until=step) if val is not None else None
     log = StepLog(model_dir / "training_log.csv", keep_until=step)
     monitor = SupervisedMonitor(model_dir, model, unet_model, options, epoch_steps, val, label_list, multiple,
-                                state, vlog)
+                                state, vlog, calibration=train.images)
     cbs = [WarmupCallback(loss, options.warmup_steps), log, monitor]
     if options.progress:
         cbs.append(ProgressBar(total, step))

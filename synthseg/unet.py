@@ -20,6 +20,7 @@ import dataclasses
 from dataclasses import dataclass
 
 import keras
+import numpy as np
 
 from lab2im.errors import InputError
 from lab2im.options import options_from_dict
@@ -190,3 +191,52 @@ def build_unet(n_labels: int, n_channels: int = 1, options: UNetOptions | dict |
     # float32 output even under a mixed-precision policy, so the losses get stable probabilities
     outputs = L.Activation(options.final_activation, dtype="float32", name=f"{name}_{options.final_activation}")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+def recalibrate_batch_norm(unet, images, multiple: int, max_images: int = 16) -> int:
+    """Set the moving mean and variance of every trainable batch-normalisation layer of
+    ``unet`` to the average of its batch statistics over ``images`` ("precise BN").
+
+    Keras updates moving statistics with momentum 0.99, so after a few hundred steps they
+    still hold much of their initial values (mean 0, variance 1) and a network that is good
+    in training mode (batch statistics) is poor at inference: a supervised run with batch
+    norm scored validation Dice 0.09 against 0.92 in training. Averaging the statistics of
+    whole training volumes, as inference sees them, removes that mismatch. It only changes
+    moving statistics (never used by training steps), deterministically.
+
+    Args:
+        unet: a Keras model (its ``BatchNormalization`` layers are found by type).
+        images: arrays ``(X, Y, Z, C)`` (or ``(X, Y, C)`` for 2D networks), e.g. training scans.
+        multiple: each image is padded to a multiple of this (:func:`required_multiple`).
+        max_images: at most this many images are used (the first ones).
+
+    Returns:
+        The number of layers recalibrated (0 without batch norm; frozen layers are left alone).
+    """
+    from lab2im.volumes import pad_to_multiple
+
+    layers = [layer for layer in _all_layers(unet)
+              if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+    images = list(images)[:max_images]
+    if not layers or not images:
+        return 0
+    saved = [layer.momentum for layer in layers]
+    try:
+        for i, image in enumerate(images):
+            for layer in layers:
+                layer.momentum = 1.0 - 1.0 / (i + 1)  # running mean: the first image sets, the others average
+            x, _ = pad_to_multiple(np.asarray(image, np.float32), multiple, n_spatial=np.ndim(image) - 1)
+            unet(x[None], training=True)
+    finally:
+        for layer, momentum in zip(layers, saved):
+            layer.momentum = momentum
+    return len(layers)
+
+
+def _all_layers(model) -> list:
+    """The layers of ``model``, those of nested models included."""
+    found = []
+    for layer in getattr(model, "layers", []):
+        found.append(layer)
+        found.extend(_all_layers(layer))
+    return found
