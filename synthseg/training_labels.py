@@ -41,8 +41,11 @@ VOXEL_MM = 1.0
 MARGIN_VOXELS = 2
 OUTPUT_DTYPE = np.int32
 #: version of the built maps, kept in ``<cache>/training_labels/VERSION``; a cache holding
-#: another version is rebuilt (2: the Neuromorphometrics map has carved sulci)
-MAPS_VERSION = "2"
+#: another version is rebuilt (2: the Neuromorphometrics map has carved sulci; 3: CSF at most
+#: MAX_CSF_MM from the brain)
+MAPS_VERSION = "3"
+#: extra-cerebral CSF farther than this from the brain (mm) becomes soft tissue (see :func:`bound_csf`)
+MAX_CSF_MM = 3.0
 
 
 # ----------------------------------------------------------------------------- mapping actions
@@ -335,6 +338,37 @@ def carve_sulci(labels: np.ndarray, voxel_mm, target_ratio: float) -> tuple[np.n
     return carved, threshold
 
 
+def bound_csf(labels: np.ndarray, voxel_mm, max_mm: float = MAX_CSF_MM) -> tuple[np.ndarray, int]:
+    """Turn CSF (24) farther than ``max_mm`` from every brain voxel into soft tissue (258).
+
+    The maps' extra-cerebral CSF comes from the TPM's brain classes outside the atlas' brain
+    (and, in the Neuromorphometrics map, from the carved outer cortex): a shell up to a
+    centimetre thick, where a real head has a subarachnoid space of a few millimetres.
+    Trained on it, a network labels a thick CSF ring around any brain (on the 2 mm MNI T1:
+    241 mL of CSF against 76 mL true, most of it outside the brain mask). Soft tissue there is
+    split into parts of random intensities like the rest of the head (``RandomPartition``),
+    so the network learns that what lies beyond a thin CSF layer can look like anything.
+
+    Args:
+        labels: protocol label map ``(X, Y, Z)``.
+        voxel_mm: voxel size (mm), scalar or per axis.
+        max_mm: thickest CSF layer kept, mm.
+
+    Returns:
+        ``(labels, number of voxels changed)`` (a copy when any changed).
+    """
+    brain = ~np.isin(labels, _NOT_UNDER_CORTEX)
+    csf = labels == protocol.CSF
+    if not brain.any() or not csf.any():
+        return labels, 0
+    far = csf & (ndimage.distance_transform_edt(~brain, sampling=voxel_mm) > max_mm)
+    if not far.any():
+        return labels, 0
+    out = labels.copy()
+    out[far] = protocol.SOFT_TISSUE
+    return out, int(far.sum())
+
+
 # ----------------------------------------------------------------------------- checks
 def check_sides(labels: np.ndarray, affine: np.ndarray, what: str) -> None:
     """Every left structure must lie at world x < 0 and every right one at x > 0 (centroids).
@@ -410,6 +444,10 @@ def build_training_labels(out_dir, cache_dir=None) -> list[Path]:
     ratio = cortex_ratio(maps["desikan_killiany"])
     maps["neuromorphometrics"], depth = carve_sulci(maps["neuromorphometrics"], VOXEL_MM, ratio)
     print(f"neuromorphometrics: cortex deeper than {depth:.2f} mm carved into CSF (cortex ratio {ratio:.3f})")
+    for key in maps:
+        maps[key], changed = bound_csf(maps[key], VOXEL_MM)
+        print(f"{key}: {changed * VOXEL_MM ** 3 / 1000:.0f} mL of CSF more than {MAX_CSF_MM:g} mm from the brain "
+              "made soft tissue")
 
     box = bounding_box(np.any([m != 0 for m in maps.values()], axis=0), margin=MARGIN_VOXELS)
     start = np.array([s.start for s in box], dtype=np.float64)

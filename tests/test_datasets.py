@@ -287,6 +287,25 @@ def test_carve_sulci_thins_a_thick_cortex_to_the_target_ratio():
     assert inf == float("inf") and np.array_equal(same, carved)
 
 
+def test_bound_csf_keeps_a_thin_layer_around_the_brain():
+    script = _load_script()
+    labels = np.zeros((40, 40, 40), np.int32)
+    labels[4:36, 4:36, 4:36] = 24  # CSF, 8 voxels thick around ...
+    labels[12:28, 12:28, 12:28] = 2  # ... a white-matter block
+    labels[18:22, 18:22, 18:22] = 4  # a ventricle inside: not CSF (24), untouched
+    out, changed = script.bound_csf(labels, 1.0, max_mm=3.0)
+    dist = np.maximum.reduce([np.maximum(12 - idx, idx - 27) for idx in np.indices(labels.shape)])
+    kept = (labels == 24) & (out == 24)
+    assert changed == int(((labels == 24) & (out == 258)).sum()) > 0
+    assert dist[kept].max() <= 3 and np.all(out[(labels == 24) & (dist >= 4)] == 258)
+    assert np.all(out[12:28, 12:28, 9:12] == 24)  # the 3 mm layer over a face of the block stays
+    np.testing.assert_array_equal(out[labels != 24], labels[labels != 24])
+    again, none = script.bound_csf(out, 1.0, max_mm=3.0)
+    assert none == 0 and again is out
+    # 2 mm voxels: the same 3 mm is 1.5 voxels
+    assert script.bound_csf(labels, 2.0, max_mm=3.0)[1] > changed
+
+
 # ----------------------------------------------------------------------------- network
 @pytest.fixture(scope="session")
 def network_cache(tmp_path_factory):
