@@ -238,6 +238,19 @@ def tissue_groups() -> dict[str, tuple[int, ...]]:
     return groups
 
 
+#: the structure groups scored by the quality control (SynthSeg's QC groups): FreeSurfer IDs
+QC_GROUPS = {
+    "white matter": (2, 41),
+    "cerebral cortex": (3, 42),
+    "CSF": (4, 43, 5, 44, 14, 15, 24),
+    "cerebellum": (7, 8, 46, 47),
+    "brainstem": (16,),
+    "thalamus": (10, 49),
+    "putamen+pallidum": (12, 13, 51, 52),
+    "hippocampus+amygdala": (17, 18, 53, 54),
+}
+
+
 def generation_to_segmentation() -> dict[int, int]:
     """Generation label -> segmentation label (generation-only labels -> 0, others unchanged)."""
     return {i: (i if s.segmented else BACKGROUND) for s in _STRUCTURES for i in s.ids}

@@ -137,6 +137,9 @@ DEFAULT_TILE = 112
 DEFAULT_TILE_OVERLAP = 16
 CLEANUP_ROUNDS = 1
 NATIVE_SLAB = 16  # voxels per slab along the first axis when mapping posteriors back (memory)
+#: overall quality scores below this are likely failures (:meth:`Segmentation.qc_scores`;
+#: chosen on synthetic scans by benchmarks/qc.py)
+QC_THRESHOLD = 0.5
 SEG_SUFFIX, POST_SUFFIX, RESAMPLED_SUFFIX = "_synthseg", "_posteriors", "_resampled"
 
 
@@ -800,6 +803,8 @@ class Segmentation:
         labels: the model's labels (channel order).
         cleaned: the clean-up ran (:func:`clean_posteriors`); the native-grid labels are then
             cleaned too.
+        raw_counts: ``(K,)`` voxels of each channel in the network's argmax before the clean-up
+            (for :meth:`qc_scores`; ``None``: as after it).
     """
 
     prepared: Prepared
@@ -807,6 +812,7 @@ class Segmentation:
     posteriors: np.ndarray
     labels: np.ndarray
     cleaned: bool = True
+    raw_counts: np.ndarray | None = None
 
     @property
     def affine(self) -> np.ndarray:
@@ -883,23 +889,41 @@ class Segmentation:
         """Sum of the soft volumes of every non-background label (mm³): the segmented volume."""
         return float(sum(v for label, v in self.volumes().items() if label != 0))
 
-    def qc_scores(self) -> tuple[float, dict[int, float | None]]:
-        """Quality score: per label present, the mean over its voxels of the highest posterior;
-        overall, the mean of these over the non-background labels present (0 if none).
+    def qc_scores(self) -> tuple[float, dict[str, float | None]]:
+        """Quality score of the segmentation, per structure group (:data:`synthseg.labels.QC_GROUPS`)
+        and overall, each in [0, 1].
+
+        A group's score is its *confidence* (mean over its voxels of the margin between the
+        highest and the second-highest posterior) times its *coherence* (the share of the
+        voxels the network gave to the group that the clean-up kept: a scattered, fragmented
+        prediction loses much). A group the model segments but did not find scores 0. The
+        overall score is the mean over the groups the model segments; a scan scoring below
+        :data:`QC_THRESHOLD` is likely a failure (``benchmarks/qc.py`` measures how the scores
+        follow the true Dice on good and degraded scans).
 
         Returns:
-            ``(score in [0, 1], {label: score or None when absent})``.
+            ``(overall score, {group name: score, or None when the model has no label of it})``.
         """
+        from synthseg.labels import QC_GROUPS
+
+        post, channels = self.posteriors, self.channels
+        top2 = np.partition(post, post.shape[-1] - 2, axis=-1)[..., -2:]
+        margin = (top2[..., 1] - top2[..., 0]).ravel()
         K = self.labels.size
-        top = self.posteriors.max(axis=-1)
-        flat = self.channels.ravel()
+        flat = channels.ravel()
         counts = np.bincount(flat, minlength=K)
-        sums = np.bincount(flat, weights=top.ravel(), minlength=K)
+        margins = np.bincount(flat, weights=margin, minlength=K)
+        raw = counts if self.raw_counts is None else self.raw_counts
         per = {}
-        for c, label in enumerate(self.labels):
-            per[int(label)] = float(sums[c] / counts[c]) if counts[c] else None
-        present = [v for label, v in per.items() if label != 0 and v is not None]
-        return (float(np.mean(present)) if present else 0.0), per
+        for name, ids in QC_GROUPS.items():
+            cs = [c for c, label in enumerate(self.labels) if int(label) in ids]
+            if not cs:
+                per[name] = None
+                continue
+            n, n_raw = counts[cs].sum(), raw[cs].sum()
+            per[name] = float(margins[cs].sum() / n * min(1.0, n / n_raw)) if n and n_raw else 0.0
+        scored = [v for v in per.values() if v is not None]
+        return (float(np.mean(scored)) if scored else 0.0), per
 
 
 def segment_volume(volume: Volume, model: SegmentationModel, flip: bool = True, crop=None, cleanup: bool = True,
@@ -926,11 +950,13 @@ def _segment(prep: Prepared, model: SegmentationModel, flip: bool, cleanup: bool
         post = slice_posteriors(model, image, flip, prep.window)
     else:
         post = _tiled_posteriors(model, image, prep.window, flip, tile_size, tile_overlap)
+    raw = np.bincount(np.argmax(post, axis=-1).ravel(), minlength=post.shape[-1])
     if cleanup:
         channels = clean_posteriors(post, model.background_channel)
     else:
         channels = np.argmax(post, axis=-1).astype(np.int32)
-    return Segmentation(prepared=prep, channels=channels, posteriors=post, labels=model.labels, cleaned=cleanup)
+    return Segmentation(prepared=prep, channels=channels, posteriors=post, labels=model.labels, cleaned=cleanup,
+                        raw_counts=raw)
 
 
 # ----------------------------------------------------------------------------- batch prediction
@@ -1071,8 +1097,10 @@ def predict(inputs, outputs, model=None, vol=None, post=None, resample=None, qc=
     structures = [(c, int(v), names_k[c]) for c, v in enumerate(model.labels) if v != 0]
     vol_table = None if vol is None else _CsvTable(
         Path(vol), ["subject", "total intracranial"] + [n for _, _, n in structures], "volumes")
-    qc_table = None if qc is None else _CsvTable(
-        Path(qc), ["subject", "qc"] + [n for _, _, n in structures], "quality scores")
+    from synthseg.labels import QC_GROUPS
+
+    qc_groups = [name for name, ids in QC_GROUPS.items() if set(ids) & set(model.labels.tolist())]
+    qc_table = None if qc is None else _CsvTable(Path(qc), ["subject", "qc"] + qc_groups, "quality scores")
 
     def per_scan(i):
         return [p[i] for p in (seg_paths, post_paths, res_paths, png_paths) if p is not None]
@@ -1113,8 +1141,7 @@ def predict(inputs, outputs, model=None, vol=None, post=None, resample=None, qc=
                     _add(report.outputs, vol_table.write())
                 if qc_table is not None:
                     score, per = seg.qc_scores()
-                    qc_table.set(names[i], [f"{score:.4f}"] + ["" if per[v] is None else f"{per[v]:.4f}"
-                                                               for _, v, _ in structures])
+                    qc_table.set(names[i], [f"{score:.4f}"] + [f"{per[g]:.4f}" for g in qc_groups])
                     _add(report.outputs, qc_table.write())
                 report.done.append(files[i])
                 report.seconds[files[i]] = time.perf_counter() - t0

@@ -80,3 +80,36 @@ def test_accuracy_outside_brain_volume():
     assert outside_brain_ml(predicted, mask, np.eye(4)) == pytest.approx(20 / 1000)
     affine = np.diag([2.0, 2.0, 2.0, 1.0])  # 2 mm voxels: rows 15-19 are 12-20 mm away
     assert outside_brain_ml(predicted, mask, affine) == pytest.approx((5 * 100 + 20) * 8 / 1000)
+
+
+def test_qc_degradations_and_true_quality():
+    from benchmarks import qc
+
+    rng = np.random.default_rng(0)
+    image = rng.random((12, 12, 12)).astype(np.float32)
+    truth = np.zeros((12, 12, 12), np.int32)
+    truth[3:9, 3:9, 3:9] = 2
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    for condition in qc.CONDITIONS:
+        img, tru, aff = qc.degrade(condition, image, truth, affine, rng)
+        assert img.shape == tru.shape, condition
+    thick, thick_truth, thick_affine = qc.degrade("thick", image, truth, affine, rng)
+    assert thick.shape == (12, 12, 4) and thick_affine[2, 2] == 6.0
+    assert not qc.degrade("not a brain", image, truth, affine, rng)[1].any()
+    quality, per = qc.true_quality(truth, truth)
+    assert quality == 1.0 and per["white matter"] == 1.0 and per["thalamus"] is None
+    assert qc.true_quality(np.zeros_like(truth), truth)[0] == 0.0  # no brain: quality 0
+    threshold, accuracy = qc.best_threshold([0.9, 0.8, 0.3, 0.2], [True, True, False, False])
+    assert accuracy == 1.0 and threshold == pytest.approx(0.55)  # the middle of the gap
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_qc_benchmark_runs_on_the_shipped_model(tmp_path):
+    out = tmp_path / "qc.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "qc.py"), "--n", "1", "--out", str(out)],
+                       capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stderr[-2000:]
+    results = json.loads(out.read_text())["results"]
+    assert len(results["scans"]) == 8 and -1 <= results["spearman"] <= 1
+    assert out.with_suffix(".png").stat().st_size > 10_000

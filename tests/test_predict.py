@@ -276,6 +276,27 @@ def test_soft_volumes_count_only_segmented_voxels_near_their_structure():
     assert sums[1] - counts[1] == pytest.approx(-(sums[2] - counts[2]))
 
 
+def test_qc_scores_confidence_times_coherence_per_group():
+    from synthseg.labels import QC_GROUPS
+
+    labels = np.array([0, 2, 3, 17, 41], np.int32)  # background, WM, cortex, hippocampus, WM
+    post = np.zeros((10, 10, 10, 5), np.float32)
+    post[..., 0] = 1.0
+    post[2:8, 2:8, 2:5] = (0.0, 0.9, 0.1, 0.0, 0.0)  # left WM: margin 0.8
+    post[2:8, 2:8, 5:8] = (0.0, 0.0, 0.0, 0.0, 1.0)  # right WM: margin 1
+    prep = None
+    channels = np.argmax(post, -1).astype(np.int32)
+    raw = np.bincount(channels.ravel(), minlength=5)
+    raw[4] *= 2  # the clean-up removed half of the right WM the network predicted
+    seg = P.Segmentation(prepared=prep, channels=channels, posteriors=post, labels=labels, raw_counts=raw)
+    overall, per = seg.qc_scores()
+    assert set(per) == set(QC_GROUPS)
+    assert per["white matter"] == pytest.approx((108 * 0.8 + 108 * 1.0) / 216 * (216 / 324))
+    assert per["cerebral cortex"] == 0.0 and per["hippocampus+amygdala"] == 0.0  # segmented by the model, not found
+    assert per["thalamus"] is None  # not a label of this model
+    assert overall == pytest.approx(per["white matter"] / 3)
+
+
 def test_native_labels_are_one_piece_per_structure():
     from lab2im.volumes import merge_stray_components
 
@@ -367,7 +388,9 @@ def test_volumes_agree_with_the_segmentation(band_model, tmp_path, phantom, bloc
     assert float(rows[0]["total intracranial"]) == pytest.approx(sum(volumes), abs=0.01)
     with open(out / "qc.csv") as f:
         qc = list(csv.DictReader(f))[0]
-    assert 0.99 < float(qc["qc"]) <= 1.0 and list(qc)[:2] == ["subject", "qc"]
+    # per QC group of the model's labels (white matter: 2, 41; cortex: 3, 42), near 1 for a confident network
+    assert list(qc) == ["subject", "qc", "white matter", "cerebral cortex"]
+    assert 0.98 < float(qc["qc"]) <= 1.0 and 0.98 < float(qc["white matter"]) <= 1.0
     assert (out / "sub-01_synthseg.png").stat().st_size > 1000
     # a 2 mm scan (resampled to the model's 1 mm): volumes in mm^3 on the 1 mm grid
     coarse = save(tmp_path, "coarse.nii.gz", phantom[::2, ::2, ::2], np.diag([2.0, 2.0, 2.0, 1.0]))
