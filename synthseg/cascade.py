@@ -34,6 +34,7 @@ import dataclasses
 import math
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -41,8 +42,8 @@ from lab2im.errors import InputError
 from lab2im.io import Volume, list_volume_files, make_writable_folder, save_volume, short_error
 from lab2im.volumes import bounding_box
 from synthseg.predict import (DEFAULT_TILE, DEFAULT_TILE_OVERLAP, MIN_VOXELS, SEG_SUFFIX, PredictReport,
-                              Segmentation, SegmentationModel, _check_distinct, _output_paths, first_volume,
-                              load_model, output_names, read_scan, segment_volume)
+                              ScanTables, Segmentation, SegmentationModel, _check_distinct, _output_paths,
+                              first_volume, load_model, output_names, read_scan, segment_volume)
 
 ON_EMPTY = ("error", "background")
 
@@ -170,7 +171,7 @@ def segment_cascade(volume: Volume, coarse: SegmentationModel, fine: Segmentatio
 def cascade(inputs, outputs, coarse, fine, region_labels=None, margin_mm: float = 10.0, fine_voxel_size=None,
             region=None, on_empty: str = "error", flip: bool = True, cleanup: bool = True, tile_size=DEFAULT_TILE,
             tile_overlap: int = DEFAULT_TILE_OVERLAP, progress: bool = True,
-            skip_existing: bool = False) -> PredictReport:
+            skip_existing: bool = False, vol=None, qc=None, png=None) -> PredictReport:
     """Segment scans from files with :func:`segment_cascade` and write the results on each
     scan's native grid (atomically).
 
@@ -181,6 +182,9 @@ def cascade(inputs, outputs, coarse, fine, region_labels=None, margin_mm: float 
             :func:`~synthseg.predict.load_model`.
         region: optional file or folder for the coarse model's segmentation (``<name>_region.nii.gz``).
         skip_existing: skip the scans whose outputs all exist (a re-run after a stop).
+        vol, qc: CSVs of the fine model's soft volumes and quality scores (as in
+            :func:`synthseg.predict.predict`; 0 for a scan where no region was found).
+        png: overlays of the fine segmentation on the scan: a ``.png`` file (one scan) or a folder.
         Others: as in :func:`segment_cascade`.
 
     Returns:
@@ -192,14 +196,18 @@ def cascade(inputs, outputs, coarse, fine, region_labels=None, margin_mm: float 
     names = output_names(files)
     seg_paths = _output_paths(files, names, outputs, SEG_SUFFIX, ".nii.gz", "segmentation")
     region_paths = _output_paths(files, names, region, "_region", ".nii.gz", "region")
-    _check_distinct(files, [seg_paths, region_paths])
+    png_paths = _output_paths(files, names, png, SEG_SUFFIX, ".png", "overlay")
+    csv_paths = [Path(p) for p in (vol, qc) if p is not None]
+    _check_distinct(files, [seg_paths, region_paths, png_paths, csv_paths])
     coarse = coarse if isinstance(coarse, SegmentationModel) else load_model(coarse)
     fine = fine if isinstance(fine, SegmentationModel) else load_model(fine)
-    for p in {q.parent for q in seg_paths + (region_paths or [])}:
+    for p in {q.parent for q in seg_paths + (region_paths or []) + (png_paths or []) + csv_paths}:
         make_writable_folder(p, "output folder cannot be written")
+    tables = ScanTables(fine, vol, qc)
     report = PredictReport()
     for i, f in enumerate(tqdm(files, desc="cascade", unit="scan", disable=not progress, file=sys.stderr)):
-        if skip_existing and seg_paths[i].exists() and (region_paths is None or region_paths[i].exists()):
+        outputs = [seg_paths[i]] + [p[i] for p in (region_paths, png_paths) if p is not None]
+        if skip_existing and all(p.exists() for p in outputs) and tables.has(names[i]):
             report.skipped.append(f)
             continue
         try:
@@ -211,6 +219,11 @@ def cascade(inputs, outputs, coarse, fine, region_labels=None, margin_mm: float 
             if region_paths is not None:
                 report.outputs.append(save_volume(result.region, region_paths[i], affine=vol.affine,
                                                   header=vol.header, dtype=np.int32))
+            if png_paths is not None:
+                report.outputs.append(_overlay(vol, result.segmentation, png_paths[i], names[i]))
+            for path in tables.add(names[i], result.fine):
+                if path not in report.outputs:
+                    report.outputs.append(path)
             report.outputs.append(save_volume(result.segmentation, seg_paths[i], affine=vol.affine, header=vol.header,
                                               dtype=np.int32))
             report.done.append(f)
@@ -223,12 +236,23 @@ def cascade(inputs, outputs, coarse, fine, region_labels=None, margin_mm: float 
     return report
 
 
+def _overlay(volume: Volume, labels: np.ndarray, path, name: str):
+    """The segmentation over its scan (:func:`synthseg.plots.save_overlay`), both turned to RAS."""
+    from lab2im.geometry import reorient_to_canonical
+    from synthseg.plots import save_overlay
+
+    image, _ = reorient_to_canonical(Volume(volume.data, volume.affine))
+    seg, _ = reorient_to_canonical(Volume(labels, volume.affine))
+    return save_overlay(image.data, seg.data, image.voxel_size, path, title=f"{name}: cascade segmentation")
+
+
 # ----------------------------------------------------------------------------- command line
 def add_arguments(parser) -> None:
     parser.add_argument("--i", "--input", dest="input", required=True, help="scan, folder of scans or .txt list")
     parser.add_argument("--o", "--output", dest="output", required=True,
                         help="segmentation file (one scan) or folder (<name>_synthseg.nii.gz)")
-    parser.add_argument("--coarse", required=True, help="first model (run folder or .keras): finds the region")
+    parser.add_argument("--coarse", "--model", dest="coarse", default=None,
+                        help="first model (run folder or .keras): finds the region (default: the shipped model)")
     parser.add_argument("--fine", required=True, help="second model (run folder or .keras): segments the crop")
     parser.add_argument("--region-labels", type=int, nargs="+", default=None, metavar="L",
                         help="labels of the first model that make the region (default: every structure)")
@@ -240,6 +264,9 @@ def add_arguments(parser) -> None:
                         help="no region found: report the scan as failed (error) or write background")
     parser.add_argument("--no-flip", action="store_true", help="no left/right flip averaging (about 2x faster)")
     parser.add_argument("--skip-existing", action="store_true", help="skip scans whose outputs all exist")
+    parser.add_argument("--vol", default=None, help="CSV of the fine model's soft volumes (mm^3) per structure")
+    parser.add_argument("--qc", default=None, help="CSV of quality scores in [0, 1] (below 0.5: likely failed)")
+    parser.add_argument("--png", default=None, help="overlay PNG: file (one scan) or folder")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads of the backend (default: all)")
     parser.add_argument("--tile", type=int, default=DEFAULT_TILE,
                         help=f"largest network input per axis, voxels (default: {DEFAULT_TILE}; 0: whole scan)")
@@ -256,7 +283,8 @@ def run(args) -> int:
         raise InputError(f"--fine-voxel-size takes 1 or 3 numbers, got {len(voxel)}")
     report = cascade(args.input, args.output, args.coarse, args.fine, args.region_labels, args.margin,
                      None if voxel is None else (voxel * 3 if len(voxel) == 1 else voxel), args.region,
-                     args.on_empty, flip=not args.no_flip, tile_size=args.tile, skip_existing=args.skip_existing)
+                     args.on_empty, flip=not args.no_flip, tile_size=args.tile, skip_existing=args.skip_existing,
+                     vol=args.vol, qc=args.qc, png=args.png)
     print(f"segmented {len(report.done)} scan(s), skipped {len(report.skipped)} (outputs exist), "
           f"failed {len(report.failed)}")
     return 0 if report.ok else 1

@@ -1093,22 +1093,14 @@ def predict(inputs, outputs, model=None, vol=None, post=None, resample=None, qc=
     for group in (seg_paths, post_paths, res_paths, png_paths, csv_paths):
         for p in group or []:
             remove_stale_temporaries(p)  # left by a killed run (kill -9 skips the clean-up)
-    names_k = model.label_names()
-    structures = [(c, int(v), names_k[c]) for c, v in enumerate(model.labels) if v != 0]
-    vol_table = None if vol is None else _CsvTable(
-        Path(vol), ["subject", "total intracranial"] + [n for _, _, n in structures], "volumes")
-    from synthseg.labels import QC_GROUPS
-
-    qc_groups = [name for name, ids in QC_GROUPS.items() if set(ids) & set(model.labels.tolist())]
-    qc_table = None if qc is None else _CsvTable(Path(qc), ["subject", "qc"] + qc_groups, "quality scores")
+    tables = ScanTables(model, vol, qc)
 
     def per_scan(i):
         return [p[i] for p in (seg_paths, post_paths, res_paths, png_paths) if p is not None]
 
     todo = []
     for i, f in enumerate(files):
-        if skip_existing and all(p.exists() for p in per_scan(i)) and all(
-                t is None or t.has(names[i]) for t in (vol_table, qc_table)):
+        if skip_existing and all(p.exists() for p in per_scan(i)) and tables.has(names[i]):
             report.skipped.append(f)
         else:
             todo.append(i)
@@ -1134,15 +1126,8 @@ def predict(inputs, outputs, model=None, vol=None, post=None, resample=None, qc=
                 written = _write_outputs(seg, keep_native, *(p[i] if p else None for p in
                                                              (post_paths, res_paths, png_paths, seg_paths)))
                 report.outputs.extend(written)
-                if vol_table is not None:
-                    volumes = seg.volumes()
-                    tiv = sum(volumes[v] for _, v, _ in structures)
-                    vol_table.set(names[i], [f"{tiv:.3f}"] + [f"{volumes[v]:.3f}" for _, v, _ in structures])
-                    _add(report.outputs, vol_table.write())
-                if qc_table is not None:
-                    score, per = seg.qc_scores()
-                    qc_table.set(names[i], [f"{score:.4f}"] + [f"{per[g]:.4f}" for g in qc_groups])
-                    _add(report.outputs, qc_table.write())
+                for path in tables.add(names[i], seg):
+                    _add(report.outputs, path)
                 report.done.append(files[i])
                 report.seconds[files[i]] = time.perf_counter() - t0
             except (KeyboardInterrupt, SystemExit):
@@ -1286,6 +1271,39 @@ def _check_distinct(files, groups) -> None:
             if r in seen:
                 raise InputError("two outputs would be written to the same file", p)
             seen.add(r)
+
+
+class ScanTables:
+    """The volumes and quality-score CSVs of a batch (either may be ``None``): one row per scan,
+    columns from the model's labels and QC groups, rewritten atomically after each scan."""
+
+    def __init__(self, model: SegmentationModel, vol=None, qc=None):
+        from synthseg.labels import QC_GROUPS
+
+        names = model.label_names()
+        self.structures = [(int(v), names[c]) for c, v in enumerate(model.labels) if v != 0]
+        self.groups = [name for name, ids in QC_GROUPS.items() if set(ids) & set(model.labels.tolist())]
+        self.vol = None if vol is None else _CsvTable(
+            Path(vol), ["subject", "total intracranial"] + [n for _, n in self.structures], "volumes")
+        self.qc = None if qc is None else _CsvTable(Path(qc), ["subject", "qc"] + self.groups, "quality scores")
+
+    def has(self, subject: str) -> bool:
+        """Every table asked for holds a row of ``subject``."""
+        return all(t is None or t.has(subject) for t in (self.vol, self.qc))
+
+    def add(self, subject: str, seg: Segmentation | None) -> list[Path]:
+        """Write ``subject``'s rows (``seg`` ``None``: nothing found, volumes and scores 0); the paths written."""
+        written = []
+        if self.vol is not None:
+            volumes = seg.volumes() if seg is not None else {}
+            values = [volumes.get(v, 0.0) for v, _ in self.structures]
+            self.vol.set(subject, [f"{sum(values):.3f}"] + [f"{x:.3f}" for x in values])
+            written.append(self.vol.write())
+        if self.qc is not None:
+            score, per = seg.qc_scores() if seg is not None else (0.0, {})
+            self.qc.set(subject, [f"{score:.4f}"] + [f"{per.get(g) or 0.0:.4f}" for g in self.groups])
+            written.append(self.qc.write())
+        return written
 
 
 class _CsvTable:

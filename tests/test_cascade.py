@@ -121,3 +121,17 @@ def test_cascade_files_and_command_line(tmp_path):
                  "--coarse", str(tmp_path / "coarse" / "net.keras"), "--fine", str(tmp_path / "fine" / "net.keras"),
                  "--region", str(tmp_path / "region"), "--skip-existing", "--threads", "2", "--tile", "64"])
     assert code == 0 and (tmp_path / "out" / "scan_synthseg.nii.gz").stat().st_mtime_ns == stamp
+    # volumes, quality scores and an overlay, as predict writes them
+    code = main(["cascade", "--i", str(tmp_path / "scan.nii.gz"), "--o", str(tmp_path / "out2"),
+                 "--model", str(tmp_path / "coarse" / "net.keras"), "--fine", str(tmp_path / "fine" / "net.keras"),
+                 "--fine-voxel-size", "0.5", "--margin", "3", "--no-flip", "--vol", str(tmp_path / "out2" / "v.csv"),
+                 "--qc", str(tmp_path / "out2" / "q.csv"), "--png", str(tmp_path / "out2")])
+    assert code == 0
+    import csv
+
+    with open(tmp_path / "out2" / "v.csv") as f:
+        row = list(csv.DictReader(f))[0]
+    assert row["subject"] == "scan" and float(row["total intracranial"]) > 0
+    with open(tmp_path / "out2" / "q.csv") as f:
+        assert 0 <= float(list(csv.DictReader(f))[0]["qc"]) <= 1
+    assert (tmp_path / "out2" / "scan_synthseg.png").stat().st_size > 10_000
