@@ -6,13 +6,12 @@
 A run folder's checkpoints (optimiser state included) resume a run exactly but are large and
 ignored by git; a float16 copy of the network is half the size of its float32 ``.keras`` file
 and enough to start a new run from (``--init-weights``). SOURCE is a run folder (its
-``unet_last.keras``) or a ``.keras`` file; OUT is written atomically. The run's step is
+``unet_last.keras``) or a ``.keras`` file; OUT is written atomically. The step of the run's last checkpoint is
 printed, for the commit message.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -37,12 +36,12 @@ def main(argv=None) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    log = source.parent / "training_log.csv"
     step = ""
-    if log.is_file():
-        with open(log, newline="") as f:
-            rows = list(csv.DictReader(f))
-        step = f" (step {rows[-1]['step']})" if rows and "step" in rows[-1] else ""
+    last = source.parent / "last.npz"  # unet_last.keras is saved with it (a training log runs ahead of both)
+    if last.is_file():
+        from synthseg.checkpoint import read_header
+
+        step = f" (step {read_header(last)['step']})"
     print(f"wrote {out}{step}: {out.stat().st_size / 1e6:.1f} MB, from {source} "
           f"({source.stat().st_size / 1e6:.1f} MB)")
     return 0
