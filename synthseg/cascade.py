@@ -273,11 +273,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from synthseg.predict import set_threads
+    from synthseg.predict import apply_threads
 
-    warning = set_threads(args.threads)
-    if warning:
-        print(f"synthseg: warning: {warning}", file=sys.stderr)
+    apply_threads(args.threads)
     voxel = args.fine_voxel_size
     if voxel is not None and len(voxel) not in (1, 3):
         raise InputError(f"--fine-voxel-size takes 1 or 3 numbers, got {len(voxel)}")

@@ -6,7 +6,6 @@ non-zero status; outputs are written atomically.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -60,11 +59,9 @@ def cmd_demo(args) -> int:
         print(f"wrote {len(written)} files to {out}/ (mosaic: {out / 'mosaic.png'})")
         return 0
     from synthseg import datasets
-    from synthseg.predict import load_model, predict, set_threads
+    from synthseg.predict import apply_threads, load_model, predict
 
-    warning = set_threads(args.threads)  # before the backend starts with the model
-    if warning:
-        print(f"synthseg: warning: {warning}", file=sys.stderr)
+    apply_threads(args.threads)  # before the backend starts with the model
     model = load_model(args.model)  # a bad --model is reported before anything is fetched or made
     scan = datasets.fetch(args.scan)
     print(f"segmenting {args.scan} ({scan}) with {'the shipped model' if args.model is None else args.model} ...",
@@ -94,13 +91,11 @@ def cmd_build_labels(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from synthseg.predict import set_threads
+    from synthseg.predict import apply_threads
     from synthseg.training import TrainingOptions, training
     from synthseg.unet import UNetOptions
 
-    warning = set_threads(args.threads)
-    if warning:
-        print(f"synthseg: warning: {warning}", file=sys.stderr)
+    apply_threads(args.threads)
     if args.resume:
         ignored = [flag for flag, value in (("--options", args.options), ("--init-weights", args.init_weights),
                                             ("--crop", args.crop)) if value is not None]

@@ -1028,6 +1028,14 @@ def set_threads(threads: int | None) -> str | None:
     return f"threads: not supported on the {backend} backend (set XLA_FLAGS before starting)"
 
 
+def apply_threads(threads: int | None) -> str | None:
+    """:func:`set_threads`, its warning (if any) printed as one line on stderr; returns it."""
+    warning = set_threads(threads)
+    if warning:
+        print(f"synthseg: warning: {warning}", file=sys.stderr)
+    return warning
+
+
 def predict(inputs, outputs, model=None, vol=None, post=None, resample=None, qc=None, png=None, crop=None,
             flip: bool = True, keep_native: bool = True, skip_existing: bool = False, threads: int | None = None,
             progress: bool = True, cleanup: bool = True, tile_size=DEFAULT_TILE,
@@ -1065,10 +1073,9 @@ def predict(inputs, outputs, model=None, vol=None, post=None, resample=None, qc=
     from tqdm import tqdm
 
     report = PredictReport()
-    warning = set_threads(threads)
+    warning = apply_threads(threads)
     if warning:
         report.warnings.append((None, warning))
-        print(f"synthseg: warning: {warning}", file=sys.stderr)
     files = list_volume_files(inputs, "image")
     for warning in _ignored_entries(inputs):
         report.warnings.append((Path(inputs), warning))

@@ -203,11 +203,9 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from synthseg.predict import set_threads
+    from synthseg.predict import apply_threads
 
-    warning = set_threads(args.threads)
-    if warning:
-        print(f"synthseg: warning: {warning}", file=sys.stderr)
+    apply_threads(args.threads)
     result = validate_training(args.run_dir, args.images, args.label_maps, args.out, flip=not args.no_flip)
     for step, value in result.mean_dice.items():
         print(f"step {step:>8d}  mean Dice {value:.4f}{'  <- best' if step == result.best_step else ''}")
