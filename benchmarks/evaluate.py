@@ -6,7 +6,7 @@
     python benchmarks/evaluate.py --labels my_aseg.nii.gz --out /tmp/evaluate.json
 
 The pair: the ground truth is a real whole-head training label map (``--labels``, default the
-first of :func:`synthseg.training_labels.training_label_maps`, 174 x 212 x 178 at 1 mm) with
+first of :func:`synthseg.data.training_labels.training_label_maps`, 174 x 212 x 178 at 1 mm) with
 skull (165) and extra-cerebral soft tissue (258) set to background, leaving a brain
 segmentation of ~32 labels. The "prediction" is the same map shifted by one voxel along the
 first axis, then with boundary noise: along each axis in turn, each voxel whose neighbour has
@@ -15,15 +15,15 @@ of the ground truth is evaluated.
 
 What is timed, for the same pair and labels:
 
-* ours: :func:`synthseg.evaluate.evaluate_arrays`: Dice, Hausdorff, HD95, mean surface
+* ours: :func:`synthseg.evaluation.metrics.evaluate_arrays`: Dice, Hausdorff, HD95, mean surface
   distance and volumes, each label handled within the bounding box of its two masks (boxes
   for all labels from one :func:`scipy.ndimage.find_objects` pass per map), with the default
   smooth surfaces, labels in parallel threads (all usable CPUs);
 * ours, one thread: the same on one thread;
 * ours, fast surfaces: ``surfaces="fast"`` (area-minimising nets only, no curvature
-  smoothing: less accurate on coarse axes, see :mod:`synthseg.evaluate`), all CPUs;
+  smoothing: less accurate on coarse axes, see :mod:`synthseg.evaluation`), all CPUs;
 * full grid: the plain version (:func:`full_grid_metrics`, one thread): per label, the two
-  masks and their smooth surfaces (:func:`synthseg.evaluate.surface_points`) on the whole
+  masks and their smooth surfaces (:func:`synthseg.evaluation.surfaces.surface_points`) on the whole
   grid, distances from KD-trees and the area-weighted statistics written out;
 * plain scipy: what most tools do (:func:`plain_scipy_distances`, MedPy/MONAI-style voxel
   surfaces and Euclidean distance transforms on the full grid, one thread): a different,
@@ -64,7 +64,7 @@ def parse_args(argv=None):
 
 
 def default_label_map() -> Path:
-    from synthseg.training_labels import training_label_maps
+    from synthseg.data.training_labels import training_label_maps
 
     return sorted(training_label_maps().glob("*.nii.gz"))[0]
 
@@ -113,14 +113,14 @@ def plain_scipy_metrics(gt, pred, labels, spacing) -> None:
 
 
 def full_grid_metrics(gt, pred, labels, spacing, surfaces: str = "smooth") -> list[dict]:
-    """The same metrics as :func:`synthseg.evaluate.evaluate_arrays`, the plain way: masks and
+    """The same metrics as :func:`synthseg.evaluation.metrics.evaluate_arrays`, the plain way: masks and
     surfaces on the whole grid, one label at a time."""
     import math
 
     import numpy as np
     from scipy.spatial import KDTree
 
-    from synthseg.evaluate import surface_points
+    from synthseg.evaluation.surfaces import surface_points
 
     voxel_mm3 = float(np.prod(spacing))
     rows = []
@@ -171,7 +171,7 @@ def main(argv=None) -> int:
     import numpy as np
 
     from lab2im.io import load_volume
-    from synthseg.evaluate import evaluate_arrays
+    from synthseg.evaluation.metrics import evaluate_arrays
 
     repeats = args.repeats or (1 if args.quick else 3)
     warmup = args.warmup if args.warmup is not None else (0 if args.quick else 1)

@@ -27,7 +27,7 @@ previous layer's output; TorchIO: each transform called in turn). Results go to
 
 The label map: ``--labels`` if given, else the first of the real training label maps in
 ``$SYNTHSEG_DATA/training_labels`` (default cache ``~/.cache/synthseg``), built by
-:func:`synthseg.training_labels.training_label_maps` on first use (needs PyPI).
+:func:`synthseg.data.training_labels.training_label_maps` on first use (needs PyPI).
 """
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def repeats_for(args, size: int) -> int:
 # ----------------------------------------------------------------------------- label map
 def default_label_map() -> Path:
     """The first real training label map (1 mm) in the data cache, built there on first use."""
-    from synthseg.training_labels import training_label_maps
+    from synthseg.data.training_labels import training_label_maps
 
     return sorted(training_label_maps().glob("*.nii.gz"))[0]
 
@@ -350,7 +350,7 @@ def main(argv=None) -> int:
     import keras
 
     from lab2im.errors import InputError
-    from synthseg.brain_generator import read_label_map
+    from synthseg.generation.brain_generator import read_label_map
 
     try:
         label_path = args.labels or default_label_map()

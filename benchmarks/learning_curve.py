@@ -34,8 +34,8 @@ DEFAULT_CASES = ("mni2009c_2mm_t1", "mni2009c_2mm_t2", "spm_avg152_pd")
 
 def wall_seconds(run_dir: Path) -> dict[int, float]:
     """``{step: wall seconds of training up to that step}`` from the run's ``training_log.csv``
-    (summed over resumes, see :func:`synthseg.training.cumulative_seconds`)."""
-    from synthseg.training import cumulative_seconds
+    (summed over resumes, see :func:`synthseg.training.synthetic.cumulative_seconds`)."""
+    from synthseg.training.synthetic import cumulative_seconds
 
     with open(Path(run_dir) / "training_log.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -63,9 +63,9 @@ def score(seg_model, cases, flip: bool) -> dict:
 
 def curve(run_dir: Path, kept: Path, cases, every: int, cores: int, flip: bool, init=None) -> list[dict]:
     """Score the checkpoints of one run (every ``every`` steps); see the module docstring."""
-    from synthseg.checkpoint import load_checkpoint
-    from synthseg.training import load_initial_weights
-    from synthseg.validate import STEP_FILE, network_for_run
+    from synthseg.evaluation.validate import STEP_FILE, network_for_run
+    from synthseg.training.checkpoints import load_checkpoint
+    from synthseg.training.synthetic import load_initial_weights
 
     model, seg_model = network_for_run(run_dir)
     seconds = wall_seconds(run_dir)
@@ -109,7 +109,7 @@ def start_point(curves: dict[str, list[dict]], after: str | None) -> dict:
 
 
 def plot(curves: dict[str, list[dict]], path: Path) -> Path:
-    from synthseg.plots import plt, save_figure
+    from synthseg.evaluation.plots import plt, save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
     for name, points in curves.items():

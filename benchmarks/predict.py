@@ -1,4 +1,4 @@
-"""Wall time and peak memory of ``synthseg.predict`` on one 1 mm head scan, end to end, on the CPU.
+"""Wall time and peak memory of ``synthseg.inference`` on one 1 mm head scan, end to end, on the CPU.
 
     python benchmarks/predict.py [--threads 2] [--tile 112] [--scans 2] [--backend jax] [--quick]
     python benchmarks/predict.py --trained shipped     # the model shipped in models/ instead
@@ -49,9 +49,9 @@ def make_model(folder: Path, quick: bool) -> dict:
     import numpy as np
 
     from lab2im.options import GeneratorOptions
-    from synthseg import labels as protocol
-    from synthseg.training import TrainingOptions, save_options
-    from synthseg.unet import UNetOptions, build_unet
+    from synthseg.data import labels as protocol
+    from synthseg.nn.unet import UNetOptions, build_unet
+    from synthseg.training.synthetic import TrainingOptions, save_options
 
     unet = UNetOptions(n_levels=2, base_features=4) if quick else UNetOptions()
     labels = protocol.segmentation_labels()
@@ -67,7 +67,7 @@ def make_model(folder: Path, quick: bool) -> dict:
 
 def trained_model(which: str) -> tuple[Path, dict]:
     """A trained model to time: ``"shipped"`` (models/) or a path; its size and labels."""
-    from synthseg.predict import default_model_path, load_model
+    from synthseg.inference.model import default_model_path, load_model
 
     path = default_model_path() if which == "shipped" else Path(which)
     model = load_model(path)
@@ -83,7 +83,7 @@ def make_scan(path: Path, quick: bool) -> dict:
 
     if not quick:
         try:
-            from synthseg import datasets
+            from synthseg.data import datasets
 
             src = datasets.fetch("mni2009c_1mm_t1")
             shutil.copyfile(src, path)
@@ -125,7 +125,7 @@ def run_config(model_dir: Path, scans_dir: Path, work: Path, flip: bool, args) -
 
 
 def cleanup_on_a_real_label_map() -> dict | None:
-    """Seconds of :func:`synthseg.predict.clean_posteriors` on realistic posteriors: a real brain
+    """Seconds of :func:`synthseg.inference.postprocessing.clean_posteriors` on realistic posteriors: a real brain
     label map (the cached training label maps), one-hot, blurred (sigma 1 voxel) and made noisy
     so that about 2 % of the voxels change label. (A network with random weights labels voxels
     almost at random, which makes the clean-up much slower than on a trained network's output.)"""
@@ -133,9 +133,9 @@ def cleanup_on_a_real_label_map() -> dict | None:
     import numpy as np
     from scipy import ndimage
 
-    from synthseg import labels as protocol
-    from synthseg.datasets import cache_root
-    from synthseg.predict import clean_posteriors
+    from synthseg.data import labels as protocol
+    from synthseg.data.datasets import cache_root
+    from synthseg.inference.postprocessing import clean_posteriors
 
     files = sorted((cache_root() / "training_labels").glob("*.nii.gz"))
     if not files:
@@ -165,7 +165,7 @@ def worker(args) -> int:
     t0 = time.perf_counter()
     import numpy as np
 
-    from synthseg import predict as P
+    import synthseg.inference as P
 
     warning = P.set_threads(args.threads)
     import keras
@@ -238,7 +238,7 @@ def main(argv=None) -> int:
     if args.worker:
         return worker(args)
 
-    from synthseg.predict import DEFAULT_TILE
+    from synthseg.inference.tiling import DEFAULT_TILE
 
     args.tile = DEFAULT_TILE if args.tile is None else args.tile
     suffix = ("" if backend == "tensorflow" else "_" + backend) + ("_trained" if args.trained else "")

@@ -18,7 +18,7 @@ segmented as generated and degraded in the ways real scans fail:
 * ``not a brain``: smooth random noise (true quality 0).
 
 The true quality of a scan is the mean Dice over the QC groups present in its truth
-(:data:`synthseg.labels.QC_GROUPS`; 0 for a scan with no brain). Prints a table, writes
+(:data:`synthseg.data.labels.QC_GROUPS`; 0 for a scan with no brain). Prints a table, writes
 ``benchmarks/results/qc.json`` (Spearman correlation of QC and true quality over all scans,
 per-group correlations, the threshold that best separates scans of true quality >= 0.5 from
 the others, and its accuracy) and a scatter plot ``qc.png``. Target (issue 13): Spearman >= 0.7.
@@ -81,7 +81,7 @@ def true_quality(truth, predicted) -> tuple[float, dict[str, float | None]]:
     """Mean Dice over the QC groups present in ``truth`` (0 without any), and each group's."""
     import numpy as np
 
-    from synthseg.labels import QC_GROUPS
+    from synthseg.data.labels import QC_GROUPS
 
     per = {}
     for name, ids in QC_GROUPS.items():
@@ -110,7 +110,7 @@ def best_threshold(scores, good) -> tuple[float, float]:
 
 
 def plot(rows: list[dict], threshold: float, rho: float, path: Path) -> Path:
-    from synthseg.plots import plt, save_figure
+    from synthseg.evaluation.plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5), layout="constrained")
     for condition in CONDITIONS:
@@ -142,8 +142,9 @@ def main(argv=None) -> int:
 
     from lab2im.io import Volume
     from synthseg import BrainGenerator
-    from synthseg.predict import load_model, segment_volume
-    from synthseg.training_labels import training_label_maps
+    from synthseg.data.training_labels import training_label_maps
+    from synthseg.inference.model import load_model
+    from synthseg.inference.segmentation import segment_volume
 
     model = load_model(args.model)
     voxel = float(model.voxel_size[0])

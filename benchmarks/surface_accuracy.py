@@ -7,7 +7,7 @@ Two concentric spheres of radii ``r < R`` are voxelised (a voxel is inside when 
 on grids of anisotropic voxel sizes. Every point of one sphere is ``R - r`` from the other, so
 the Hausdorff distance, HD95 and mean surface distance are all exactly ``R - r``. For each
 voxel size, random pairs (``r`` uniform in 4-24 mm, ``R - r`` in 1-8 mm, centre at a random
-sub-voxel offset) are evaluated with :func:`synthseg.evaluate.surface_distances` on both
+sub-voxel offset) are evaluated with :func:`synthseg.evaluation.metrics.surface_distances` on both
 kinds of surface (``smooth``, the default, and ``fast``) and, for comparison, the common way
 (``plain_scipy``: voxel surfaces and distance transforms, as MedPy and MONAI compute them,
 :func:`benchmarks.evaluate.plain_scipy_distances`), and the errors (measured minus
@@ -72,7 +72,8 @@ def measure(spacing, n: int, seed: int) -> dict:
     import numpy as np
 
     from benchmarks.evaluate import plain_scipy_distances
-    from synthseg.evaluate import SURFACES, surface_distances
+    from synthseg.evaluation.metrics import surface_distances
+    from synthseg.evaluation.surfaces import SURFACES
 
     kinds = (*SURFACES, "plain_scipy")
     errors = {s: {m: [] for m in METRICS} for s in kinds}

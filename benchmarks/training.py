@@ -34,11 +34,11 @@ def measure(name: str, repeats: int) -> dict:
     import keras
     import numpy as np
 
-    from synthseg.brain_generator import LabelMapSet
-    from synthseg.losses import SegmentationLoss
-    from synthseg.training import SplitOutputLoss, build_training_model
-    from synthseg.training_labels import training_label_maps
-    from synthseg.unet import UNetOptions
+    from synthseg.data.training_labels import training_label_maps
+    from synthseg.generation.brain_generator import LabelMapSet
+    from synthseg.nn.losses import SegmentationLoss
+    from synthseg.nn.unet import UNetOptions
+    from synthseg.training.synthetic import SplitOutputLoss, build_training_model
 
     voxel, crop, levels, features = CONFIGS[name]
     data = LabelMapSet(training_label_maps(voxel), output_shape=(crop,) * 3)

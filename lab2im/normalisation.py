@@ -12,7 +12,7 @@ Two methods (:data:`METHODS`), each applied to every channel separately:
   increasing linear map of the intensities, so the first step only removes outliers.
 
 Non-finite voxels count as 0. :func:`normalise_intensities` is the NumPy version (the
-prediction pipeline, :mod:`synthseg.predict`, and the training pairs, :mod:`synthseg.supervised`,
+prediction pipeline, :mod:`synthseg.inference`, and the training pairs, :mod:`synthseg.training.supervised`,
 both call it); :func:`zscore_in_mask` is the in-graph z-score (``keras.ops``) that the
 supervised augmentation applies after changing intensities.
 

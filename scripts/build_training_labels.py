@@ -1,10 +1,10 @@
-"""Build the whole-head training label maps (see :mod:`synthseg.training_labels`).
+"""Build the whole-head training label maps (see :mod:`synthseg.data.training_labels`).
 
     python scripts/build_training_labels.py OUT_DIR [--cache-dir DIR]
 """
 import sys
 
-from synthseg.training_labels import build_training_labels, main  # noqa: F401
+from synthseg.data.training_labels import build_training_labels, main  # noqa: F401
 
 if __name__ == "__main__":
     sys.exit(main())

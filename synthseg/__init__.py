@@ -3,7 +3,7 @@
     >>> from synthseg import BrainGenerator
     >>> image, labels = BrainGenerator("training_labels/").generate_image()
 """
-from synthseg.brain_generator import BrainGenerator, brain_options
+from synthseg.generation.brain_generator import BrainGenerator, brain_options
 
 __version__ = "0.1.0"
 __all__ = ["BrainGenerator", "brain_options", "__version__"]

@@ -61,7 +61,7 @@ def _child(levels: int, features: int, crop: int, steps: int) -> None:
     import keras
     import numpy as np
 
-    from synthseg.unet import UNetOptions, build_unet
+    from synthseg.nn.unet import UNetOptions, build_unet
 
     unet = build_unet(33, 1, UNetOptions(n_levels=levels, base_features=features))
     unet.compile(optimizer=keras.optimizers.Adam(1e-4), loss="categorical_crossentropy")

@@ -25,7 +25,7 @@ def _generate(labels, out_dir: Path, n: int, size: int | None, seed: int | None,
     from lab2im.io import save_volume
     from lab2im.options import GeneratorOptions
     from synthseg import BrainGenerator
-    from synthseg.plots import save_mosaic
+    from synthseg.evaluation.plots import save_mosaic
 
     out_dir.mkdir(parents=True, exist_ok=True)
     options = GeneratorOptions.load(options_file) if options_file else None
@@ -52,14 +52,15 @@ def cmd_demo(args) -> int:
     ``--generator``, show the generator instead (synthetic scans from real label maps)."""
     out = Path(args.out)
     if args.generator:
-        from synthseg.training_labels import training_label_maps
+        from synthseg.data.training_labels import training_label_maps
 
         written = _generate(training_label_maps(), out, args.n, args.size, args.seed, None,
                             "synthetic scans of random contrast and resolution, from real label maps")
         print(f"wrote {len(written)} files to {out}/ (mosaic: {out / 'mosaic.png'})")
         return 0
-    from synthseg import datasets
-    from synthseg.predict import apply_threads, load_model, predict
+    from synthseg.data import datasets
+    from synthseg.inference.batch import apply_threads, predict
+    from synthseg.inference.model import load_model
 
     apply_threads(args.threads)  # before the backend starts with the model
     model = load_model(args.model)  # a bad --model is reported before anything is fetched or made
@@ -84,16 +85,16 @@ def cmd_generate(args) -> int:
 
 
 def cmd_build_labels(args) -> int:
-    from synthseg.training_labels import build_training_labels
+    from synthseg.data.training_labels import build_training_labels
 
     build_training_labels(args.out_dir, args.cache_dir)
     return 0
 
 
 def cmd_train(args) -> int:
-    from synthseg.predict import apply_threads
-    from synthseg.training import TrainingOptions, training
-    from synthseg.unet import UNetOptions
+    from synthseg.inference.batch import apply_threads
+    from synthseg.nn.unet import UNetOptions
+    from synthseg.training.synthetic import TrainingOptions, training
 
     apply_threads(args.threads)
     if args.resume:
@@ -126,19 +127,19 @@ def cmd_train(args) -> int:
 
 
 def cmd_estimate_priors(args) -> int:
-    from synthseg.estimate_priors import run
+    from synthseg.generation.estimate_priors import run
 
     return run(args)
 
 
 def cmd_validate(args) -> int:
-    from synthseg.validate import run
+    from synthseg.evaluation.validate import run
 
     return run(args)
 
 
 def cmd_fetch(args) -> int:
-    from synthseg import datasets
+    from synthseg.data import datasets
 
     if args.list or not args.names:
         for name, licence in datasets.available().items():
@@ -150,25 +151,25 @@ def cmd_fetch(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from synthseg.evaluate import run
+    from synthseg.evaluation.evaluate import run
 
     return run(args)
 
 
 def cmd_merge(args) -> int:
-    from synthseg.merge import run
+    from synthseg.data.merge import run
 
     return run(args)
 
 
 def cmd_cascade(args) -> int:
-    from synthseg.cascade import run
+    from synthseg.inference.cascade import run
 
     return run(args)
 
 
 def cmd_predict(args) -> int:
-    from synthseg.predict import predict
+    from synthseg.inference.batch import predict
 
     report = predict(args.input, args.output, model=args.model, vol=args.vol, post=args.post,
                      resample=args.resample, qc=args.qc, png=args.png, crop=args.crop, flip=not args.no_flip,
@@ -265,13 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.set_defaults(func=cmd_train)
 
-    from synthseg.estimate_priors import add_arguments
+    from synthseg.generation.estimate_priors import add_arguments
 
     p = sub.add_parser("estimate-priors", help="per-label intensity priors (.npy) from real scans + label maps")
     add_arguments(p)
     p.set_defaults(func=cmd_estimate_priors)
 
-    from synthseg.predict import DEFAULT_TILE
+    from synthseg.inference.tiling import DEFAULT_TILE
 
     p = sub.add_parser("predict", help="segment scans of any contrast and resolution (like mri_synthseg)",
                        description="Segment scans with a trained U-Net. Flags follow FreeSurfer's mri_synthseg "
@@ -290,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="CPU threads of the backend")
     p.add_argument("--model", default=None,
                    help="training run folder or .keras file (default: models/); a 2D/2.5D run trained on "
-                        "slices (synthseg.slices) is detected from its options.json")
+                        "slices (synthseg.training.slices) is detected from its options.json")
     p.add_argument("--no-flip", action="store_true", help="no left/right flip averaging (about 2x faster)")
     p.add_argument("--skip-existing", action="store_true", help="skip scans whose outputs all exist")
     p.add_argument("--network-grid", "--keep-1mm", dest="network_grid", action="store_true",
@@ -303,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep every connected component and hole (no post-processing)")
     p.set_defaults(func=cmd_predict)
 
-    from synthseg.validate import add_arguments as validate_arguments
+    from synthseg.evaluation.validate import add_arguments as validate_arguments
 
     p = sub.add_parser("validate", help="score every checkpoint of a training run on real scans")
     validate_arguments(p)
@@ -316,21 +317,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data cache (default: $SYNTHSEG_DATA or ~/.cache/synthseg)")
     p.set_defaults(func=cmd_fetch)
 
-    from synthseg.evaluate import add_arguments as add_evaluate_arguments
+    from synthseg.evaluation.evaluate import add_arguments as add_evaluate_arguments
 
     p = sub.add_parser("evaluate", help="Dice, surface distances and volumes of predictions vs ground truth "
                        "(+ paired tests of two methods)")
     add_evaluate_arguments(p)
     p.set_defaults(func=cmd_evaluate)
 
-    from synthseg.merge import add_arguments as add_merge_arguments
+    from synthseg.data.merge import add_arguments as add_merge_arguments
 
     p = sub.add_parser("merge", help="merge labelled datasets into one training set through a label-protocol map "
                        "(per-dataset train/val/test split)")
     add_merge_arguments(p)
     p.set_defaults(func=cmd_merge)
 
-    from synthseg.cascade import add_arguments as _cascade_arguments
+    from synthseg.inference.cascade import add_arguments as _cascade_arguments
 
     p = sub.add_parser("cascade", help="two-stage segmentation: a first model finds a region, a second one "
                        "segments it at fine resolution; written on the native grid")

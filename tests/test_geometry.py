@@ -7,7 +7,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from lab2im.geometry import reorient_to_canonical, resample_to_grid, resample_volume, resampled_grid
+from lab2im.geometry import (
+    reorient_to_canonical,
+    resample_to_grid,
+    resample_volume,
+    resampled_grid,
+)
 from lab2im.io import Volume
 
 

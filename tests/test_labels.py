@@ -1,10 +1,10 @@
-"""Consistency of the segmentation protocol (synthseg.labels)."""
+"""Consistency of the segmentation protocol (synthseg.data.labels)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from synthseg import labels
+from synthseg.data import labels
 
 SPEC_NEUTRAL = [0, 14, 15, 16, 24]
 SPEC_LEFT = [2, 3, 4, 5, 7, 8, 10, 11, 12, 13, 17, 18, 26, 28]

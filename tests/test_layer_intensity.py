@@ -3,7 +3,12 @@ import pytest
 from keras import ops
 
 from lab2im import ops as lops
-from lab2im.layers import IntensityAugmentation, RandomBiasField, RandomBlur, SimulateResolution
+from lab2im.layers import (
+    IntensityAugmentation,
+    RandomBiasField,
+    RandomBlur,
+    SimulateResolution,
+)
 from tests.layer_helpers import assert_config_round_trip, run
 
 pytestmark = pytest.mark.backends

@@ -5,8 +5,15 @@ import pytest
 from keras import ops
 
 from lab2im.errors import InputError
-from synthseg.losses import (MeanDice, SegmentationLoss, WarmupCallback, hard_dice, soft_dice_loss,
-                             soft_dice_per_label, weighted_cross_entropy)
+from synthseg.nn.losses import (
+    MeanDice,
+    SegmentationLoss,
+    WarmupCallback,
+    hard_dice,
+    soft_dice_loss,
+    soft_dice_per_label,
+    weighted_cross_entropy,
+)
 
 
 def one_hot(labels, k):

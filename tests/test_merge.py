@@ -1,4 +1,4 @@
-"""synthseg.merge: datasets in different label protocols merged into one training set, with a
+"""synthseg.data.merge: datasets in different label protocols merged into one training set, with a
 deterministic per-dataset split (tiny 10^3 volumes written by the tests)."""
 import csv
 import json
@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from lab2im.errors import InputError
-from synthseg.merge import load_merged, merge_datasets, read_dataset, read_protocol, same_grid, split_subjects
+from synthseg.data.merge import (
+    load_merged,
+    merge_datasets,
+    read_dataset,
+    read_protocol,
+    same_grid,
+    split_subjects,
+)
 
 SHAPE = (10, 10, 10)
 PROTOCOL_YAML = """\

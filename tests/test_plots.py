@@ -3,7 +3,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from synthseg.plots import save_overlay
+from synthseg.evaluation.plots import save_overlay
 
 
 def test_overlay_is_large_dark_and_shows_thick_slices_thick(tmp_path):

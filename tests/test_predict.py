@@ -13,13 +13,15 @@ import numpy as np
 import pytest
 from nibabel import orientations as ornt
 
+import synthseg.inference as P
+from synthseg.inference import model as model_module
 from lab2im.errors import InputError
 from lab2im.io import Volume
 from lab2im.options import GeneratorOptions
-from synthseg import predict as P
 from synthseg.cli import main
-from synthseg.training import TrainingOptions, save_options
-from synthseg.unet import UNetOptions, build_unet
+from synthseg.inference.tiling import _tile_starts
+from synthseg.nn.unet import UNetOptions, build_unet
+from synthseg.training.synthetic import TrainingOptions, save_options
 
 ROOT = Path(__file__).resolve().parent.parent
 LABELS = [0, 2, 3, 41, 42]
@@ -154,7 +156,7 @@ def test_load_model_errors(run_dir, tmp_path, monkeypatch, capsys):
     with pytest.raises(InputError, match="no labels.npy beside the model"):
         P.load_model(bad)
     # no model given and none shipped
-    monkeypatch.setattr(P, "MODELS_DIR", tmp_path / "models")
+    monkeypatch.setattr(model_module, "MODELS_DIR", tmp_path / "models")
     with pytest.raises(InputError, match=r"no trained model shipped yet; pass --model RUN_DIR"):
         P.load_model()
     scan = save(tmp_path, "scan.nii.gz", np.random.rand(16, 16, 16).astype(np.float32))
@@ -199,7 +201,7 @@ def test_tiles_blend_to_the_whole_volume_prediction(band_model, unet_model):
     tiled = band_model.posteriors(image, flip=True, tile_size=(8, 10, 12), tile_overlap=3)
     np.testing.assert_allclose(tiled, whole, atol=1e-5)  # a voxel-wise network: exact
     for size, tile, overlap, m in [(208, 128, 16, 16), (240, 128, 16, 16), (20, 8, 3, 1), (96, 128, 16, 16)]:
-        length, starts = P._tile_starts(size, tile, overlap, m)
+        length, starts = _tile_starts(size, tile, overlap, m)
         assert length % m == 0 and (length <= tile or (starts == [0] and length == size))
         covered = np.zeros(size, bool)
         for s0 in starts:
@@ -277,7 +279,7 @@ def test_soft_volumes_count_only_segmented_voxels_near_their_structure():
 
 
 def test_qc_scores_confidence_times_coherence_per_group():
-    from synthseg.labels import QC_GROUPS
+    from synthseg.data.labels import QC_GROUPS
 
     labels = np.array([0, 2, 3, 17, 41], np.int32)  # background, WM, cortex, hippocampus, WM
     post = np.zeros((10, 10, 10, 5), np.float32)

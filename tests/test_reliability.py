@@ -2,10 +2,11 @@
 
 * Every kind of input of the corpus (``tests/corpus.py``) through every command: ``synthseg
   predict``, ``synthseg evaluate`` and ``synthseg train`` (in-process, through
-  :func:`synthseg.cli.main`) and :func:`synthseg.supervised.supervised_training`. An error is one
+  :func:`synthseg.cli.main`) and :func:`synthseg.training.supervised.supervised_training`. An error is one
   line naming the file and the problem, exit status 1, no traceback, no file written; an
-  accepted input gives the documented result. :data:`EXPECTED` is the README table "Bad input"
-  (a test checks that they are the same; ``python -m tests.test_reliability`` prints the table).
+  accepted input gives the documented result. :data:`EXPECTED` is the table "Bad input" of
+  ``docs/reliability.md`` (a test checks that they are the same; ``python -m tests.test_reliability``
+  prints the table).
 * Batches go on after a bad scan (predict, evaluate); training refuses a bad set as a whole.
 * Faults: ``kill -9`` during a batch then ``--skip-existing``; a full disk.
 * Untrusted files: Keras safe mode, ``allow_pickle=False``, options validated against the dataclasses.
@@ -30,11 +31,11 @@ import pytest
 
 from lab2im.errors import InputError, OutputError
 from synthseg.cli import main
-from synthseg.evaluate import subject_key
+from synthseg.evaluation.folders import subject_key
 from tests import corpus
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
+RELIABILITY_DOC = ROOT / "docs" / "reliability.md"
 TABLE_START, TABLE_END = "<!-- bad-input-table:start -->", "<!-- bad-input-table:end -->"
 
 COMMANDS = ("predict", "evaluate", "train", "supervised")
@@ -73,7 +74,7 @@ TRAIN_ARGS = ["--steps", "1", "--checkpoint-every", "1", "--crop", "16", "--leve
 
 
 def render_table() -> str:
-    """The README table, from :data:`EXPECTED` and the corpus titles."""
+    """The table of ``docs/reliability.md``, from :data:`EXPECTED` and the corpus titles."""
     rows = ["| " + " | ".join(HEADER) + " |", "|" + " --- |" * len(HEADER)]
     for kind in corpus.KINDS:
         cells = list(EXPECTED[kind.key])
@@ -208,8 +209,12 @@ def run_train(tmp: Path, key: str, model_file: Path, capsys, monkeypatch) -> Out
 
 
 def run_supervised(tmp: Path, key: str, model_file: Path, capsys, monkeypatch) -> Outcome:
-    from synthseg.supervised import AugmentationOptions, SupervisedOptions, supervised_training
-    from synthseg.unet import UNetOptions
+    from synthseg.nn.unet import UNetOptions
+    from synthseg.training.supervised import (
+        AugmentationOptions,
+        SupervisedOptions,
+        supervised_training,
+    )
 
     run = tmp / "run"
     if key in ("unwritable_output", "output_is_input"):
@@ -306,12 +311,13 @@ def test_input_kind(key, command, model_file, tmp_path, capsys, monkeypatch):
     assert not temporaries(tmp_path), temporaries(tmp_path)
 
 
-def test_readme_table_is_the_tested_one():
-    """The README's table "input kind x command x outcome" is exactly :data:`EXPECTED`."""
-    text = README.read_text()
-    assert TABLE_START in text and TABLE_END in text, "README.md lacks the bad-input table markers"
+def test_documented_table_is_the_tested_one():
+    """The table "input kind x command x outcome" of docs/reliability.md is exactly :data:`EXPECTED`."""
+    text = RELIABILITY_DOC.read_text()
+    assert TABLE_START in text and TABLE_END in text, "docs/reliability.md lacks the bad-input table markers"
     table = text.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0].strip()
-    assert table == render_table(), "README table differs; regenerate it with python -m tests.test_reliability"
+    assert table == render_table(), ("docs/reliability.md table differs; regenerate it with "
+                                     "python -m tests.test_reliability")
     assert set(EXPECTED) == {k.key for k in corpus.KINDS}
 
 
@@ -391,12 +397,12 @@ def test_training_refuses_a_set_with_one_bad_label_map_before_writing_anything(t
 
 # ----------------------------------------------------------------------------- faults
 KILL_WORKER = ("import sys, time\n"
-               "import synthseg.predict as P\n"
-               "segment = P._segment\n"
+               "import synthseg.inference.batch as batch\n"
+               "segment = batch.segment_prepared\n"
                "def slow(*args, **kwargs):  # each scan takes >= 0.4 s: the kill lands mid-batch\n"
                "    time.sleep(0.4)\n"
                "    return segment(*args, **kwargs)\n"
-               "P._segment = slow\n"
+               "batch.segment_prepared = slow\n"
                "from synthseg.cli import main\n"
                "sys.exit(main(sys.argv[1:]))\n")
 
@@ -504,7 +510,7 @@ def test_full_disk_while_writing_evaluation_outputs(tmp_path, capsys, monkeypatc
 
 def test_training_checkpoint_on_a_full_disk_is_an_output_error(tmp_path, monkeypatch):
     """Checkpoints go through the same atomic writer: a full disk names the file, leaves no temporary."""
-    from synthseg import checkpoint
+    from synthseg.training import checkpoints as checkpoint
 
     def savez(file, **arrays):
         Path(file).write_bytes(b"PK half")
@@ -536,14 +542,14 @@ def test_a_model_holding_python_code_is_refused(tmp_path, capsys):
     keras.Model(inp, out).save(tmp_path / "lambda.keras")
     os.unlink(marker)  # building the model ran the lambda once; loading must not
     np.save(tmp_path / "labels.npy", np.asarray(corpus.LABELS, np.int32))
-    from synthseg.predict import load_model
+    from synthseg.inference.model import load_model
 
     with pytest.raises(InputError, match=r"lambda.keras: refused: the network holds Python code \(a `Lambda` layer"):
         load_model(tmp_path / "lambda.keras")
     scan = corpus.good_scan(tmp_path)
     code, _, err = cli(["predict", "--i", scan, "--o", tmp_path / "out", "--model", tmp_path / "lambda.keras"], capsys)
     assert code == 1 and len(error_lines(err)) == 1 and "safe mode" in err and "Traceback" not in err
-    from synthseg.supervised import load_source_unet
+    from synthseg.training.supervised import load_source_unet
 
     with pytest.raises(InputError, match="lambda.keras: init_from: refused: the U-Net holds Python code"):
         load_source_unet(tmp_path / "lambda.keras")
@@ -559,7 +565,7 @@ def test_pickled_arrays_are_refused_without_running_them(tmp_path):
     d.mkdir()
     np.save(d / "labels.npy", evil, allow_pickle=True)
     (d / "unet_last.keras").write_bytes(b"never read: labels.npy is read first")
-    from synthseg.predict import load_model
+    from synthseg.inference.model import load_model
 
     with pytest.raises(InputError, match="labels.npy: labels file is unreadable .*allow_pickle=False"):
         load_model(d)
@@ -570,7 +576,7 @@ def test_pickled_arrays_are_refused_without_running_them(tmp_path):
     with pytest.raises(InputError, match="means.npy: prior_means file is not a plain numeric"):
         GeneratorOptions(generation_labels=[0, 2], prior_means=str(tmp_path / "means.npy"))
     # a checkpoint whose header is a pickled object
-    from synthseg.checkpoint import read_header
+    from synthseg.training.checkpoints import read_header
 
     np.savez(tmp_path / "last.npz", __header__=evil)
     with pytest.raises(InputError, match="last.npz: checkpoint is corrupt or not a synthseg checkpoint"):
@@ -579,8 +585,8 @@ def test_pickled_arrays_are_refused_without_running_them(tmp_path):
 
 
 def test_option_files_are_validated_against_the_dataclasses(tmp_path):
-    from synthseg.predict import load_model
-    from synthseg.training import load_options
+    from synthseg.inference.model import load_model
+    from synthseg.training.synthetic import load_options
 
     d = tmp_path / "run"
     d.mkdir()
@@ -604,5 +610,5 @@ def test_option_files_are_validated_against_the_dataclasses(tmp_path):
         load_options(d)
 
 
-if __name__ == "__main__":  # print the README table
+if __name__ == "__main__":  # print the table of docs/reliability.md
     print(render_table())

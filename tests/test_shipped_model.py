@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from synthseg.predict import MODELS_DIR, default_model_path, load_model
+from synthseg.inference.model import MODELS_DIR, default_model_path, load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 # floors well under the measured values in models/*/MODEL_CARD.md: a regression, not a target
@@ -41,7 +41,7 @@ def test_shipped_model_folder_is_complete_and_small():
 def test_demo_segments_the_mni_t1(tmp_path):
     """``synthseg demo``: segmentation on the scan's native grid, volumes CSV with a plausible
     intracranial volume (the MNI 2009c brain mask is 1.89 L), QC CSV and a PNG overlay."""
-    from synthseg import datasets
+    from synthseg.data import datasets
 
     out = tmp_path / "demo"
     r = subprocess.run([sys.executable, "-m", "synthseg", "demo", "--out", str(out)], capture_output=True,
@@ -61,7 +61,7 @@ def test_demo_segments_the_mni_t1(tmp_path):
     data = np.asarray(seg.dataobj)
     tiv = float(rows[0]["total intracranial"])
     assert tiv == pytest.approx(np.sum(data > 0), rel=0.01)
-    from synthseg.labels import label_names
+    from synthseg.data.labels import label_names
 
     for label, name in label_names().items():
         if name in rows[0] and label != 0 and np.sum(data == label) >= 2000:

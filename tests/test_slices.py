@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 
 from lab2im.errors import InputError
-from synthseg.losses import hard_dice
-from synthseg.predict import SegmentationModel, load_model, predict, segment_volume
-from synthseg.slices import (
+from synthseg.inference.batch import predict
+from synthseg.inference.model import SegmentationModel, load_model
+from synthseg.inference.segmentation import segment_volume
+from synthseg.nn.losses import hard_dice
+from synthseg.nn.unet import UNetOptions, build_unet
+from synthseg.training.slices import (
     SliceSpec,
     in_plane_augmentation,
     label_slices,
@@ -20,8 +23,7 @@ from synthseg.slices import (
     stack_slices,
     unstack_slices,
 )
-from synthseg.supervised import AugmentationOptions, PairSet, SupervisedOptions
-from synthseg.unet import UNetOptions, build_unet
+from synthseg.training.supervised import AugmentationOptions, PairSet, SupervisedOptions
 from tests.test_supervised import scan_of
 from tests.test_supervised import write_pairs as supervised_pairs
 
@@ -73,7 +75,7 @@ def test_slice_validation_scores_whole_volumes():
     """Validation of a slice run scores the slices of a volume together: a network that
     predicts background everywhere gets Dice 0 for a label it misses, not 1 on the slices
     where the label is absent (per slice, the mean would be 8/14 here)."""
-    from synthseg.supervised import validation_dice
+    from synthseg.training.supervised import validation_dice
 
     lab = np.zeros(SHAPE, np.int32)
     lab[4:20, 4:20, 3:9] = 2
@@ -106,7 +108,7 @@ def test_slices_are_standardised_per_volume_as_prediction_does():
     lab[4:20, 4:20, 2:12] = 2
     image = (rng.uniform(0.2, 1.0, SHAPE) * np.linspace(0.5, 1.5, SHAPE[2])).astype(np.float32)[..., None]
     pairs = PairSet(["img"], ["lab"], [image], [lab], 1, [0, 2])
-    from synthseg.supervised import standardise_pairs
+    from synthseg.training.supervised import standardise_pairs
 
     whole = standardise_pairs(pairs, "zscore").images[0]  # one z-score over the whole volume
     sliced = slice_pairs(pairs, SliceSpec(axis=2), skip_empty=False, normalisation="zscore")
@@ -279,7 +281,7 @@ def test_slice_posteriors_batches_stacks_and_flips_left_right_in_the_plane():
     net = LateralNet()
     model = SegmentationModel(network=net, labels=[0, 2, 41], lr_pairs=[(2, 41)], multiple=2,
                               slices={"axis": 2, "k": 3})
-    from synthseg.slices import slice_posteriors
+    from synthseg.training.slices import slice_posteriors
 
     plain = slice_posteriors(model, image, flip=False, batch_size=2)
     np.testing.assert_array_equal(np.concatenate(net.inputs), stack_slices(image, 2, 3))

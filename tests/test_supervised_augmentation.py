@@ -6,15 +6,25 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+import synthseg.inference as P
 from lab2im.errors import InputError
 from lab2im.io import Volume
-from lab2im.normalisation import normalise_intensities, zscore_foreground, zscore_in_mask
-from synthseg import predict as P
-from synthseg.losses import SegmentationLoss, weighted_cross_entropy
-from synthseg.supervised import (AugmentationOptions, Mixup, PairAugmentation, SupervisedOptions,
-                                 robust_normalise, supervised_training)
-from synthseg.unet import UNetOptions
-
+from lab2im.normalisation import (
+    normalise_intensities,
+    zscore_foreground,
+    zscore_in_mask,
+)
+from synthseg.inference import preprocessing
+from synthseg.nn.losses import SegmentationLoss, weighted_cross_entropy
+from synthseg.nn.unet import UNetOptions
+from synthseg.training.supervised import (
+    AugmentationOptions,
+    Mixup,
+    PairAugmentation,
+    SupervisedOptions,
+    robust_normalise,
+    supervised_training,
+)
 from tests.test_supervised import LABELS, apply, block_map, write_pairs
 
 
@@ -131,7 +141,7 @@ def test_one_percentile_normalisation_for_training_and_prediction():
     rng = np.random.default_rng(0)
     scan = rng.gamma(2.0, 30.0, (20, 20, 20)).astype(np.float32)
     np.testing.assert_array_equal(normalise_intensities(scan), old_predict_normalise(scan))
-    np.testing.assert_array_equal(P.normalise_intensities(scan), old_predict_normalise(scan))
+    np.testing.assert_array_equal(preprocessing.normalise_intensities(scan), old_predict_normalise(scan))
     np.testing.assert_array_equal(robust_normalise(scan), old_predict_normalise(scan))
     mostly_flat = np.zeros((20, 20, 20), np.float32)
     mostly_flat[0, 0, :3] = [5, 10, 20]  # the percentiles coincide: min and max are used (both)

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 
 from lab2im.errors import InputError
-from synthseg.training import TrainingOptions, training
-from synthseg.unet import UNetOptions
-
+from synthseg.nn.unet import UNetOptions
+from synthseg.training.synthetic import TrainingOptions, training
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = UNetOptions(n_levels=2, base_features=4)
@@ -261,7 +260,7 @@ def test_mixed_precision_and_cosine_schedule(label_dir, tmp_path):
 ])
 def test_run_options_are_checked_alike_for_synthetic_and_supervised_runs(kw, message):
     """The fields both kinds of run share live in RunOptions, checked once."""
-    from synthseg.supervised import SupervisedOptions
+    from synthseg.training.supervised import SupervisedOptions
 
     for cls in (TrainingOptions, SupervisedOptions):
         with pytest.raises(InputError, match=message):
@@ -269,7 +268,7 @@ def test_run_options_are_checked_alike_for_synthetic_and_supervised_runs(kw, mes
 
 
 def test_synthetic_runs_need_a_learning_rate_supervised_ones_may_measure_with_zero():
-    from synthseg.supervised import SupervisedOptions
+    from synthseg.training.supervised import SupervisedOptions
 
     with pytest.raises(InputError, match="learning_rate must be > 0"):
         TrainingOptions(learning_rate=0.0)
@@ -283,7 +282,7 @@ def test_a_label_the_network_never_predicts_is_reported_once(tmp_path):
     """dice_per_label.csv gets a row per checkpoint; a label below Dice 0.01 for 3 checkpoints
     in a row after the warm-up (here CSF, 24, as in the shipped model's run) gets one warning;
     a label that recovers, or is low only during the warm-up, gets none."""
-    from synthseg.training import LabelDiceLog
+    from synthseg.training.synthetic import LabelDiceLog
 
     class Metric:
         values = None
@@ -320,7 +319,7 @@ def test_a_label_the_network_never_predicts_is_reported_once(tmp_path):
 def test_stop_on_dead_label_ends_the_run_at_that_checkpoint(tmp_path):
     """With stop=True the same history stops the run (no warning) at the checkpoint that finds
     the dead label, and says which; training() turns that into an InputError."""
-    from synthseg.training import LabelDiceLog
+    from synthseg.training.synthetic import LabelDiceLog
 
     class Metric:
         values = None
@@ -346,7 +345,7 @@ def test_stop_on_dead_label_ends_the_run_at_that_checkpoint(tmp_path):
 
 def test_cumulative_seconds_sums_over_resumes():
     """training_log.csv's seconds restart at each resume; the time between runs is not counted."""
-    from synthseg.training import cumulative_seconds
+    from synthseg.training.synthetic import cumulative_seconds
 
     rows = [{"seconds": s} for s in ("2.0", "4.5", "7.0", "1.5", "3.0")]  # resumed after the 3rd step
     assert cumulative_seconds(rows) == [2.0, 4.5, 7.0, 8.5, 10.0]

@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from synthseg import labels as protocol
+from synthseg.data import labels as protocol
 
 REPO = Path(__file__).resolve().parents[1]
 TUTORIALS = REPO / "scripts" / "tutorials"

@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 
 from lab2im.errors import InputError
-from synthseg.losses import soft_dice_loss
-from synthseg.unet import UNetOptions, build_unet, check_input_shape, required_multiple
+from synthseg.nn.losses import soft_dice_loss
+from synthseg.nn.unet import (
+    UNetOptions,
+    build_unet,
+    check_input_shape,
+    required_multiple,
+)
 
 SMALL = dict(n_levels=3, base_features=4, convs_per_level=1)
 

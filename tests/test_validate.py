@@ -7,10 +7,10 @@ import pytest
 
 from lab2im.errors import InputError
 from synthseg.cli import main
-from synthseg.evaluate import dice
-from synthseg.training import TrainingOptions, training
-from synthseg.unet import UNetOptions
-from synthseg.validate import validate_training
+from synthseg.evaluation.metrics import dice
+from synthseg.evaluation.validate import validate_training
+from synthseg.nn.unet import UNetOptions
+from synthseg.training.synthetic import TrainingOptions, training
 
 pytestmark = pytest.mark.slow
 
@@ -59,10 +59,10 @@ def test_scores_every_checkpoint_and_names_the_best(run_and_scans):
 
 
 def test_dice_matches_predicting_the_checkpoint_by_hand(run_and_scans):
-    from synthseg.checkpoint import load_checkpoint
-    from synthseg.predict import segment_volume
-    from synthseg.validate import network_for_run
     from lab2im.io import load_volume
+    from synthseg.evaluation.validate import network_for_run
+    from synthseg.inference.segmentation import segment_volume
+    from synthseg.training.checkpoints import load_checkpoint
 
     tmp = run_and_scans
     result = validate_training(tmp / "run", tmp / "images", tmp / "labels", progress=False)
@@ -84,7 +84,7 @@ def test_resumable_checkpoints_are_not_recomputed(run_and_scans, tmp_path, monke
     def boom(*args, **kwargs):
         raise AssertionError("a scored checkpoint was recomputed")
 
-    monkeypatch.setattr("synthseg.predict.segment_volume", boom)
+    monkeypatch.setattr("synthseg.inference.segmentation.segment_volume", boom)
     again = validate_training(tmp / "run", tmp / "images", tmp / "labels", out_dir=out, progress=False)
     assert (out / "validation.csv").read_text() == before and sorted(again.mean_dice) == [2, 4]
     # scores made with flip averaging (the default, as in predict) are not mixed with others

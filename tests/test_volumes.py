@@ -4,8 +4,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lab2im.errors import InputError
-from lab2im.volumes import (bounding_box, convert_labels, crop_or_pad, fill_holes, keep_largest_component_per_label,
-                            largest_connected_component, make_lut, pad_to_multiple, unique_labels)
+from lab2im.volumes import (
+    bounding_box,
+    convert_labels,
+    crop_or_pad,
+    fill_holes,
+    keep_largest_component_per_label,
+    largest_connected_component,
+    make_lut,
+    pad_to_multiple,
+    unique_labels,
+)
 
 small = st.integers(1, 7)
 

@@ -28,8 +28,8 @@ def main():
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * a.replicas)
     import keras
 
-    from synthseg.training import TrainingOptions, training
-    from synthseg.unet import UNetOptions
+    from synthseg.nn.unet import UNetOptions
+    from synthseg.training.synthetic import TrainingOptions, training
 
     class Pause(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):

@@ -29,7 +29,7 @@ args = parse_args("2_generation_parameters", __doc__.split("\n\n")[0])
 label_map = sorted(training_labels(args.voxel_size).glob("*.nii.gz"))[0]
 
 from synthseg import BrainGenerator, brain_options  # noqa: E402
-from synthseg import labels as protocol  # noqa: E402
+from synthseg.data import labels as protocol  # noqa: E402
 
 # ================================================================== the baseline: all off
 # brain_options() gives the SynthSeg defaults for our label protocol (label lists, left/right

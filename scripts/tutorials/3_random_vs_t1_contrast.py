@@ -5,7 +5,7 @@ structure: images of any contrast, which is what makes a SynthSeg network contra
 To generate a given contrast instead, give each class its own prior. Here a T1-weighted look:
 white matter brighter than grey matter brighter than CSF, dark skull, bright-ish scalp and
 soft tissue, black background. The priors are ``(2, n_classes)`` arrays (rows: min, max of a
-uniform prior; one column per class of ``synthseg.labels.tissue_classes()``) saved as
+uniform prior; one column per class of ``synthseg.data.labels.tissue_classes()``) saved as
 ``.npy`` files and passed by path, as a training configuration would.
 
     python scripts/tutorials/3_random_vs_t1_contrast.py [--out DIR] [--size 160] [--seed 0]
@@ -25,7 +25,7 @@ N_IMAGES = 3
 
 from lab2im.io import atomic_write_text  # noqa: E402
 from synthseg import BrainGenerator  # noqa: E402
-from synthseg import labels as protocol  # noqa: E402
+from synthseg.data import labels as protocol  # noqa: E402
 
 # ================================================================== T1-like priors
 # One (min, max) range per class for the class mean, in intensity units before clipping to
@@ -45,7 +45,7 @@ T1_MEANS = {
     "caudate": (75, 90), "accumbens": (75, 90), "putamen": (80, 95),
     "thalamus": (90, 105), "pallidum": (95, 110), "ventral_dc": (100, 115),
 }
-# The random parts of background, skull and soft tissue (synthseg.labels.EXTRA_CEREBRAL_PARTS):
+# The random parts of background, skull and soft tissue (synthseg.data.labels.EXTRA_CEREBRAL_PARTS):
 # background and bone stay dark on T1; soft tissue ranges from muscle to fat.
 PART_MEANS = {protocol.BACKGROUND: (0, 8), protocol.SKULL: (5, 35), protocol.SOFT_TISSUE: (40, 160)}
 KEY_OF = {s.left: s.key for s in protocol.structures()}

@@ -9,7 +9,7 @@ in three contrasts), and the label map is built from its exact tissue probabilit
 argmax of GM / WM / CSF where the largest probability is above 0.5, background elsewhere
 (labels 1 = GM, 2 = WM, 3 = CSF for this tutorial). For each contrast we measure the intensity
 mean and std of each tissue (images first rescaled to 0-255, the generator's units), write the
-priors with :func:`synthseg.estimate_priors.estimate_priors`, check that
+priors with :func:`synthseg.generation.estimate_priors.estimate_priors`, check that
 :class:`lab2im.options.GeneratorOptions` accepts them, and plot the means.
 
 Expected: T1 WM > GM > CSF; T2 CSF > GM > WM; PD CSF ~ GM > WM.
@@ -36,8 +36,8 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from lab2im.io import atomic_write_text, load_volume, save_volume  # noqa: E402
-from synthseg import datasets  # noqa: E402
-from synthseg.estimate_priors import estimate_priors  # noqa: E402
+from synthseg.data import datasets  # noqa: E402
+from synthseg.generation.estimate_priors import estimate_priors  # noqa: E402
 
 TISSUES = {"GM": 1, "WM": 2, "CSF": 3}
 CONTRASTS = {"T1": "mni2009c_2mm_t1", "T2": "mni2009c_2mm_t2", "PD": "mni2009c_2mm_pd"}

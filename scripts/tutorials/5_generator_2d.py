@@ -26,9 +26,9 @@ N_IMAGES = 8
 
 from lab2im.io import atomic_write_text, list_volume_files  # noqa: E402
 from lab2im.model import labels_to_image_model  # noqa: E402
-from synthseg.brain_generator import brain_options, read_label_map  # noqa: E402
-from synthseg.plots import save_slices  # noqa: E402
-from synthseg.slices import label_slices  # noqa: E402
+from synthseg.evaluation.plots import save_slices  # noqa: E402
+from synthseg.generation.brain_generator import brain_options, read_label_map  # noqa: E402
+from synthseg.training.slices import label_slices  # noqa: E402
 
 # ================================================================== a 2D label map
 # read_label_map reorients to RAS, so axis 2 is inferior -> superior: label_slices(..., axis=2)
@@ -66,13 +66,13 @@ save_slices([np.zeros(slice_labels.shape), *images[..., 0], images[0, ..., 0]], 
 print(f"wrote {args.out / 'mosaic.png'}")
 
 # ================================================================== a 2D U-Net, trained on the fly
-# build_training_model chains the generator and the U-Net exactly as synthseg.training does in
+# build_training_model chains the generator and the U-Net exactly as synthseg.training.synthetic does in
 # 3D; a few neighbouring axial slices give the network some anatomical variety.
 import keras  # noqa: E402
 
-from synthseg.losses import SegmentationLoss, WarmupCallback, hard_dice  # noqa: E402
-from synthseg.training import SplitOutputLoss, build_training_model  # noqa: E402
-from synthseg.unet import UNetOptions  # noqa: E402
+from synthseg.nn.losses import SegmentationLoss, WarmupCallback, hard_dice  # noqa: E402
+from synthseg.nn.unet import UNetOptions  # noqa: E402
+from synthseg.training.synthetic import SplitOutputLoss, build_training_model  # noqa: E402
 
 unet_options = UNetOptions(ndim=2, n_levels=4, base_features=16)
 model, unet, labels = build_training_model(options, unet_options, slice_labels.shape, seed=args.seed)

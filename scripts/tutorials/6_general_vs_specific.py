@@ -15,19 +15,19 @@ The scans are synthetic "heads" (nested, randomly deformed ellipsoids) so that t
 needs no download and runs in a couple of minutes on a laptop CPU. The steps are those of a
 real study:
 
-1. :func:`synthseg.merge.merge_datasets` maps every dataset's labels to the common protocol
+1. :func:`synthseg.data.merge.merge_datasets` maps every dataset's labels to the common protocol
    (1 white matter, 2 grey matter, 3 CSF; B's skull goes to background) through
    ``protocol.yaml``, refuses unmapped labels, and splits each dataset into train / val /
    test (``merged/split.json``, the split that evaluation reads again);
-2. :func:`synthseg.supervised.supervised_training` trains one **general** model on every
+2. :func:`synthseg.training.supervised.supervised_training` trains one **general** model on every
    dataset's training scans and one **specific** model per dataset, same U-Net, same
    augmentation, and the same number of passes over each model's training scans: the general
    model, with N datasets' scans, gets N times the steps (``--same-steps``: as many as each
    specific model);
-3. every model segments every test scan (:func:`synthseg.predict.segment_volume`, the
+3. every model segments every test scan (:func:`synthseg.inference.segmentation.segment_volume`, the
    prediction pipeline) and the mean Dice over the three common labels is compared, on each
    dataset's own test scans, with a paired Wilcoxon signed-rank test
-   (:func:`synthseg.evaluate.paired_test`).
+   (:func:`synthseg.evaluation.statistics.paired_test`).
 
     python scripts/tutorials/6_general_vs_specific.py [--out DIR] [--steps 300] [--subjects 10] [--quick]
 
@@ -157,7 +157,7 @@ def protocol_yaml(path: Path) -> Path:
 
 # ----------------------------------------------------------------------------- plot
 def box_plot(scores: dict, datasets: list[str], path: Path) -> Path:
-    from synthseg.plots import plt, save_figure
+    from synthseg.evaluation.plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=100)
     data, ticks, colours = [], [], []
@@ -201,11 +201,18 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
-    from synthseg.evaluate import dice, paired_test
-    from synthseg.merge import merge_datasets
-    from synthseg.predict import load_model, read_scan, segment_volume
-    from synthseg.supervised import AugmentationOptions, SupervisedOptions, supervised_training
-    from synthseg.unet import UNetOptions
+    from synthseg.data.merge import merge_datasets
+    from synthseg.evaluation.metrics import dice
+    from synthseg.evaluation.statistics import paired_test
+    from synthseg.inference.model import load_model
+    from synthseg.inference.reading import read_scan
+    from synthseg.inference.segmentation import segment_volume
+    from synthseg.nn.unet import UNetOptions
+    from synthseg.training.supervised import (
+        AugmentationOptions,
+        SupervisedOptions,
+        supervised_training,
+    )
 
     # 1. three datasets, one protocol map, one merged set with a per-dataset split
     sources = write_datasets(out / "datasets", args.subjects, args.size, args.seed)

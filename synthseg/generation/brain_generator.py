@@ -21,15 +21,15 @@ from lab2im.geometry import reorient_to_canonical
 from lab2im.io import Volume, dimension_problem, list_volume_files, load_volume
 from lab2im.options import GeneratorOptions
 from lab2im.volumes import crop_or_pad
-from synthseg import labels as protocol
+from synthseg.data import labels as protocol
 
 
 def brain_options(**overrides) -> GeneratorOptions:
-    """Generator options for label maps in the SynthSeg protocol (:mod:`synthseg.labels`).
+    """Generator options for label maps in the SynthSeg protocol (:mod:`synthseg.data.labels`).
 
     Generation labels include skull and scalp (mapped to background in the target), each
     split at random into parts of independent intensities, and so is the air around the head
-    (:func:`synthseg.labels.extra_cerebral_partitions`); left and right counterparts share an
+    (:func:`synthseg.data.labels.extra_cerebral_partitions`); left and right counterparts share an
     intensity class and are swapped by the flip. Any option can be
     overridden by keyword, e.g. ``brain_options(output_shape=(160, 160, 160))``.
     """
@@ -183,7 +183,9 @@ class BrainGenerator:
         self.label_maps, self.input_shape = data.maps, data.shape
         self.batch_size = int(batch_size)
         self._rng = np.random.default_rng(seed)
-        from lab2im.model import labels_to_image_model  # imports Keras: keep it out of module import
+        from lab2im.model import (
+            labels_to_image_model,  # imports Keras: keep it out of module import
+        )
 
         self.model = labels_to_image_model(self.options, self.input_shape, batch_size=self.batch_size,
                                            seed=seed)

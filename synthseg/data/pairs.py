@@ -37,7 +37,7 @@ class PairSet:
 
     Attributes:
         image_files, label_files: the files, matched by sorted order (for 2D slices made by
-            :func:`synthseg.slices.slice_pairs`: the volumes the slices come from).
+            :func:`synthseg.training.slices.slice_pairs`: the volumes the slices come from).
         images: float32 ``(X, Y, Z, C)`` arrays in [0, 1]; ``labels``: int32 ``(X, Y, Z)``
             (or ``(H, W, C)`` and ``(H, W)`` for 2D pairs).
         n_channels: image channels (the same for every scan).
@@ -46,7 +46,7 @@ class PairSet:
             e.g. ``{"slices": {"axis": 2, "k": 3}}`` for 2.5D slices.
         voxel_sizes: voxel size (mm, RAS axes) of each scan read (empty when unknown).
         sources: for each pair, the index (in ``image_files``) of the scan it was cut from
-            (slices of :func:`synthseg.slices.slice_pairs`); empty: each pair is a whole scan.
+            (slices of :func:`synthseg.training.slices.slice_pairs`); empty: each pair is a whole scan.
     """
 
     image_files: list
@@ -87,7 +87,7 @@ def load_pairs(images, labels, what: str = "training") -> PairSet:
     """Read scan/label-map pairs (files, folders, ``.txt`` lists or lists of paths).
 
     Scans are read with :func:`lab2im.io.load_volume`, label maps with
-    :func:`synthseg.brain_generator.read_label_map`; both are reoriented to RAS, and scans are
+    :func:`synthseg.generation.brain_generator.read_label_map`; both are reoriented to RAS, and scans are
     normalised with :func:`robust_normalise`.
 
     Raises:
@@ -97,7 +97,7 @@ def load_pairs(images, labels, what: str = "training") -> PairSet:
             message names both), or scans with different numbers of channels.
     """
     from lab2im.geometry import reorient_to_canonical
-    from synthseg.brain_generator import read_label_map
+    from synthseg.generation.brain_generator import read_label_map
 
     image_files = list_volume_files(images, f"{what} image")
     label_files = list_volume_files(labels, f"{what} label map")

@@ -12,10 +12,15 @@ import numpy as np
 from keras import ops
 
 from lab2im.errors import InputError
+from lab2im.layers import (
+    IntensityAugmentation,
+    RandomBiasField,
+    RandomFlip,
+    RandomSpatialDeformation,
+)
+from lab2im.layers.base import RandomLayer
 from lab2im.normalisation import check_method, zscore_in_mask
 from lab2im.options import options_from_dict
-from lab2im.layers import IntensityAugmentation, RandomBiasField, RandomFlip, RandomSpatialDeformation
-from lab2im.layers.base import RandomLayer
 
 
 @dataclass
@@ -40,7 +45,7 @@ class AugmentationOptions:
 
     Intensity standardisation (``normalisation``) is not random: every scan is standardised
     with :func:`lab2im.normalisation.normalise_intensities`, at training (whole scans, when
-    read) and at prediction (:mod:`synthseg.predict` reads the method from the run's
+    read) and at prediction (:mod:`synthseg.inference` reads the method from the run's
     ``options.json``). Augmented intensities are re-standardised in the graph: min-max for
     ``"percentile"``, a z-score within the scan's foreground for ``"zscore"``.
 
@@ -52,7 +57,7 @@ class AugmentationOptions:
             a grid of ``nonlin_scale`` x the crop).
         flip_prob, flip_axis: probability and axis (0 is left/right in RAS) of a flip.
         lr_pairs: ``(left, right)`` labels swapped by the flip. ``None``: the SynthSeg
-            protocol's pairs (:func:`synthseg.labels.lr_pairs`) present in the label list when
+            protocol's pairs (:func:`synthseg.data.labels.lr_pairs`) present in the label list when
             every label belongs to the protocol, else none (then a flip keeps label values:
             set ``flip_prob=0`` for lateralised labels outside the protocol).
         bias_std, bias_scale: smooth multiplicative bias field (see

@@ -39,7 +39,7 @@ from keras import ops
 from lab2im.errors import InputError
 from lab2im.io import atomic_write_text, check_not_an_input, make_writable_folder
 from lab2im.options import GeneratorOptions, check_int, check_number, options_from_dict
-from synthseg.losses import MeanDice, SegmentationLoss, WarmupCallback
+from synthseg.nn.losses import MeanDice, SegmentationLoss, WarmupCallback
 
 STRATEGIES = (None, "mirrored", "multiworker", "data_parallel")
 #: A label scoring below ``DEAD_DICE`` for ``DEAD_CHECKPOINTS`` checkpoints in a row after the
@@ -52,7 +52,7 @@ SCHEDULES = ("constant", "cosine", "linear")
 @dataclass
 class RunOptions:
     """What every training run is told (:class:`TrainingOptions` for synthetic scans and
-    :class:`synthseg.supervised.SupervisedOptions` for real pairs add their own).
+    :class:`synthseg.training.supervised.SupervisedOptions` for real pairs add their own).
 
     Attributes:
         steps: optimiser steps in total (rounded up to a whole number of checkpoints).
@@ -63,7 +63,7 @@ class RunOptions:
         warmup_steps: steps of weighted cross-entropy before the loss turns to soft Dice.
         ce_after_warmup: share of weighted cross-entropy kept in the loss after the warm-up,
             in [0, 1] (0: soft Dice only, as SynthSeg). Under Dice alone a label the network
-            stops predicting cannot come back (:class:`synthseg.losses.SegmentationLoss`);
+            stops predicting cannot come back (:class:`synthseg.nn.losses.SegmentationLoss`);
             the shipped 2 mm model lost its CSF that way.
         seed: seed of the sample choice, the generation or augmentation, and the weight
             initialisation.
@@ -158,7 +158,7 @@ def save_options(model_dir: Path, generator: GeneratorOptions, unet, training: T
 
 def load_options(model_dir: Path):
     """Read ``options.json`` of a run: ``(GeneratorOptions, UNetOptions, TrainingOptions)``."""
-    from synthseg.unet import UNetOptions
+    from synthseg.nn.unet import UNetOptions
 
     path = Path(model_dir) / "options.json"
     try:
@@ -195,7 +195,7 @@ def build_training_model(generator: GeneratorOptions, unet_options, input_shape,
     """
     from lab2im.layers import OneHotLabels
     from lab2im.model import labels_to_image_model
-    from synthseg.unet import build_unet
+    from synthseg.nn.unet import build_unet
 
     labels = segmentation_label_list(generator)
     gen = labels_to_image_model(generator, input_shape, batch_size=None, seed=seed)
@@ -297,7 +297,7 @@ def label_map_batches(maps: np.ndarray, batch_size: int, seed: int, start_step: 
 # ----------------------------------------------------------------------------- folder checks
 def _prepare_folder(model_dir: Path, resume: bool) -> Path | None:
     """Check the run folder before any heavy work; return the checkpoint to resume from."""
-    from synthseg.checkpoint import read_header
+    from synthseg.training.checkpoints import read_header
 
     last = model_dir / "last.npz"
     if resume:
@@ -325,7 +325,7 @@ def training(labels_dir, model_dir, generator: GeneratorOptions | None = None, u
         model_dir: the run folder (see the module docstring); created if missing.
         generator: generation options (default: :func:`synthseg.brain_options` for protocol
             label maps); ``generator_overrides`` change single fields.
-        unet: :class:`synthseg.unet.UNetOptions` (default: SynthSeg's 5-level U-Net).
+        unet: :class:`synthseg.nn.unet.UNetOptions` (default: SynthSeg's 5-level U-Net).
         options: :class:`TrainingOptions`.
         resume: continue the run in ``model_dir`` from ``last.npz`` with its saved options;
             ``options.steps``, if given, is the new total (a multiple of the run's
@@ -340,8 +340,8 @@ def training(labels_dir, model_dir, generator: GeneratorOptions | None = None, u
             run (without ``resume``), or a corrupt checkpoint (left untouched) -- all before
             training starts.
     """
-    from synthseg.brain_generator import LabelMapSet
-    from synthseg.unet import UNetOptions, required_multiple
+    from synthseg.generation.brain_generator import LabelMapSet
+    from synthseg.nn.unet import UNetOptions, required_multiple
 
     model_dir = Path(model_dir)
     check_not_an_input(model_dir, [labels_dir], "run folder")
@@ -370,7 +370,7 @@ def training(labels_dir, model_dir, generator: GeneratorOptions | None = None, u
     if resume_from is None:
         save_options(model_dir, generator, unet, options)
 
-    from synthseg.checkpoint import load_checkpoint
+    from synthseg.training.checkpoints import load_checkpoint
 
     if options.deterministic and keras.backend.backend() == "tensorflow":
         import tensorflow as tf
@@ -440,7 +440,7 @@ class SplitOutputLoss(keras.losses.Loss):
 
 
 class SplitOutputDice(MeanDice):
-    """:class:`~synthseg.losses.MeanDice` (hard Dice of the argmax, background excluded) on the
+    """:class:`~synthseg.nn.losses.MeanDice` (hard Dice of the argmax, background excluded) on the
     training model's ``[probs | one-hot]`` output, for logging."""
 
     def __init__(self, n_labels: int, name="dice", **kwargs):
@@ -524,7 +524,7 @@ class LabelDiceLog(keras.callbacks.Callback):
         super().__init__()
         self.stop = bool(stop)
         self.stopped = ""  # what stopped the run (with ``stop``), else empty
-        from synthseg.labels import label_names
+        from synthseg.data.labels import label_names
 
         names = label_names()
         self.path, self.metric, self.spc = Path(path), metric, steps_per_checkpoint
@@ -573,7 +573,7 @@ class Checkpointer(keras.callbacks.Callback):
         self.spc, self.keep = steps_per_checkpoint, keep
 
     def on_epoch_end(self, epoch, logs=None):
-        from synthseg.checkpoint import save_checkpoint
+        from synthseg.training.checkpoints import save_checkpoint
 
         step = (epoch + 1) * self.spc
         meta = {k: float(v) for k, v in (logs or {}).items()}

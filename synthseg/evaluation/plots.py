@@ -54,7 +54,7 @@ def save_mosaic(images: Sequence[np.ndarray], path, titles: Sequence[str] | None
         labels: label maps on the images' grids, one per row (``None`` for no overlay), drawn
             in ``colours`` with opacity ``alpha``.
         colours: label -> (R, G, B) 0-255; default: FreeSurfer colours of the protocol labels
-            (:func:`synthseg.labels.label_colours`), a fixed random colour for others.
+            (:func:`synthseg.data.labels.label_colours`), a fixed random colour for others.
         suptitle: figure title.
         vrange: grey-level window, e.g. ``(0, 1)`` to compare generator outputs row to row;
             ``None`` stretches each row between its 0.5th and 99.5th percentiles.
@@ -115,7 +115,7 @@ def save_overlay(image: np.ndarray, labels: np.ndarray, voxel_size, path, title:
     """
     from matplotlib.patches import Patch
 
-    from synthseg.labels import label_names
+    from synthseg.data.labels import label_names
 
     image, labels = np.asarray(image, np.float32), np.asarray(labels)
     if image.shape != labels.shape or image.ndim != 3:
@@ -233,7 +233,7 @@ def _checked_colours(images, titles, colours):
     if titles is not None and len(titles) != len(images):
         raise ValueError(f"{len(images)} images but {len(titles)} titles")
     if colours is None:
-        from synthseg.labels import label_colours
+        from synthseg.data.labels import label_colours
 
         colours = label_colours()
     return colours

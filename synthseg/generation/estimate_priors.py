@@ -571,7 +571,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    """``python -m synthseg.estimate_priors --images ... --label-maps ... --out ...``"""
+    """``python -m synthseg.generation.estimate_priors --images ... --label-maps ... --out ...``"""
     parser = argparse.ArgumentParser(prog="synthseg estimate-priors",
                                      description=__doc__.split("\n\n")[0])
     add_arguments(parser)

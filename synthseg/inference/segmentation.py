@@ -1,0 +1,194 @@
+"""One scan's segmentation: posteriors on the network grid, labels and posteriors on the scan's own grid, volumes (mm^3) and QC scores."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lab2im.geometry import (
+    argmax_on_grid,
+    resample_to_grid,
+)
+from lab2im.io import (
+    Volume,
+    voxel_size_of,
+)
+from lab2im.volumes import merge_stray_components
+from synthseg.inference.model import SegmentationModel, background_channel
+from synthseg.inference.postprocessing import clean_posteriors, structure_volumes
+from synthseg.inference.preprocessing import Prepared, parse_crop, prepare_volume
+from synthseg.inference.tiling import (
+    DEFAULT_TILE,
+    DEFAULT_TILE_OVERLAP,
+    tiled_posteriors,
+)
+
+NATIVE_SLAB = 16  # voxels per slab along the first axis when mapping posteriors back (memory)
+
+#: overall quality scores below this are likely failures (:meth:`Segmentation.qc_scores`;
+#: chosen on synthetic scans by benchmarks/qc.py)
+QC_THRESHOLD = 0.5
+
+@dataclass
+class Segmentation:
+    """The result of :func:`segment_volume` for one scan.
+
+    Attributes:
+        prepared: the preprocessed scan (network grid, records of every geometric change).
+        channels: ``(X, Y, Z)`` int32 channel index of each voxel on the network grid.
+        posteriors: ``(X, Y, Z, K)`` float32 on the network grid (after clean-up).
+        labels: the model's labels (channel order).
+        cleaned: the clean-up ran (:func:`clean_posteriors`); the native-grid labels are then
+            cleaned too.
+        raw_counts: ``(K,)`` voxels of each channel in the network's argmax before the clean-up
+            (for :meth:`qc_scores`; ``None``: as after it).
+    """
+
+    prepared: Prepared
+    channels: np.ndarray
+    posteriors: np.ndarray
+    labels: np.ndarray
+    cleaned: bool = True
+    raw_counts: np.ndarray | None = None
+
+    @property
+    def affine(self) -> np.ndarray:
+        """Affine of the network grid (canonical RAS, model voxel size)."""
+        return self.prepared.affine
+
+    @property
+    def background_channel(self) -> int:
+        return background_channel(self.labels)
+
+    @property
+    def segmentation(self) -> np.ndarray:
+        """Labels (FreeSurfer IDs, int32) on the network grid."""
+        return self.labels[self.channels]
+
+    def native_segmentation(self) -> np.ndarray:
+        """Labels on the input's own grid (its shape and affine): :meth:`canonical_segmentation`
+        with the input's axes."""
+        return self.prepared.reorientation.undo(self.canonical_segmentation())
+
+    def canonical_segmentation(self) -> np.ndarray:
+        """Labels on the input's grid reoriented to RAS (its voxels, canonical axes).
+
+        When nothing was resampled the labels are only moved (exact). Otherwise each native
+        voxel gets the most likely label of the posteriors interpolated linearly at its centre
+        (so the result is the argmax of :meth:`native_posteriors`): a model coarser than the
+        scan gives smooth, sub-voxel boundaries instead of blocks of network voxels. Computed in
+        slabs of :data:`NATIVE_SLAB` voxels (:func:`lab2im.geometry.argmax_on_grid`) to bound memory.
+        """
+        prep = self.prepared
+        if not prep.resampled:
+            return self.segmentation
+        reo = prep.reorientation
+        channels = argmax_on_grid(self.posteriors, prep.affine, reo.canonical_shape, reo.canonical_affine,
+                                  fill=self.background_channel, slab=NATIVE_SLAB)
+        if self.cleaned:  # interpolation leaves islands at boundaries: one piece per structure here too
+            channels = merge_stray_components(channels, self.background_channel)
+        return self.labels[channels]
+
+    def native_posteriors(self) -> np.ndarray:
+        """Posteriors on the input's own grid (linear interpolation when it was resampled)."""
+        out = self._to_native(self.posteriors, order=1)
+        if self.prepared.resampled:
+            outside = out.sum(axis=-1) <= 0
+            out[outside, self.background_channel] = 1
+        return out
+
+    def _to_native(self, data: np.ndarray, order: int) -> np.ndarray:
+        prep = self.prepared
+        if not prep.resampled:  # the network grid is the canonical grid: only move voxels
+            return prep.reorientation.undo(data)
+        return resample_to_grid(data, prep.affine, prep.native_shape, prep.native_affine, order=order, fill=0)
+
+    @property
+    def voxel_volume(self) -> float:
+        """Volume of one network-grid voxel (mm³)."""
+        return float(np.prod(voxel_size_of(self.affine)))
+
+    def volumes(self) -> dict[int, float]:
+        """Soft volume of each label (mm³), consistent with the segmentation.
+
+        Only voxels segmented as a structure count (the background's posteriors, and those of
+        voxels the clean-up removed, do not), and in each of them only the structures found in
+        it or next to it (26-neighbours): a structure's posterior spread thinly far from where
+        it was found does not count. Each counted voxel's posteriors are renormalised over
+        those structures, so it contributes exactly one voxel volume: the structures' volumes
+        sum to the segmented volume, and each is its voxel count give or take the partial
+        volume at its boundary. The background's entry is its voxel count.
+        """
+        sums = structure_volumes(self.posteriors, self.channels, self.background_channel)
+        return {int(label): float(s) * self.voxel_volume for label, s in zip(self.labels, sums)}
+
+    def total_intracranial_volume(self) -> float:
+        """Sum of the soft volumes of every non-background label (mm³): the segmented volume."""
+        return float(sum(v for label, v in self.volumes().items() if label != 0))
+
+    def qc_scores(self) -> tuple[float, dict[str, float | None]]:
+        """Quality score of the segmentation, per structure group (:data:`synthseg.data.labels.QC_GROUPS`)
+        and overall, each in [0, 1].
+
+        A group's score is its *confidence* (mean over its voxels of the margin between the
+        highest and the second-highest posterior) times its *coherence* (the share of the
+        voxels the network gave to the group that the clean-up kept: a scattered, fragmented
+        prediction loses much). A group the model segments but did not find scores 0. The
+        overall score is the mean over the groups the model segments; a scan scoring below
+        :data:`QC_THRESHOLD` is likely a failure (``benchmarks/qc.py`` measures how the scores
+        follow the true Dice on good and degraded scans).
+
+        Returns:
+            ``(overall score, {group name: score, or None when the model has no label of it})``.
+        """
+        from synthseg.data.labels import QC_GROUPS
+
+        post, channels = self.posteriors, self.channels
+        top2 = np.partition(post, post.shape[-1] - 2, axis=-1)[..., -2:]
+        margin = (top2[..., 1] - top2[..., 0]).ravel()
+        K = self.labels.size
+        flat = channels.ravel()
+        counts = np.bincount(flat, minlength=K)
+        margins = np.bincount(flat, weights=margin, minlength=K)
+        raw = counts if self.raw_counts is None else self.raw_counts
+        per = {}
+        for name, ids in QC_GROUPS.items():
+            cs = [c for c, label in enumerate(self.labels) if int(label) in ids]
+            if not cs:
+                per[name] = None
+                continue
+            n, n_raw = counts[cs].sum(), raw[cs].sum()
+            per[name] = float(margins[cs].sum() / n * min(1.0, n / n_raw)) if n and n_raw else 0.0
+        scored = [v for v in per.values() if v is not None]
+        return (float(np.mean(scored)) if scored else 0.0), per
+
+def segment_volume(volume: Volume, model: SegmentationModel, flip: bool = True, crop=None, cleanup: bool = True,
+                   tile_size=DEFAULT_TILE, tile_overlap: int = DEFAULT_TILE_OVERLAP) -> Segmentation:
+    """Segment one scan held in memory (steps 2-8 of the module docstring).
+
+    Args:
+        volume: 3D (or 4D: first volume) :class:`~lab2im.io.Volume` with its affine.
+        model: from :func:`load_model`.
+        flip, crop, cleanup, tile_size, tile_overlap: as in :func:`predict`.
+
+    Returns:
+        A :class:`Segmentation` (map to the input's grid with its ``native_*`` methods).
+    """
+    return segment_prepared(prepare_volume(volume, model, parse_crop(crop)), model, flip, cleanup, tile_size, tile_overlap)
+
+def segment_prepared(prep: Prepared, model: SegmentationModel, flip: bool, cleanup: bool, tile_size,
+             tile_overlap: int) -> Segmentation:
+    image = prep.window.apply(prep.image, 0.0)
+    if model.slices is not None:
+        from synthseg.training.slices import slice_posteriors
+
+        post = slice_posteriors(model, image, flip, prep.window)
+    else:
+        post = tiled_posteriors(model, image, prep.window, flip, tile_size, tile_overlap)
+    raw = np.bincount(np.argmax(post, axis=-1).ravel(), minlength=post.shape[-1])
+    if cleanup:
+        channels = clean_posteriors(post, model.background_channel)
+    else:
+        channels = np.argmax(post, axis=-1).astype(np.int32)
+    return Segmentation(prepared=prep, channels=channels, posteriors=post, labels=model.labels, cleaned=cleanup,
+                        raw_counts=raw)
