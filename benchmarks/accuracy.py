@@ -26,7 +26,7 @@ much; it separates what training could still gain from what the voxel size costs
 
 Prints a table (Dice per tissue, mean, ceiling), writes ``benchmarks/results/accuracy.json``
 and a grouped bar plot ``benchmarks/results/accuracy.png``. Targets (issue 4): mean Dice
->= 0.85 over every scan and tissue, spread (max - min of the per-scan mean) <= 0.05.
+>= 0.80 over every scan and tissue (issue 12), spread (max - min of the per-scan mean) <= 0.05.
 
 **Outside the brain** (issue 12): on the whole-head MNI scans, the volume (mL) of voxels given
 any brain label more than 10 mm away from the template's brain mask (face, neck, scalp taken
@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import RESULTS_DIR, error_reason, format_table, write_results  # noqa: E402
 
 TISSUES = ("GM", "WM", "CSF")
-TARGET_MEAN, TARGET_SPREAD = 0.85, 0.05
+TARGET_MEAN, TARGET_SPREAD = 0.80, 0.05
 
 # case: (image dataset, (GM, WM, CSF) probability-map datasets)
 _MNI_1MM = ("mni2009c_1mm_tpm_gm", "mni2009c_1mm_tpm_wm", "mni2009c_1mm_tpm_csf")

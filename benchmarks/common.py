@@ -13,7 +13,7 @@ import re
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -69,21 +69,28 @@ def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict:
             "warmup": warmup, "load_average_before": load_before, "load_average_after": load_average()}
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, dict]:
+def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int | Mapping[str, int],
+                     warmup: int | Mapping[str, int] = 1) -> dict[str, dict]:
     """Like :func:`time_calls` for several functions, timed in turn (round robin).
 
     Interleaving spreads any slowdown from other processes evenly over the functions compared,
     so their ratio stays fair on a busy machine. A function that raises during warm-up is left
     out of the timed rounds and reported as ``{"error": "Type: message"}``.
+
+    ``repeats`` and ``warmup`` may be dicts by function name (e.g. one call for a function that
+    takes minutes): a function with fewer repeats leaves the rounds when it has had them. All
+    warm-ups run first, in the order of ``fns``.
     """
-    if repeats < 1:
+    reps = {n: int(repeats[n] if isinstance(repeats, Mapping) else repeats) for n in fns}
+    warm = {n: int(warmup[n] if isinstance(warmup, Mapping) else warmup) for n in fns}
+    if any(r < 1 for r in reps.values()):
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     out: dict[str, dict] = {}
     live = {}
     for name, fn in fns.items():
-        out[name] = {"first_call_s": None, "times_s": [], "repeats": repeats, "warmup": warmup}
+        out[name] = {"first_call_s": None, "times_s": [], "repeats": reps[name], "warmup": warm[name]}
         try:
-            for i in range(warmup):
+            for i in range(warm[name]):
                 t0 = time.perf_counter()
                 fn()
                 if i == 0:
@@ -93,8 +100,10 @@ def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup:
             continue
         live[name] = fn
     load_before = load_average()
-    for _ in range(repeats):
+    for i in range(max((reps[n] for n in live), default=0)):
         for name, fn in live.items():
+            if i >= reps[name]:
+                continue
             t0 = time.perf_counter()
             fn()
             out[name]["times_s"].append(time.perf_counter() - t0)
@@ -214,3 +223,26 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence]) -> str:
 
     sep = "  ".join("-" * w for w in widths)
     return "\n".join([line(headers), sep] + [line(r) for r in text])
+
+
+def gpu_status() -> dict:
+    """Which GPUs this machine offers (``nvidia-smi -L``, else torch's CUDA when torch is
+    installed), with a one-line note for the results: without one, the figures are CPU only."""
+    import shutil
+    import subprocess
+
+    gpus: list[str] = []
+    if shutil.which("nvidia-smi"):
+        try:
+            r = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False)
+            gpus = [ln.strip() for ln in r.stdout.splitlines() if ln.strip().startswith("GPU")]
+        except (OSError, subprocess.SubprocessError):
+            pass
+    if not gpus and "torch" in sys.modules:
+        import torch
+
+        if torch.cuda.is_available():
+            gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    note = (f"GPU: {'; '.join(gpus)}" if gpus else
+            "no GPU was available in this session: every figure is on CPU")
+    return {"gpu_available": bool(gpus), "gpus": gpus, "note": note}

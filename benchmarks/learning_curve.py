@@ -35,7 +35,7 @@ DEFAULT_CASES = ("mni2009c_2mm_t1", "mni2009c_2mm_t2", "spm_avg152_pd")
 def wall_seconds(run_dir: Path) -> dict[int, float]:
     """``{step: wall seconds of training up to that step}`` from the run's ``training_log.csv``
     (summed over resumes, see :func:`synthseg.training.synthetic.cumulative_seconds`)."""
-    from synthseg.training.synthetic import cumulative_seconds
+    from synthseg.training.callbacks import cumulative_seconds
 
     with open(Path(run_dir) / "training_log.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -64,10 +64,10 @@ def score(seg_model, cases, flip: bool) -> dict:
 def curve(run_dir: Path, kept: Path, cases, every: int, cores: int, flip: bool, init=None) -> list[dict]:
     """Score the checkpoints of one run (every ``every`` steps); see the module docstring."""
     from synthseg.evaluation.validate import STEP_FILE, network_for_run
-    from synthseg.training.checkpoints import load_checkpoint
+    from synthseg.training.checkpoints import load_network_weights
     from synthseg.training.synthetic import load_initial_weights
 
-    model, seg_model = network_for_run(run_dir)
+    seg_model = network_for_run(run_dir)
     seconds = wall_seconds(run_dir)
     points = []
     if init:
@@ -78,7 +78,7 @@ def curve(run_dir: Path, kept: Path, cases, every: int, cores: int, flip: bool, 
     for step, path in found:
         if step % every or step not in seconds:
             continue
-        load_checkpoint(path, model, None)
+        load_network_weights(path, seg_model.network)
         points.append({"step": step, "cpu_minutes": seconds[step] * cores / 60.0,
                        **score(seg_model, cases, flip)})
         print(f"{run_dir.name} step {step}: {points[-1]['mean_dice']:.3f}", flush=True)

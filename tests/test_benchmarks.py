@@ -1,4 +1,5 @@
 """The benchmark scripts run end to end (smoke runs; the real numbers come from running them by hand)."""
+import importlib.util
 import json
 import subprocess
 import sys
@@ -13,22 +14,29 @@ from synthseg.data.datasets import cache_root
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _small_labels_args(tmp_path, blocks_labels, voxel_mm=1.0):
+    """``--labels`` of a small synthetic map unless the real training maps are in the data cache."""
+    cached = cache_root() / ("training_labels" if voxel_mm == 1.0 else "training_labels_2mm")
+    if len(list(cached.glob("*.nii.gz"))) >= 2:
+        return []
+    labels = np.kron(blocks_labels, np.ones((3, 3, 3), np.int32))  # (72, 84, 60)
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), str(tmp_path / "labels.nii.gz"))
+    return ["--labels", str(tmp_path / "labels.nii.gz")]
+
+
 @pytest.mark.slow
 def test_generation_benchmark_quick(tmp_path, blocks_labels):
-    """``benchmarks/generation.py --quick --no-torchio`` writes positive volumes/s for our pipeline.
+    """``benchmarks/generation.py --quick --no-torchio`` writes positive volumes/s for our pipeline
+    and, in the same interleaved run, cornucopia's ``matched`` configuration with its ratio and
+    per-step breakdown; without cornucopia installed, the cornucopia row says so and the rest runs.
 
     It uses the real training label maps when they are in the data cache; otherwise a small
     synthetic map (so the test needs neither the network nor torch).
     """
-    cached = cache_root() / "training_labels"
-    args = []
-    if len(list(cached.glob("*.nii.gz"))) < 2:
-        labels = np.kron(blocks_labels, np.ones((3, 3, 3), np.int32))  # (72, 84, 60)
-        nib.save(nib.Nifti1Image(labels, np.eye(4)), str(tmp_path / "labels.nii.gz"))
-        args = ["--labels", str(tmp_path / "labels.nii.gz")]
+    args = _small_labels_args(tmp_path, blocks_labels)
     out = tmp_path / "generation.json"
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "generation.py"), "--quick",
-                        "--no-torchio", "--out", str(out), *args],
+                        "--no-torchio", "--threads", "1", "--out", str(out), *args],
                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     data = json.loads(out.read_text())
@@ -40,6 +48,86 @@ def test_generation_benchmark_quick(tmp_path, blocks_labels):
     assert "ours" in data["breakdown_s"]["64"]
     assert not list(tmp_path.glob(".generation.json.*"))  # atomic write left nothing behind
     assert "volumes/s" in r.stdout
+    assert data["settings"]["gpu"]["note"] in r.stdout  # says whether a GPU was there
+    (cc,) = [row for row in data["results"] if row["pipeline"] == "cornucopia"]
+    assert cc["variant"] == "matched" and cc["size"] == 64
+    if importlib.util.find_spec("cornucopia") is None:
+        assert cc["status"] == "unavailable" and "not installed" in cc["reason"]
+        return
+    assert cc["status"] == "ok" and cc["volumes_per_second"] > 0 and cc["repeats"] == 3
+    assert cc["settings"]["order"] == 1 and cc["settings"]["gmm_fwhm"] == 0 and cc["flip"]
+    ratio = data["ratio_ours_over_peers"]["64"]["default"]["cornucopia_matched"]
+    assert ratio == pytest.approx(ours[0]["volumes_per_second"] / cc["volumes_per_second"])
+    steps = data["breakdown_s"]["64"]["cornucopia_matched"]
+    assert {"deform: field", "gmm", "target_labels", "flip"} <= set(steps) and all(t >= 0 for t in steps.values())
+    assert data["cornucopia_notes"] and "x" in r.stdout
+
+
+def test_generation_benchmark_cornucopia_matched_settings(blocks_labels):
+    """benchmarks/generation.py: the cornucopia configuration matched to ours groups left and
+    right labels into one intensity class, keeps our targets, and takes our ranges."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.generation import cornucopia_matched_settings
+    from synthseg import brain_options
+
+    opts = brain_options()
+    s = cornucopia_matched_settings(96, opts, np.unique(blocks_labels), blocks_labels.shape)
+    assert s["synth_labels"] == [(2, 41), (3, 42)]  # our generation classes: left = right
+    assert s["target_labels"] == [(2,), (3,), (41,), (42,)]
+    assert s["patch"] == 96 and s["order"] == 1 and s["gmm_fwhm"] == 0 and not s["snr"]
+    assert s["elastic_steps"] == opts.integration_steps and s["rotation"] == opts.rotation
+    assert s["elastic_nodes"] == 4 and s["bias"] == 3  # ceil(0.04 * 96), ceil(0.025 * 96)
+
+
+def test_generation_benchmark_ratios_and_uneven_repeats():
+    """Ratios ours / peer for every peer; ``time_interleaved`` gives a slow peer fewer calls."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.common import time_interleaved
+    from benchmarks.generation import peer_ratios, ratios
+
+    rows = [{"pipeline": "ours", "variant": "default", "size": 96, "status": "ok", "volumes_per_second": 10.0},
+            {"pipeline": "torchio", "variant": "torchio", "size": 96, "status": "ok", "volumes_per_second": 0.5},
+            {"pipeline": "cornucopia", "variant": "matched", "size": 96, "status": "ok", "volumes_per_second": 2.0},
+            {"pipeline": "cornucopia", "variant": "defaults", "size": 96, "status": "unavailable"}]
+    assert peer_ratios(rows) == {"96": {"default": {"torchio": 20.0, "cornucopia_matched": 5.0}}}
+    assert ratios(rows) == {"96": {"default": 20.0}}
+    calls = {"a": 0, "b": 0}
+    stats = time_interleaved({"a": lambda: calls.__setitem__("a", calls["a"] + 1),
+                              "b": lambda: calls.__setitem__("b", calls["b"] + 1)},
+                             repeats={"a": 3, "b": 1}, warmup={"a": 1, "b": 0})
+    assert calls == {"a": 4, "b": 1} and len(stats["a"]["times_s"]) == 3 and len(stats["b"]["times_s"]) == 1
+    assert stats["b"]["first_call_s"] is None and stats["a"]["first_call_s"] is not None
+
+
+@pytest.mark.slow
+def test_generation_training_benchmark_quick(tmp_path, blocks_labels):
+    """``benchmarks/generation_training.py --quick``: training steps (generation + U-Net
+    forward/backward, Keras' torch backend) for ours, the U-Net alone and cornucopia's loader
+    (reported unavailable without cornucopia); without torch it refuses clearly."""
+    out = tmp_path / "generation_training.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "generation_training.py"), "--quick",
+                        "--no-torchio", "--threads", "1", "--out", str(out),
+                        *_small_labels_args(tmp_path, blocks_labels, voxel_mm=2.0)],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    if importlib.util.find_spec("torch") is None:
+        assert r.returncode == 1 and "needs torch" in r.stderr
+        return
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["settings"]["keras_backend"] == "torch" and data["settings"]["threads"] == 1
+    rows = {row["peer"]: row for row in data["results"]}
+    assert set(rows) == {"unet_only", "ours", "cornucopia_matched"}
+    for peer in ("unet_only", "ours"):
+        row = rows[peer]
+        assert row["status"] == "ok" and row["crop"] == 32 and row["volumes_per_second"] > 0
+        assert row["step_s"] >= row["unet_s"] > 0 and 0 <= row["generation_share"] < 1
+    assert rows["ours"]["ratio_ours_over_this"] == 1.0
+    cc = rows["cornucopia_matched"]
+    if importlib.util.find_spec("cornucopia") is None:
+        assert cc["status"] == "unavailable" and "not installed" in cc["reason"]
+    else:
+        assert cc["status"] == "ok" and cc["generation_s"] > 0 and cc["ratio_ours_over_this"] > 0
+    assert "generation share" in r.stdout and data["settings"]["gpu"]["note"] in r.stdout
 
 
 def test_accuracy_tissue_helpers():

@@ -86,3 +86,64 @@ def test_demo_with_a_missing_model_fails_before_making_anything(tmp_path, capsys
     err = capsys.readouterr().err
     assert "no_such_model" in err and "Traceback" not in err and err.count("synthseg: error:") == 1
     assert not out.exists()
+
+
+def test_every_command_has_the_same_shape():
+    """One registry: each subcommand's module has add_arguments and run, and help text."""
+    import importlib
+
+    from synthseg.cli import COMMANDS, build_parser
+
+    parser = build_parser()
+    for name, (module_name, help_name) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        assert callable(module.add_arguments) and callable(module.run) and getattr(module, help_name)
+    assert set(parser._subparsers._group_actions[0].choices) == set(COMMANDS)
+    # predict and cascade take the shared flags with the same defaults
+    common = ["--i", "a.nii.gz", "--o", "out", "--threads", "2", "--tile", "64", "--no-flip", "--skip-existing",
+              "--vol", "v.csv", "--qc", "q.csv", "--png", "p"]
+    a = parser.parse_args(["predict", *common])
+    b = parser.parse_args(["cascade", *common, "--fine", "fine.keras"])
+    for flag in ("input", "output", "threads", "tile", "no_flip", "skip_existing", "vol", "qc", "png"):
+        assert getattr(a, flag) == getattr(b, flag), flag
+
+
+def test_train_preset_fills_what_flags_do_not_say():
+    from synthseg.cli import build_parser
+    from synthseg.training.recipes import recipe
+    from synthseg.training.train_command import TRAIN_DEFAULTS, settings
+
+    parser = build_parser()
+    labels, options, unet, crop = settings(parser.parse_args(["train", "maps/", "run", "--preset", "cpu", "--lr",
+                                                              "5e-4"]))
+    cpu = recipe("cpu")
+    assert labels == "maps/" and options.learning_rate == 5e-4 and crop == cpu.crop
+    assert (options.steps, options.lr_schedule, unet.base_features) == (cpu.training["steps"], "cosine", 16)
+    labels, options, unet, crop = settings(parser.parse_args(["train", "maps/", "run"]))
+    assert (options.steps, options.learning_rate, unet.base_features, crop) == (
+        TRAIN_DEFAULTS["steps"], TRAIN_DEFAULTS["learning_rate"], TRAIN_DEFAULTS["base_features"], None)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "run", "--preset", "no-such-recipe"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command, extra", [("train-supervised", []), ("train-slices", ["--axis", "2", "--k", "3"])])
+def test_supervised_and_slice_training_commands(tmp_path, capsys, command, extra):
+    from synthseg.training.run_folder import read_spec
+    from tests.training.test_supervised import write_pairs
+
+    images, labels = write_pairs(tmp_path / "pairs", [0, 1], seed=0)
+    val_images, val_labels = write_pairs(tmp_path / "val", [1], seed=1)
+    run = tmp_path / "run"
+    args = [command, str(run), "--images", str(images), "--label-maps", str(labels), "--val-images",
+            str(val_images), "--val-label-maps", str(val_labels), "--steps", "4", "--checkpoint-every", "2",
+            "--levels", "2", "--features", "4", "--no-augmentation", *extra]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "trained to step 4, best validation Dice" in out and "unet_best.keras" in out
+    assert read_spec(run).kind == ("slices" if extra else "supervised")
+    assert main([*args[:6], "--resume", "--steps", "6", *extra]) == 0  # continues to the new total
+    assert "trained to step 6" in capsys.readouterr().out
+    assert main([command, str(tmp_path / "run2"), "--images", str(images), "--label-maps", str(labels),
+                 "--val-images", str(val_images), *extra]) == 1
+    assert "--val-images and --val-label-maps go together" in capsys.readouterr().err

@@ -210,11 +210,8 @@ def run_train(tmp: Path, key: str, model_file: Path, capsys, monkeypatch) -> Out
 
 def run_supervised(tmp: Path, key: str, model_file: Path, capsys, monkeypatch) -> Outcome:
     from synthseg.nn.unet import UNetOptions
-    from synthseg.training.supervised import (
-        AugmentationOptions,
-        SupervisedOptions,
-        supervised_training,
-    )
+    from synthseg.training.augmentation import AugmentationOptions
+    from synthseg.training.supervised import SupervisedOptions, supervised_training
 
     run = tmp / "run"
     if key in ("unwritable_output", "output_is_input"):
@@ -549,7 +546,7 @@ def test_a_model_holding_python_code_is_refused(tmp_path, capsys):
     scan = corpus.good_scan(tmp_path)
     code, _, err = cli(["predict", "--i", scan, "--o", tmp_path / "out", "--model", tmp_path / "lambda.keras"], capsys)
     assert code == 1 and len(error_lines(err)) == 1 and "safe mode" in err and "Traceback" not in err
-    from synthseg.training.supervised import load_source_unet
+    from synthseg.nn.transfer import load_source_unet
 
     with pytest.raises(InputError, match="lambda.keras: init_from: refused: the U-Net holds Python code"):
         load_source_unet(tmp_path / "lambda.keras")

@@ -60,6 +60,25 @@ class RandomLayer(keras.layers.Layer):
         return keras.random.uniform(shape, seed=self.seed_generator) < prob
 
 
+#: what a tensor given to a spatial layer holds: images are interpolated linearly, label maps
+#: by nearest neighbour (and their left/right labels swapped by a flip)
+IMAGE, LABELS = "image", "labels"
+
+
+def tensor_kinds(tensors, kinds) -> list[str]:
+    """The kind (:data:`IMAGE` or :data:`LABELS`) of each tensor: ``kinds`` as the layer was
+    told (one per tensor); ``None``, for callers that do not say: integer tensors are label maps.
+
+    Raises:
+        ValueError: ``kinds`` of another length than ``tensors``, or an unknown kind.
+    """
+    if kinds is None:
+        return [LABELS if "int" in str(t.dtype) else IMAGE for t in tensors]
+    if len(kinds) != len(tensors) or any(k not in (IMAGE, LABELS) for k in kinds):
+        raise ValueError(f"kinds must name {IMAGE!r} or {LABELS!r} for each of the {len(tensors)} inputs, got {kinds}")
+    return list(kinds)
+
+
 def symmetric_range(value, name: str, center: float = 0.0) -> tuple[float, float]:
     """Parse a range argument: ``v`` means ``(center - v, center + v)``; ``(lo, hi)`` is kept.
 

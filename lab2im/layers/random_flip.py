@@ -6,7 +6,7 @@ import numpy as np
 from keras import ops
 
 from lab2im import ops as lops
-from lab2im.layers.base import RandomLayer
+from lab2im.layers.base import LABELS, RandomLayer, tensor_kinds
 
 
 @keras.saving.register_keras_serializable(package="lab2im")
@@ -22,12 +22,16 @@ class RandomFlip(RandomLayer):
         prob: probability of flipping each sample.
         seed: see :class:`~lab2im.layers.base.RandomLayer`.
 
-    Inputs: one tensor or a list ``(B, *spatial, C)``; integer tensors get their labels swapped.
+        kinds: what each input holds, ``"image"`` or ``"labels"`` (label maps get their
+            left/right labels swapped); ``None``: integer tensors are label maps.
+
+    Inputs: one tensor or a list ``(B, *spatial, C)``.
     Transformation dict: ``flip``: ``(B,)`` bool.
     """
 
-    def __init__(self, lr_pairs=(), axis=0, prob=0.5, seed=None, **kwargs):
+    def __init__(self, lr_pairs=(), axis=0, prob=0.5, kinds=None, seed=None, **kwargs):
         super().__init__(seed=seed, **kwargs)
+        self.kinds = None if kinds is None else list(kinds)
         self.lr_pairs = [(int(a), int(b)) for a, b in lr_pairs]
         self.axis = int(axis)
         self.prob = float(prob)
@@ -57,9 +61,9 @@ class RandomFlip(RandomLayer):
     def transform(self, inputs, transformation):
         tensors = inputs if isinstance(inputs, (list, tuple)) else [inputs]
         outs = []
-        for t in tensors:
+        for t, kind in zip(tensors, tensor_kinds(tensors, self.kinds)):
             flipped = ops.flip(t, axis=self.axis + 1)
-            if "int" in str(t.dtype) and self.lr_pairs:
+            if kind == LABELS and self.lr_pairs:
                 flipped = self.swap_labels(flipped)
             mask = ops.reshape(transformation["flip"], (-1,) + (1,) * (len(t.shape) - 1))
             outs.append(ops.where(mask, flipped, t))
@@ -67,5 +71,5 @@ class RandomFlip(RandomLayer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(lr_pairs=self.lr_pairs, axis=self.axis, prob=self.prob)
+        config.update(lr_pairs=self.lr_pairs, axis=self.axis, prob=self.prob, kinds=self.kinds)
         return config

@@ -8,7 +8,15 @@ import numpy as np
 from keras import ops
 
 from lab2im import ops as lops
-from lab2im.layers.base import RandomLayer, first_shape, is_shape_list, spatial_shape, symmetric_range
+from lab2im.layers.base import (
+    LABELS,
+    RandomLayer,
+    first_shape,
+    is_shape_list,
+    spatial_shape,
+    symmetric_range,
+    tensor_kinds,
+)
 
 
 @keras.saving.register_keras_serializable(package="lab2im")
@@ -42,6 +50,8 @@ class RandomSpatialDeformation(RandomLayer):
             the output (it is smooth, so little is lost), then the displacement is upsampled.
         output_shape: spatial output shape (voxels); ``None`` keeps the input shape. A smaller
             shape takes a random crop (the deformation is computed for the crop only).
+        kinds: what each input holds, ``"image"`` (interpolated linearly) or ``"labels"``
+            (nearest neighbour); ``None``: integer tensors are label maps.
         seed: see :class:`~lab2im.layers.base.RandomLayer`.
 
     Transformation dict (``get_random_transformation``):
@@ -52,8 +62,9 @@ class RandomSpatialDeformation(RandomLayer):
 
     def __init__(self, scaling=0.2, rotation=15.0, shearing=0.012, translation=0.0,
                  nonlin_std=4.0, nonlin_scale=0.04, integration_steps=7,
-                 integration_downsample=4, output_shape=None, seed=None, **kwargs):
+                 integration_downsample=4, output_shape=None, kinds=None, seed=None, **kwargs):
         super().__init__(seed=seed, **kwargs)
+        self.kinds = None if kinds is None else list(kinds)
         self.scaling = symmetric_range(scaling, "scaling", center=1.0)
         if self.scaling[0] <= 0:
             raise ValueError(f"scaling factors must stay positive, got range {self.scaling}")
@@ -143,11 +154,8 @@ class RandomSpatialDeformation(RandomLayer):
         coords = self.coordinates(transformation)
         tensors = inputs if isinstance(inputs, (list, tuple)) else [inputs]
         outs = []
-        for t in tensors:
-            if "int" in str(t.dtype):
-                outs.append(lops.sample(t, coords, "nearest"))
-            else:
-                outs.append(lops.sample(t, coords, "linear"))
+        for t, kind in zip(tensors, tensor_kinds(tensors, self.kinds)):
+            outs.append(lops.sample(t, coords, "nearest" if kind == LABELS else "linear"))
         return outs if isinstance(inputs, (list, tuple)) else outs[0]
 
     def get_config(self):
@@ -156,7 +164,7 @@ class RandomSpatialDeformation(RandomLayer):
                       translation=self.translation, nonlin_std=self.nonlin_std,
                       nonlin_scale=self.nonlin_scale, integration_steps=self.integration_steps,
                       integration_downsample=self.integration_downsample,
-                      output_shape=self.output_shape)
+                      output_shape=self.output_shape, kinds=self.kinds)
         return config
 
 

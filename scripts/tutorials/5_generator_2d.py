@@ -72,7 +72,8 @@ import keras  # noqa: E402
 
 from synthseg.nn.losses import SegmentationLoss, WarmupCallback, hard_dice  # noqa: E402
 from synthseg.nn.unet import UNetOptions  # noqa: E402
-from synthseg.training.synthetic import SplitOutputLoss, build_training_model  # noqa: E402
+from synthseg.training.split_output import SplitOutputLoss
+from synthseg.training.synthetic import build_training_model  # noqa: E402
 
 unet_options = UNetOptions(ndim=2, n_levels=4, base_features=16)
 model, unet, labels = build_training_model(options, unet_options, slice_labels.shape, seed=args.seed)

@@ -208,11 +208,8 @@ def main(argv=None) -> int:
     from synthseg.inference.reading import read_scan
     from synthseg.inference.segmentation import segment_volume
     from synthseg.nn.unet import UNetOptions
-    from synthseg.training.supervised import (
-        AugmentationOptions,
-        SupervisedOptions,
-        supervised_training,
-    )
+    from synthseg.training.augmentation import AugmentationOptions
+    from synthseg.training.supervised import SupervisedOptions, supervised_training
 
     # 1. three datasets, one protocol map, one merged set with a per-dataset split
     sources = write_datasets(out / "datasets", args.subjects, args.size, args.seed)

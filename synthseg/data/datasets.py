@@ -405,3 +405,24 @@ def _write_verified(src, entry: DataFile, dest: Path) -> None:
             raise DatasetError(f"checksum mismatch for {entry.name} ({entry.members[-1]} in "
                                f"{entry.source.archive}): expected sha256 {entry.sha256}, got "
                                f"{digest.hexdigest()}; the bad file was removed", dest)
+
+
+# ----------------------------------------------------------------------------- command line
+FETCH_HELP = "download public data files into the cache (--list to see them)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("names", nargs="*", help="datasets to fetch (default: list them)")
+    parser.add_argument("--list", action="store_true", help="list the datasets and their licences")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="data cache (default: $SYNTHSEG_DATA or ~/.cache/synthseg)")
+
+
+def run(args) -> int:
+    if args.list or not args.names:
+        for name, licence in available().items():
+            print(f"{name:32s} {licence}")
+        return 0
+    for path in fetch_many(args.names, args.cache_dir):
+        print(path)
+    return 0

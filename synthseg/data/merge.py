@@ -643,6 +643,9 @@ def load_merged(path) -> MergedDataset:
 
 
 # ----------------------------------------------------------------------------- command line
+HELP = "merge labelled datasets into one training set through a label-protocol map (per-dataset train/val/test split)"
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--dataset", action="append", required=True, metavar="NAME=SOURCE",
                         help="a dataset: its name in the protocol map and its CSV manifest or folder (repeat)")

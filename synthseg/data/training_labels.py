@@ -465,24 +465,6 @@ def build_training_labels(out_dir, cache_dir=None) -> list[Path]:
     return written
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out_dir", type=Path, help="folder for the .nii.gz label maps")
-    parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="data cache (default: $SYNTHSEG_DATA or ~/.cache/synthseg)")
-    args = parser.parse_args(argv)
-    try:
-        build_training_labels(args.out_dir, args.cache_dir)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def training_label_maps(voxel_mm: float = 1.0, cache_dir=None) -> Path:
     """Folder of the training label maps at ``voxel_mm`` mm, built and cached on first use.
 
@@ -510,3 +492,32 @@ def training_label_maps(voxel_mm: float = 1.0, cache_dir=None) -> Path:
             vol = resample_volume(load_volume(f), voxel_mm, order=0)
             save_volume(vol.data.astype(OUTPUT_DTYPE), out, affine=vol.affine)
     return folder
+
+
+# ----------------------------------------------------------------------------- command line
+BUILD_HELP = "build the whole-head training label maps from public atlases"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("out_dir", type=Path, help="folder for the label maps (.nii.gz)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="data cache (default: $SYNTHSEG_DATA or ~/.cache/synthseg)")
+
+
+def run(args) -> int:
+    build_training_labels(args.out_dir, args.cache_dir)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    try:
+        return run(parser.parse_args(argv))
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

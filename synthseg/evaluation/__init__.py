@@ -52,7 +52,7 @@ Metrics (per label, numpy/scipy only):
   Fast surfaces: Hausdorff up to +1.27, +0.93, +2.16 and +0.74 mm (85 to 93 pairs in 100
   within half a voxel); for comparison, voxel surfaces with distance transforms (as MedPy and
   MONAI measure): up to +1.96, +1.35, +2.44 and +0.92 mm (69 to 77 in 100), with mean surface
-  distances down to -0.72 mm. ``tests/test_evaluate.py`` checks fixed and random cases.
+  distances down to -0.72 mm. ``tests/evaluation/test_evaluate.py`` checks fixed and random cases.
 
 * **Volumes**: ``volume_true_mm3``, ``volume_pred_mm3``, ``volume_diff_mm3`` (predicted minus
   true) and ``volume_diff_rel`` (the difference over the true volume).

@@ -15,6 +15,9 @@ from synthseg.evaluation.metrics import label_list, label_name_map
 from synthseg.evaluation.surfaces import SURFACES
 
 
+HELP = "Dice, surface distances and volumes of predictions vs ground truth (+ paired tests of two methods)"
+
+
 def add_arguments(parser) -> None:
     """Options of ``synthseg evaluate``."""
     parser.add_argument("--gt", required=True, help="folder (or .txt list) of ground-truth label maps")
@@ -33,6 +36,7 @@ def add_arguments(parser) -> None:
                              "Hausdorff distance up to a voxel too high on coarse axes)")
     parser.add_argument("--threads", type=int, default=None,
                         help="worker threads (labels are evaluated in parallel; default: all usable CPUs)")
+
 
 def parse_labels(values: Sequence[str]) -> list[int]:
     """``--labels`` values: integers, or a single ``.npy`` file of integers.
@@ -55,6 +59,7 @@ def parse_labels(values: Sequence[str]) -> list[int]:
         return [int(v) for v in values]
     except ValueError:
         raise InputError(f"--labels must be integers or one .npy file, got {' '.join(values)}") from None
+
 
 def summary_table(result: Evaluation) -> str:
     """Plain-text table: mean Dice per label and method, and with two methods the paired tests'
@@ -82,6 +87,7 @@ def summary_table(result: Evaluation) -> str:
     lines += ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
               for r in rows]
     return "\n".join(lines)
+
 
 def run(args) -> int:
     """``synthseg evaluate``: warnings are printed as one line each on stderr as they happen."""

@@ -52,6 +52,7 @@ PAIRED_COLUMNS = ("label", "name", "metric", "method_a", "method_b", "n", "media
 
 _AFFINE_TOL = 1e-4  # mm
 
+
 def evaluate_pair(gt_path, pred_path, labels: Sequence[int], on_mismatch: str = "resample",
                   surfaces: str = "smooth", threads: int | None = None) -> list[dict]:
     """Every metric of every label for one ground-truth file and one prediction file.
@@ -90,6 +91,7 @@ def evaluate_pair(gt_path, pred_path, labels: Sequence[int], on_mismatch: str = 
         pred = resample_to_grid(pred, pred_vol.affine, gt.shape, gt_vol.affine, order=0, fill=0)
     return evaluate_arrays(gt, pred, labels, voxel_size_of(gt_vol.affine), surfaces, threads)
 
+
 def subject_key(path) -> str:
     """Subject name of a label map file: file name without the volume suffix and without
     prediction / ground-truth endings (:data:`PREDICTION_SUFFIXES`), e.g.
@@ -99,6 +101,7 @@ def subject_key(path) -> str:
     while (m := pattern.match(name)) is not None:
         name = m.group(1)
     return name
+
 
 def match_subjects(gt_files: Sequence,
                    pred_files: Sequence) -> tuple[dict[str, tuple[Path, Path]], list[str], list[str]]:
@@ -114,6 +117,7 @@ def match_subjects(gt_files: Sequence,
     gt, pred = _keyed(gt_files), _keyed(pred_files)
     pairs = {s: (gt[s], pred[s]) for s in sorted(gt.keys() & pred.keys())}
     return pairs, sorted(gt.keys() - pred.keys()), sorted(pred.keys() - gt.keys())
+
 
 @dataclass
 class Evaluation:
@@ -142,6 +146,7 @@ class Evaluation:
         """``{subject: value}`` of one method, label and metric."""
         return {r["subject"]: r["value"] for r in self.rows
                 if r["method"] == method and r["label"] == label and r["metric"] == metric}
+
 
 def evaluate_folders(gt_dir, pred_dir, labels: Sequence[int], pred2_dir=None, out_dir=None,
                      on_mismatch: str = "resample", method_names: Sequence[str] | None = None,
@@ -239,6 +244,7 @@ def evaluate_folders(gt_dir, pred_dir, labels: Sequence[int], pred2_dir=None, ou
         result.written = _write_outputs(result, Path(out_dir))
     return result
 
+
 def _label_data(data: np.ndarray, path) -> np.ndarray:
     """A 3D integer label map (a float file with whole values is accepted), or InputError."""
     if data.ndim == 4 and data.shape[3] == 1:
@@ -255,6 +261,7 @@ def _label_data(data: np.ndarray, path) -> np.ndarray:
         raise InputError(f"label map contains negative labels (min {data.min()})", path)
     return data
 
+
 def _keyed(files) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for f in files:
@@ -265,6 +272,7 @@ def _keyed(files) -> dict[str, Path]:
         out[key] = Path(f)
     return out
 
+
 def _method_names(folders, names) -> list[str]:
     if names is not None:
         names = [str(n) for n in names]
@@ -273,6 +281,7 @@ def _method_names(folders, names) -> list[str]:
         return names
     base = [Path(os.path.abspath(f)).name or str(f) for f in folders]
     return base if len(set(base)) == len(base) else ["A", "B"][: len(folders)]
+
 
 def _paired_rows(result: Evaluation, labels, methods, subjects) -> list[dict]:
     names = label_name_map()
@@ -290,6 +299,7 @@ def _paired_rows(result: Evaluation, labels, methods, subjects) -> list[dict]:
                         "method_a": methods[0], "method_b": methods[1], **test})
     return out
 
+
 def _write_outputs(result: Evaluation, out_dir: Path) -> list[Path]:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -304,6 +314,7 @@ def _write_outputs(result: Evaluation, out_dir: Path) -> list[Path]:
     written.append(boxplot(result, "dice", labels, out_dir / "dice_boxplot.png", "Dice"))
     written.append(boxplot(result, "hd95", labels, out_dir / "hd95_boxplot.png", "HD95 (mm)"))
     return written
+
 
 def boxplot(result: Evaluation, metric: str, labels: Sequence[int], path, ylabel: str) -> Path:
     """PNG (written atomically) of one metric: a box per label and method over subjects;
@@ -344,6 +355,7 @@ def boxplot(result: Evaluation, metric: str, labels: Sequence[int], path, ylabel
         ax.legend(fontsize=8)
     return save_figure(fig, path)
 
+
 def _csv(columns, rows) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
@@ -351,6 +363,7 @@ def _csv(columns, rows) -> str:
     for row in rows:
         writer.writerow({k: (repr(v) if isinstance(v, float) else ("" if v is None else v)) for k, v in row.items()})
     return buf.getvalue()
+
 
 def _json_safe(obj):
     if isinstance(obj, dict):
@@ -361,10 +374,12 @@ def _json_safe(obj):
         return None
     return obj
 
+
 def _finite_mean(values) -> float | None:
     v = np.array(list(values), float)
     v = v[np.isfinite(v)]
     return float(v.mean()) if v.size else None
+
 
 def _short_list(items, n: int = 5) -> str:
     items = list(items)

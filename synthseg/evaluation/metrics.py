@@ -22,6 +22,7 @@ from synthseg.evaluation.surfaces import (
 METRICS = ("dice", "hausdorff", "hd95", "mean_surface", "volume_true_mm3", "volume_pred_mm3",
            "volume_diff_mm3", "volume_diff_rel")
 
+
 def dice(a: np.ndarray, b: np.ndarray, labels: Sequence[int]) -> dict[int, float]:
     """Dice overlap of each label between two label maps of the same shape.
 
@@ -34,6 +35,7 @@ def dice(a: np.ndarray, b: np.ndarray, labels: Sequence[int]) -> dict[int, float
         ma, mb = a == label, b == label
         out[label] = _dice_from_counts(int(ma.sum()), int(mb.sum()), int(np.count_nonzero(ma & mb)))
     return out
+
 
 def surface_distances(a: np.ndarray, b: np.ndarray, label: int, spacing=(1.0, 1.0, 1.0),
                       surfaces: str = "smooth") -> dict[str, float]:
@@ -57,6 +59,7 @@ def surface_distances(a: np.ndarray, b: np.ndarray, label: int, spacing=(1.0, 1.
         return _empty_distances(ma.any(), mb.any())
     return _summarise(*two_way_distances(ma[box], mb[box], spacing_array(spacing, a.ndim), _origin(box), surfaces))
 
+
 def volume_difference(a: np.ndarray, b: np.ndarray, label: int, spacing=(1.0, 1.0, 1.0)) -> dict[str, float]:
     """Volumes (mm^3) of ``label`` in ground truth ``a`` and prediction ``b``, and their difference.
 
@@ -68,6 +71,7 @@ def volume_difference(a: np.ndarray, b: np.ndarray, label: int, spacing=(1.0, 1.
     a, b = _same_shape(a, b)
     voxel_mm3 = float(np.prod(spacing_array(spacing, a.ndim)))
     return _volumes(int(np.count_nonzero(a == label)), int(np.count_nonzero(b == label)), voxel_mm3)
+
 
 def evaluate_arrays(gt: np.ndarray, pred: np.ndarray, labels: Sequence[int], spacing=(1.0, 1.0, 1.0),
                     surfaces: str = "smooth", threads: int | None = None) -> list[dict]:
@@ -128,8 +132,10 @@ def evaluate_arrays(gt: np.ndarray, pred: np.ndarray, labels: Sequence[int], spa
         rows.extend({"label": label, "name": name, "metric": m, "value": float(by_label[label][m])} for m in METRICS)
     return rows
 
+
 def _box_size(box) -> int:
     return 0 if box is None else int(np.prod([sl.stop - sl.start for sl in box]))
+
 
 def _summarise(d_ab: np.ndarray, w_a: np.ndarray, d_ba: np.ndarray, w_b: np.ndarray) -> dict[str, float]:
     d, w = np.concatenate([d_ab, d_ba]), np.concatenate([w_a, w_b])
@@ -139,24 +145,30 @@ def _summarise(d_ab: np.ndarray, w_a: np.ndarray, d_ba: np.ndarray, w_b: np.ndar
     return {"hausdorff": float(d[order[-1]]), "hd95": float(d[order[k]]),
             "mean_surface": float(np.einsum("i,i->", w, d) / cumulative[-1])}  # no BLAS (threads)
 
+
 def check_threads(threads) -> None:
     if threads is not None and int(threads) < 1:
         raise InputError(f"threads must be >= 1, got {threads}")
 
+
 def _origin(box: tuple[slice, ...]) -> tuple[int, ...]:
     return tuple(sl.start for sl in box)
+
 
 def _empty_distances(a_present: bool, b_present: bool) -> dict[str, float]:
     value = 0.0 if not a_present and not b_present else math.inf
     return {"hausdorff": value, "hd95": value, "mean_surface": value}
 
+
 def _dice_from_counts(n_a: int, n_b: int, n_ab: int) -> float:
     return 1.0 if n_a + n_b == 0 else 2.0 * n_ab / (n_a + n_b)
+
 
 def _volumes(n_a: int, n_b: int, voxel_mm3: float) -> dict[str, float]:
     va, vb = n_a * voxel_mm3, n_b * voxel_mm3
     rel = (vb - va) / va if va > 0 else (math.inf if vb > 0 else 0.0)
     return {"volume_true_mm3": va, "volume_pred_mm3": vb, "volume_diff_mm3": vb - va, "volume_diff_rel": rel}
+
 
 def _label_boxes(arr: np.ndarray, labels: list[int]) -> dict[int, tuple[slice, ...] | None]:
     """Bounding box (slices) of each label in ``arr``, ``None`` for absent labels; one pass
@@ -174,6 +186,7 @@ def _label_boxes(arr: np.ndarray, labels: list[int]) -> dict[int, tuple[slice, .
             boxes[lab] = _mask_box(arr == lab)
     return boxes
 
+
 def _mask_box(mask: np.ndarray) -> tuple[slice, ...] | None:
     if not mask.any():
         return None
@@ -184,14 +197,17 @@ def _mask_box(mask: np.ndarray) -> tuple[slice, ...] | None:
         box.append(slice(int(idx[0]), int(idx[-1]) + 1))
     return tuple(box)
 
+
 def _merge_boxes(box_a, box_b) -> tuple[slice, ...] | None:
     boxes = [b for b in (box_a, box_b) if b is not None]
     if not boxes:
         return None
     return tuple(slice(min(b[i].start for b in boxes), max(b[i].stop for b in boxes)) for i in range(len(boxes[0])))
 
+
 def _union_box(ma: np.ndarray, mb: np.ndarray) -> tuple[slice, ...] | None:
     return _merge_boxes(_mask_box(ma), _mask_box(mb))
+
 
 def _same_shape(a, b) -> tuple[np.ndarray, np.ndarray]:
     a, b = np.asarray(a), np.asarray(b)
@@ -199,11 +215,13 @@ def _same_shape(a, b) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"label maps have different shapes {a.shape} and {b.shape}")
     return a, b
 
+
 def label_list(labels) -> list[int]:
     arr = np.asarray(labels).ravel()
     if arr.size and not np.all(np.equal(np.mod(arr.astype(float), 1), 0)):
         raise InputError(f"labels must be integers, got {arr.tolist()[:8]}")
     return list(dict.fromkeys(int(v) for v in arr))
+
 
 def label_name_map() -> dict[int, str]:
     from synthseg.data.labels import label_names

@@ -9,6 +9,7 @@ import numpy as np
 #: significance level below which :func:`paired_test` names a better method
 ALPHA = 0.05
 
+
 def paired_test(values_a: Sequence[float], values_b: Sequence[float], higher_is_better: bool = True,
                 names: Sequence[str] = ("A", "B"), alpha: float = ALPHA) -> dict:
     """Wilcoxon signed-rank test of paired values of two methods (:func:`scipy.stats.wilcoxon`,
@@ -65,6 +66,7 @@ def paired_test(values_a: Sequence[float], values_b: Sequence[float], higher_is_
                        f"the median favours {out['better']}")
         out["better"] = None
     return out
+
 
 def _median(v: np.ndarray) -> float:
     return float(np.median(v)) if v.size else float("nan")

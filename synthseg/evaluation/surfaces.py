@@ -25,6 +25,7 @@ SMOOTH_TOLERANCE = 0.01
 
 SMOOTH_CHECK = 10
 
+
 def surface_points(mask: np.ndarray, spacing=(1.0, 1.0, 1.0), surfaces: str = "smooth") -> tuple[np.ndarray, np.ndarray]:
     """Sub-voxel surface of a 2D or 3D mask: the relaxed surface-net points and their areas.
 
@@ -43,6 +44,7 @@ def surface_points(mask: np.ndarray, spacing=(1.0, 1.0, 1.0), surfaces: str = "s
     mask = np.asarray(mask, bool)
     return _surface_net(mask, spacing_array(spacing, mask.ndim), (0,) * mask.ndim, surfaces)
 
+
 def directed_distances(mask_a: np.ndarray, mask_b: np.ndarray, spacing,
                        surfaces: str = "smooth") -> tuple[np.ndarray, np.ndarray]:
     """Distances (mm) from every surface point of ``mask_a`` to the surface of ``mask_b``, and back.
@@ -59,6 +61,7 @@ def directed_distances(mask_a: np.ndarray, mask_b: np.ndarray, spacing,
     d_ab, _, d_ba, _ = two_way_distances(mask_a, mask_b, spacing_array(spacing, mask_a.ndim), (0,) * mask_a.ndim, surfaces)
     return d_ab, d_ba
 
+
 def two_way_distances(mask_a: np.ndarray, mask_b: np.ndarray, spacing: np.ndarray, origin,
                surfaces: str = "smooth") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(d_ab, areas_a, d_ba, areas_b)``: each surface point's distance (mm) to the other
@@ -68,6 +71,7 @@ def two_way_distances(mask_a: np.ndarray, mask_b: np.ndarray, spacing: np.ndarra
     d_ab = _nearest_distances(points_b, points_a)
     d_ba = _nearest_distances(points_a, points_b)
     return d_ab, areas_a, d_ba, areas_b
+
 
 def _surface_net(mask: np.ndarray, spacing: np.ndarray, origin,
                  surfaces: str = "smooth") -> tuple[np.ndarray, np.ndarray]:
@@ -109,6 +113,7 @@ def _surface_net(mask: np.ndarray, spacing: np.ndarray, origin,
     offset = start + (np.asarray(origin, float) - 1.0)
     return (points + offset) * spacing, _cell_areas(tuple(spacing))[code[on_surface]]
 
+
 def _bend_to_smoothest(mean_of_neighbours: sparse.csr_matrix, points: np.ndarray, low: np.ndarray,
                        high: np.ndarray) -> np.ndarray:
     """Points (voxel units) minimising ``||L x||^2`` with each point in its cell (``low`` to
@@ -143,15 +148,18 @@ def _bend_to_smoothest(mean_of_neighbours: sparse.csr_matrix, points: np.ndarray
             reference = x.copy()
     return x
 
+
 def _nearest_distances(targets: np.ndarray, queries: np.ndarray) -> np.ndarray:
     # an unbalanced tree without shrunk nodes, 16 points a leaf: the fastest to build and query
     # on brain label surfaces (the answers are exact whatever the tree)
     return KDTree(targets, leafsize=16, balanced_tree=False, compact_nodes=False).query(queries)[0]
 
+
 @functools.cache
 def _cell_offsets(ndim: int) -> tuple[tuple[int, ...], ...]:
     """Bit ``b`` of a cell code is the voxel at offset ``_cell_offsets(ndim)[b]`` in the cell."""
     return tuple(itertools.product((0, 1), repeat=ndim))
+
 
 def _cell_codes(mask: np.ndarray) -> np.ndarray:
     """Code of every cell of 2^ndim voxels of the mask padded by one outside voxel: shape + 1."""
@@ -161,6 +169,7 @@ def _cell_codes(mask: np.ndarray) -> np.ndarray:
     for bit, offset in enumerate(_cell_offsets(mask.ndim)):
         code |= padded[tuple(slice(o, o + n) for o, n in zip(offset, shape))].view(np.uint8) << bit
     return code
+
 
 @functools.cache
 def _cell_face_counts(ndim: int) -> np.ndarray:
@@ -184,6 +193,7 @@ def _cell_face_counts(ndim: int) -> np.ndarray:
                                                       - np.count_nonzero(high & ~np.take(voxels, 0, axis)))
     return counts
 
+
 @functools.cache
 def _cell_areas(spacing: tuple[float, ...]) -> np.ndarray:
     """Surface area (mm^2) of each cell code: per connected part, the norm of its oriented face
@@ -195,9 +205,11 @@ def _cell_areas(spacing: tuple[float, ...]) -> np.ndarray:
     areas.setflags(write=False)
     return areas
 
+
 def check_surfaces(surfaces: str) -> None:
     if surfaces not in SURFACES:
         raise ValueError(f"surfaces must be one of {SURFACES}, got {surfaces!r}")
+
 
 def spacing_array(spacing, ndim: int) -> np.ndarray:
     s = np.asarray(spacing, dtype=float).ravel()

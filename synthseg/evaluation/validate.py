@@ -89,19 +89,14 @@ def _ground_truth(label_path: Path, image_shape, image_affine) -> np.ndarray:
 
 
 def network_for_run(run_dir: Path):
-    """The run's training model (to restore checkpoints into) and a SegmentationModel on its U-Net."""
+    """A :class:`~synthseg.inference.model.SegmentationModel` on the run's U-Net (any kind of
+    run: synthetic, supervised, slices), ready to take each checkpoint's weights
+    (:func:`synthseg.training.checkpoints.load_network_weights`)."""
     from synthseg.inference.model import load_model
-    from synthseg.nn.unet import required_multiple
-    from synthseg.training.synthetic import build_training_model, load_options
+    from synthseg.training.run_folder import read_spec
 
-    base = load_model(run_dir)
-    generator, unet_options, _ = load_options(run_dir)
-    shape = generator.output_shape or (2 * required_multiple(unet_options),) * 3
-    model, unet, labels = build_training_model(generator, unet_options, shape, seed=None)
-    if list(labels) != base.labels.tolist():
-        raise InputError("labels.npy does not match the run's options", run_dir)
-    base.network = unet
-    return model, base
+    read_spec(run_dir)  # a clear error for a folder that is not a run
+    return load_model(run_dir)
 
 
 def validate_training(run_dir, images, labels, out_dir=None, flip: bool = True,
@@ -127,7 +122,7 @@ def validate_training(run_dir, images, labels, out_dir=None, flip: bool = True,
 
     from synthseg.evaluation.metrics import dice
     from synthseg.inference.segmentation import segment_volume
-    from synthseg.training.checkpoints import load_checkpoint
+    from synthseg.training.checkpoints import load_network_weights
 
     run_dir = Path(run_dir)
     found = checkpoints(run_dir)
@@ -149,11 +144,11 @@ def validate_training(run_dir, images, labels, out_dir=None, flip: bool = True,
     done = {int(r["step"]) for r in rows}
     todo = [s for s in sorted(found) if s not in done]
     if todo:
-        model, seg_model = network_for_run(run_dir)
+        seg_model = network_for_run(run_dir)
         scored = [int(v) for v in seg_model.labels if v != 0]
         scans = [(img, load_volume(img), lab) for img, lab in pairs]
         for step in tqdm(todo, desc="validating", unit="checkpoint", disable=not progress, file=sys.stderr):
-            load_checkpoint(found[step], model, None)
+            load_network_weights(found[step], seg_model.network)
             for img_path, volume, lab_path in scans:
                 seg = segment_volume(volume, seg_model, flip=flip).native_segmentation()
                 gt = _ground_truth(lab_path, seg.shape, volume.affine)
@@ -187,6 +182,9 @@ def _plot_curve(mean: dict[int, float], best: int, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save_figure(fig, path)
+
+
+HELP = "score every checkpoint of a training run on real scans"
 
 
 def add_arguments(parser):

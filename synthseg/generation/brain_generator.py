@@ -196,13 +196,29 @@ class BrainGenerator:
         image, labels = self.model.predict_on_batch(self.label_maps[idx])
         return np.asarray(image), np.asarray(labels)[..., 0]
 
-    def generate_image(self) -> tuple[np.ndarray, np.ndarray]:
+    def generate_image(self, return_parameters: bool = False):
         """One synthetic scan and its segmentation.
+
+        Args:
+            return_parameters: also return what every random stage drew for this scan
+                (:func:`lab2im.model.generate_with_parameters`: the affine and deformation, the
+                Gaussian means and standard deviations per label, bias field, resolution, gamma,
+                ...), from the same random streams: the scan is the one the generator would have
+                made anyway. :func:`lab2im.model.replay` makes it again from them.
 
         Returns:
             ``image``: float32 ``(X, Y, Z)`` (``(X, Y, Z, C)`` for several channels), in [0, 1];
             ``labels``: int32 ``(X, Y, Z)`` segmentation labels. Both lie on :attr:`affine`.
+            With ``return_parameters``, a third item: ``{stage name: {parameter: array}}``
+            (arrays of the whole minibatch, first axis the sample).
         """
+        if return_parameters:
+            from lab2im.model import generate_with_parameters
+
+            idx = self._rng.integers(0, len(self.label_maps), size=self.batch_size)
+            image, labels, parameters = generate_with_parameters(self.model, self.label_maps[idx])
+            image = image[0]
+            return (image[..., 0] if image.shape[-1] == 1 else image), labels[0][..., 0], parameters
         image, labels = self.generate_batch()
         image = image[0]
         return (image[..., 0] if image.shape[-1] == 1 else image), labels[0]

@@ -520,6 +520,9 @@ def format_table(stats: IntensityStats, prior_means=None, prior_stds=None, kind:
 
 
 # ----------------------------------------------------------------------------- command line
+HELP = "per-label intensity priors (.npy) from real scans + label maps"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``estimate-priors`` options to ``parser`` (a sub-command parser)."""
     parser.add_argument("--images", action="append", required=True, metavar="SOURCE",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import csv
+import dataclasses
 import io
 import os
 import sys
@@ -37,6 +38,7 @@ from synthseg.inference.tiling import DEFAULT_TILE, DEFAULT_TILE_OVERLAP
 
 SEG_SUFFIX, POST_SUFFIX, RESAMPLED_SUFFIX = "_synthseg", "_posteriors", "_resampled"
 
+
 @dataclass
 class PredictReport:
     """What :func:`predict` did.
@@ -68,6 +70,7 @@ class PredictReport:
             more = f" (and {len(self.failed) - 1} more failure(s))" if len(self.failed) > 1 else ""
             raise InputError(problem + more, path)
         return self
+
 
 def set_threads(threads: int | None) -> str | None:
     """Limit the backend's CPU threads (TensorFlow: intra- and inter-op; PyTorch: intra-op).
@@ -103,6 +106,7 @@ def set_threads(threads: int | None) -> str | None:
         return None
     return f"threads: not supported on the {backend} backend (set XLA_FLAGS before starting)"
 
+
 def apply_threads(threads: int | None) -> str | None:
     """:func:`set_threads`, its warning (if any) printed as one line on stderr; returns it."""
     warning = set_threads(threads)
@@ -110,22 +114,12 @@ def apply_threads(threads: int | None) -> str | None:
         print(f"synthseg: warning: {warning}", file=sys.stderr)
     return warning
 
-def predict(inputs, outputs, model=None, vol=None, post=None, resample=None, qc=None, png=None, crop=None,
-            flip: bool = True, keep_native: bool = True, skip_existing: bool = False, threads: int | None = None,
-            progress: bool = True, cleanup: bool = True, tile_size=DEFAULT_TILE,
-            tile_overlap: int = DEFAULT_TILE_OVERLAP) -> PredictReport:
-    """Segment scans from files and write the outputs (``mri_synthseg``'s flags; see the module docstring).
 
-    Args:
-        inputs: a scan (NIfTI/MGZ), a folder of scans, or a ``.txt`` file listing one per line.
-        outputs: a file (one input) or a folder (``<name>_synthseg.nii.gz`` per input).
-        model: a :class:`SegmentationModel`, a path for :func:`load_model`, or ``None`` (the
-            model shipped in ``models/``).
-        vol: CSV of the soft volumes (mm³) of every structure and the total intracranial volume.
-        post: posteriors, a file (one input) or a folder.
-        resample: the image the network saw, a file (one input) or a folder.
-        qc: CSV of the quality scores.
-        png: overlays, a ``.png`` file (one input) or a folder.
+@dataclass
+class PredictOptions:
+    """How :func:`predict` segments each scan (where it writes is its own arguments).
+
+    Attributes:
         crop: network input size around the centre (voxels, 1 or 3 numbers; rounded up to the
             required multiple); ``None``: the whole scan.
         flip: average with the left/right-flipped prediction.
@@ -134,7 +128,38 @@ def predict(inputs, outputs, model=None, vol=None, post=None, resample=None, qc=
         threads: CPU threads of the backend (see :func:`set_threads`).
         progress: show a progress bar (stderr).
         cleanup: keep the largest component of each structure and fill holes.
-        tile_size, tile_overlap: network input tiles (see :meth:`SegmentationModel.posteriors`).
+        tile_size, tile_overlap: network input tiles, voxels (see
+            :meth:`~synthseg.inference.model.SegmentationModel.posteriors`).
+    """
+
+    crop: object = None
+    flip: bool = True
+    keep_native: bool = True
+    skip_existing: bool = False
+    threads: int | None = None
+    progress: bool = True
+    cleanup: bool = True
+    tile_size: int | None = DEFAULT_TILE
+    tile_overlap: int = DEFAULT_TILE_OVERLAP
+
+
+def predict(inputs, outputs, model=None, vol=None, post=None, resample=None, qc=None, png=None,
+            options: PredictOptions | None = None, **settings) -> PredictReport:
+    """Segment scans from files and write the outputs (``mri_synthseg``'s flags; see
+    :mod:`synthseg.inference`).
+
+    Args:
+        inputs: a scan (NIfTI/MGZ/NRRD/DICOM), a folder of scans, or a ``.txt`` file listing one per line.
+        outputs: a file (one input) or a folder (``<name>_synthseg.nii.gz`` per input).
+        model: a :class:`SegmentationModel`, a path for :func:`load_model`, or ``None`` (the
+            model shipped in ``models/``).
+        vol: CSV of the soft volumes (mm³) of every structure and the total intracranial volume.
+        post: posteriors, a file (one input) or a folder.
+        resample: the image the network saw, a file (one input) or a folder.
+        qc: CSV of the quality scores.
+        png: overlays, a ``.png`` file (one input) or a folder.
+        options: :class:`PredictOptions`; ``settings`` (its field names, e.g. ``flip=False``)
+            change single fields.
 
     Returns:
         A :class:`PredictReport`; failures of single scans are in ``report.failed`` (the others
@@ -144,44 +169,31 @@ def predict(inputs, outputs, model=None, vol=None, post=None, resample=None, qc=
         InputError: before any scan is touched: missing inputs, unusable output locations,
             a model that cannot be loaded, bad options.
     """
-    from tqdm import tqdm
-
+    try:
+        o = dataclasses.replace(options or PredictOptions(), **settings)
+    except TypeError as exc:
+        raise InputError(f"unknown prediction setting ({exc})") from None
     report = PredictReport()
-    warning = apply_threads(threads)
+    warning = apply_threads(o.threads)
     if warning:
         report.warnings.append((None, warning))
     files = list_volume_files(inputs, "image")
     for warning in _ignored_entries(inputs):
         report.warnings.append((Path(inputs), warning))
         print(f"synthseg: warning: {inputs}: {warning}", file=sys.stderr)
-    crop = parse_crop(crop)
+    crop = parse_crop(o.crop)
     names = output_names(files)
-    seg_paths = output_paths(files, names, outputs, SEG_SUFFIX, ".nii.gz", "segmentation")
-    post_paths = output_paths(files, names, post, POST_SUFFIX, ".nii.gz", "posteriors")
-    res_paths = output_paths(files, names, resample, RESAMPLED_SUFFIX, ".nii.gz", "resampled image")
-    png_paths = output_paths(files, names, png, SEG_SUFFIX, ".png", "overlay")
-    csv_paths = [Path(p) for p in (vol, qc) if p is not None]
-    for p in csv_paths:
-        if p.is_dir():
-            raise InputError("is a folder; expected a CSV file name", p)
-        _check_folder(_parent(p))
-    check_distinct(files, [seg_paths, post_paths, res_paths, png_paths, csv_paths])
+    plan = OutputPlan(files, names, {"segmentation": (outputs, SEG_SUFFIX, ".nii.gz"),
+                                     "posteriors": (post, POST_SUFFIX, ".nii.gz"),
+                                     "resampled image": (resample, RESAMPLED_SUFFIX, ".nii.gz"),
+                                     "overlay": (png, SEG_SUFFIX, ".png")}, (vol, qc))
     if not isinstance(model, SegmentationModel):
         model = load_model(model)
-    folders = {_parent(p) for group in (seg_paths, post_paths, res_paths, png_paths, csv_paths) for p in group or []}
-    for folder in sorted(folders):
-        make_writable_folder(folder, "output folder cannot be written")
-    for group in (seg_paths, post_paths, res_paths, png_paths, csv_paths):
-        for p in group or []:
-            remove_stale_temporaries(p)  # left by a killed run (kill -9 skips the clean-up)
+    plan.prepare_folders()
     tables = ScanTables(model, vol, qc)
-
-    def per_scan(i):
-        return [p[i] for p in (seg_paths, post_paths, res_paths, png_paths) if p is not None]
-
     todo = []
     for i, f in enumerate(files):
-        if skip_existing and all(p.exists() for p in per_scan(i)) and tables.has(names[i]):
+        if o.skip_existing and all(p.exists() for p in plan.scan_outputs(i)) and tables.has(names[i]):
             report.skipped.append(f)
         else:
             todo.append(i)
@@ -190,25 +202,82 @@ def predict(inputs, outputs, model=None, vol=None, post=None, resample=None, qc=
         vol_, warns = read_scan(files[i])
         return prepare_volume(vol_, model, crop, name=names[i], warnings=warns)
 
+    def segment(i, prep):
+        seg = segment_prepared(prep, model, o.flip, o.cleanup, o.tile_size, o.tile_overlap)
+        report.outputs.extend(_write_outputs(seg, o.keep_native, *(plan.path(what, i) for what in
+                                                                   ("posteriors", "resampled image", "overlay",
+                                                                    "segmentation"))))
+        for path in tables.add(names[i], seg):
+            _add(report.outputs, path)
+
+    run_batch(files, todo, load, segment, report, o.progress)
+    return report
+
+
+class OutputPlan:
+    """Where a batch writes each scan's outputs, checked before any scan is read: distinct from
+    the inputs and from each other, in writable folders, CSV tables that are not folders.
+
+    Args:
+        files, names: the inputs and their output names (:func:`output_names`).
+        per_scan: ``{what: (target, suffix, extension)}``: a file (one input) or folder
+            (``<name><suffix><extension>`` per input) for each kind of output; ``target``
+            ``None``: not asked for.
+        tables: CSV files (``None`` entries are ignored).
+    """
+
+    def __init__(self, files, names, per_scan: dict, tables=()):
+        self.paths = {what: output_paths(files, names, target, suffix, ext, what)
+                      for what, (target, suffix, ext) in per_scan.items()}
+        self.csv_paths = [Path(p) for p in tables if p is not None]
+        for p in self.csv_paths:
+            if p.is_dir():
+                raise InputError("is a folder; expected a CSV file name", p)
+            _check_folder(_parent(p))
+        check_distinct(files, self.groups())
+
+    def groups(self) -> list:
+        return [*self.paths.values(), self.csv_paths]
+
+    def path(self, what: str, i: int) -> Path | None:
+        """Scan ``i``'s output of kind ``what`` (``None``: not asked for)."""
+        paths = self.paths[what]
+        return None if paths is None else paths[i]
+
+    def prepare_folders(self) -> None:
+        """Create the output folders; remove the temporary files a killed run left (``kill -9``
+        skips the clean-up)."""
+        for folder in sorted({_parent(p) for group in self.groups() for p in group or []}):
+            make_writable_folder(folder, "output folder cannot be written")
+        for group in self.groups():
+            for p in group or []:
+                remove_stale_temporaries(p)
+
+    def scan_outputs(self, i: int) -> list[Path]:
+        return [p[i] for p in self.paths.values() if p is not None]
+
+
+def run_batch(files, todo, load, segment, report: PredictReport, progress: bool = True) -> None:
+    """``segment(i, load(i))`` for each index in ``todo``, the next scan read in a background
+    thread while one is segmented; a scan that fails is reported (file and problem, on stderr
+    and in ``report.failed``) and the others go on. ``report.done`` and ``report.seconds``
+    record the others; Ctrl-C cancels the pending read and stops."""
+    from tqdm import tqdm
+
     bar = tqdm(total=len(files), initial=len(report.skipped), desc="segmenting", unit="scan",
                disable=not progress, file=sys.stderr)
     with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="synthseg-read") as pool:
-        future = pool.submit(load, todo[0]) if todo else None
+        pending = pool.submit(load, todo[0]) if todo else None
         for k, i in enumerate(todo):
             nxt = pool.submit(load, todo[k + 1]) if k + 1 < len(todo) else None
             t0 = time.perf_counter()
-            prep = seg = None
+            prep = None
             try:
-                prep = future.result()
+                prep = pending.result()
                 for w in prep.warnings:
                     report.warnings.append((files[i], w))
                     bar.write(f"synthseg: warning: {files[i]}: {w}", file=sys.stderr)
-                seg = segment_prepared(prep, model, flip, cleanup, tile_size, tile_overlap)
-                written = _write_outputs(seg, keep_native, *(p[i] if p else None for p in
-                                                             (post_paths, res_paths, png_paths, seg_paths)))
-                report.outputs.extend(written)
-                for path in tables.add(names[i], seg):
-                    _add(report.outputs, path)
+                segment(i, prep)
                 report.done.append(files[i])
                 report.seconds[files[i]] = time.perf_counter() - t0
             except (KeyboardInterrupt, SystemExit):
@@ -223,12 +292,11 @@ def predict(inputs, outputs, model=None, vol=None, post=None, resample=None, qc=
                 report.failed.append((files[i], problem))
                 bar.write(f"synthseg: error: {files[i]}: {problem}", file=sys.stderr)
             finally:
-                prep = seg = None  # free this scan's arrays before the next one's are made
-            del future
-            future = nxt
+                prep = None  # free this scan's arrays before the next one's are made
+            pending = nxt
             bar.update(1)
     bar.close()
-    return report
+
 
 def _ignored_entries(inputs) -> list[str]:
     """What an input folder holds besides scans, as warnings (nothing is skipped silently)."""
@@ -244,6 +312,7 @@ def _ignored_entries(inputs) -> list[str]:
             shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
             warnings.append(f"skipped {len(found)} {kind}: {shown} ({why})")
     return warnings
+
 
 def output_names(files: list[Path]) -> list[str]:
     """Names of the scans' outputs (and CSV rows): the file names without suffix, or, when two
@@ -265,13 +334,16 @@ def output_names(files: list[Path]) -> list[str]:
     common = Path(os.path.commonpath([r.parent for r in resolved]))
     return ["_".join(strip_volume_suffix(r.relative_to(common)).split(os.sep)) for r in resolved]
 
+
 #: names that are files of other kinds: refused where a segmentation (NIfTI) or a PNG is expected
 _OTHER_FILE_SUFFIXES = (".png", ".jpg", ".jpeg", ".csv", ".tsv", ".txt", ".json", ".npy", ".npz", ".keras",
                         ".pdf", ".svg", ".tif", ".tiff", ".h5") + NRRD_SUFFIXES
 
+
 def _add(paths: list, path: Path) -> None:
     if path not in paths:
         paths.append(path)
+
 
 def _write_outputs(seg: Segmentation, keep_native: bool, post_path, res_path, png_path, seg_path) -> list[Path]:
     """Write one scan's files (the segmentation last, so its presence means the rest is there)."""
@@ -300,6 +372,7 @@ def _write_outputs(seg: Segmentation, keep_native: bool, post_path, res_path, pn
     written.append(save_volume(labels, seg_path, affine=affine, header=header, dtype=np.int32))
     return written
 
+
 def output_paths(files, names, target, suffix: str, ext: str, what: str) -> list[Path] | None:
     """One output path per input: ``target`` itself (a file, one input) or ``target/<name><suffix><ext>``."""
     if target is None:
@@ -325,12 +398,15 @@ def output_paths(files, names, target, suffix: str, ext: str, what: str) -> list
         seen[p] = f
     return paths
 
+
 def _parent(path: Path) -> Path:
     return path.parent if str(path.parent) else Path(".")
+
 
 def _check_folder(folder: Path) -> None:
     """Check that ``folder`` exists and is writable, or can be created (creates nothing)."""
     check_folder_writable(folder)
+
 
 def check_distinct(files, groups) -> None:
     inputs = {f.resolve() for f in files}
@@ -343,6 +419,7 @@ def check_distinct(files, groups) -> None:
             if r in seen:
                 raise InputError("two outputs would be written to the same file", p)
             seen.add(r)
+
 
 class ScanTables:
     """The volumes and quality-score CSVs of a batch (either may be ``None``): one row per scan,
@@ -375,6 +452,7 @@ class ScanTables:
             self.qc.set(subject, [f"{score:.4f}"] + [f"{per.get(g) or 0.0:.4f}" for g in self.groups])
             written.append(self.qc.write())
         return written
+
 
 class _CsvTable:
     """A CSV with one row per subject, rewritten atomically after each change. The rows of an

@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -42,18 +40,22 @@ from lab2im.errors import InputError
 from lab2im.io import (
     Volume,
     list_volume_files,
-    make_writable_folder,
     save_volume,
-    short_error,
 )
 from lab2im.volumes import bounding_box
+from synthseg.inference.arguments import (
+    add_input_output,
+    add_run_arguments,
+    add_tables_and_figures,
+    report_line,
+)
 from synthseg.inference.batch import (
     SEG_SUFFIX,
+    OutputPlan,
     PredictReport,
     ScanTables,
-    check_distinct,
     output_names,
-    output_paths,
+    run_batch,
 )
 from synthseg.inference.model import SegmentationModel, load_model
 from synthseg.inference.reading import MIN_VOXELS, first_volume, read_scan
@@ -205,50 +207,53 @@ def cascade(inputs, outputs, coarse, fine, region_labels=None, margin_mm: float 
     Returns:
         A :class:`~synthseg.inference.batch.PredictReport` (failed scans are listed, the others done).
     """
-    from tqdm import tqdm
-
     files = list_volume_files(inputs, "image")
     names = output_names(files)
-    seg_paths = output_paths(files, names, outputs, SEG_SUFFIX, ".nii.gz", "segmentation")
-    region_paths = output_paths(files, names, region, "_region", ".nii.gz", "region")
-    png_paths = output_paths(files, names, png, SEG_SUFFIX, ".png", "overlay")
-    csv_paths = [Path(p) for p in (vol, qc) if p is not None]
-    check_distinct(files, [seg_paths, region_paths, png_paths, csv_paths])
+    plan = OutputPlan(files, names, {"segmentation": (outputs, SEG_SUFFIX, ".nii.gz"),
+                                     "region": (region, "_region", ".nii.gz"),
+                                     "overlay": (png, SEG_SUFFIX, ".png")}, (vol, qc))
     coarse = coarse if isinstance(coarse, SegmentationModel) else load_model(coarse)
     fine = fine if isinstance(fine, SegmentationModel) else load_model(fine)
-    for p in {q.parent for q in seg_paths + (region_paths or []) + (png_paths or []) + csv_paths}:
-        make_writable_folder(p, "output folder cannot be written")
+    plan.prepare_folders()
     tables = ScanTables(fine, vol, qc)
     report = PredictReport()
-    for i, f in enumerate(tqdm(files, desc="cascade", unit="scan", disable=not progress, file=sys.stderr)):
-        outputs = [seg_paths[i]] + [p[i] for p in (region_paths, png_paths) if p is not None]
-        if skip_existing and all(p.exists() for p in outputs) and tables.has(names[i]):
+    todo = []
+    for i, f in enumerate(files):
+        if skip_existing and all(p.exists() for p in plan.scan_outputs(i)) and tables.has(names[i]):
             report.skipped.append(f)
-            continue
-        try:
-            vol, warns = read_scan(f)
-            result = segment_cascade(vol, coarse, fine, region_labels, margin_mm, fine_voxel_size, on_empty, flip,
-                                     cleanup, tile_size, tile_overlap)
-            for w in warns + result.warnings:
-                report.warnings.append((f, w))
-            if region_paths is not None:
-                report.outputs.append(save_volume(result.region, region_paths[i], affine=vol.affine,
-                                                  header=vol.header, dtype=np.int32))
-            if png_paths is not None:
-                report.outputs.append(_overlay(vol, result.segmentation, png_paths[i], names[i]))
-            for path in tables.add(names[i], result.fine):
-                if path not in report.outputs:
-                    report.outputs.append(path)
-            report.outputs.append(save_volume(result.segmentation, seg_paths[i], affine=vol.affine, header=vol.header,
-                                              dtype=np.int32))
-            report.done.append(f)
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as exc:  # one bad scan is reported, the others go on
-            problem = exc.problem if isinstance(exc, InputError) else f"unexpected error ({short_error(exc)})"
-            report.failed.append((f, problem))
-            print(f"synthseg: error: {f}: {problem}", file=sys.stderr)
+        else:
+            todo.append(i)
+
+    def load(i):
+        volume, warns = read_scan(files[i])
+        return _Read(volume, warns)
+
+    def segment(i, read):
+        scan = read.volume
+        result = segment_cascade(scan, coarse, fine, region_labels, margin_mm, fine_voxel_size, on_empty, flip,
+                                 cleanup, tile_size, tile_overlap)
+        report.warnings.extend((files[i], w) for w in result.warnings)
+        if plan.path("region", i) is not None:
+            report.outputs.append(save_volume(result.region, plan.path("region", i), affine=scan.affine,
+                                              header=scan.header, dtype=np.int32))
+        if plan.path("overlay", i) is not None:
+            report.outputs.append(_overlay(scan, result.segmentation, plan.path("overlay", i), names[i]))
+        for path in tables.add(names[i], result.fine):
+            if path not in report.outputs:
+                report.outputs.append(path)
+        report.outputs.append(save_volume(result.segmentation, plan.path("segmentation", i), affine=scan.affine,
+                                          header=scan.header, dtype=np.int32))
+
+    run_batch(files, todo, load, segment, report, progress)
     return report
+
+
+@dataclass
+class _Read:
+    """A scan as read, and the warnings reading it gave."""
+
+    volume: Volume
+    warnings: list
 
 
 def _overlay(volume: Volume, labels: np.ndarray, path, name: str):
@@ -262,10 +267,12 @@ def _overlay(volume: Volume, labels: np.ndarray, path, name: str):
 
 
 # ----------------------------------------------------------------------------- command line
+HELP = ("two-stage segmentation: a first model finds a region, a second one segments it at fine resolution; "
+        "written on the native grid")
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("--i", "--input", dest="input", required=True, help="scan, folder of scans or .txt list")
-    parser.add_argument("--o", "--output", dest="output", required=True,
-                        help="segmentation file (one scan) or folder (<name>_synthseg.nii.gz)")
+    add_input_output(parser)
     parser.add_argument("--coarse", "--model", dest="coarse", default=None,
                         help="first model (run folder or .keras): finds the region (default: the shipped model)")
     parser.add_argument("--fine", required=True, help="second model (run folder or .keras): segments the crop")
@@ -277,14 +284,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--region", default=None, help="also write the first model's segmentation: file or folder")
     parser.add_argument("--on-empty", choices=ON_EMPTY, default="error",
                         help="no region found: report the scan as failed (error) or write background")
-    parser.add_argument("--no-flip", action="store_true", help="no left/right flip averaging (about 2x faster)")
-    parser.add_argument("--skip-existing", action="store_true", help="skip scans whose outputs all exist")
-    parser.add_argument("--vol", default=None, help="CSV of the fine model's soft volumes (mm^3) per structure")
-    parser.add_argument("--qc", default=None, help="CSV of quality scores in [0, 1] (below 0.5: likely failed)")
-    parser.add_argument("--png", default=None, help="overlay PNG: file (one scan) or folder")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads of the backend (default: all)")
-    parser.add_argument("--tile", type=int, default=DEFAULT_TILE,
-                        help=f"largest network input per axis, voxels (default: {DEFAULT_TILE}; 0: whole scan)")
+    add_tables_and_figures(parser)
+    add_run_arguments(parser)
 
 
 def run(args) -> int:
@@ -298,6 +299,5 @@ def run(args) -> int:
                      None if voxel is None else (voxel * 3 if len(voxel) == 1 else voxel), args.region,
                      args.on_empty, flip=not args.no_flip, tile_size=args.tile, skip_existing=args.skip_existing,
                      vol=args.vol, qc=args.qc, png=args.png)
-    print(f"segmented {len(report.done)} scan(s), skipped {len(report.skipped)} (outputs exist), "
-          f"failed {len(report.failed)}")
+    print(report_line(report))
     return 0 if report.ok else 1

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from synthseg.inference.tiling import (
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 
 NETWORK_FILES = ("unet_best.keras", "unet_last.keras")
+
 
 @dataclass
 class SegmentationModel:
@@ -129,9 +129,11 @@ class SegmentationModel:
         out = self.network.predict_on_batch(batch)
         return np.asarray(out, dtype=np.float32)
 
+
 def background_channel(labels) -> int:
     """Channel of label 0 in a model's label list (which must hold it)."""
     return int(np.flatnonzero(np.asarray(labels) == 0)[0])
+
 
 def lr_permutation(labels, lr_pairs) -> np.ndarray:
     """``perm`` with ``perm[i]`` = channel of the left/right counterpart of ``labels[i]`` (``i``
@@ -144,6 +146,7 @@ def lr_permutation(labels, lr_pairs) -> np.ndarray:
             i, j = index[int(left)], index[int(right)]
             perm[i], perm[j] = j, i
     return perm
+
 
 def default_model_path() -> Path:
     """The model shipped in :data:`MODELS_DIR`: a run folder or a ``.keras`` file.
@@ -167,6 +170,7 @@ def default_model_path() -> Path:
     if len(found) > 1:
         raise InputError(f"several models in {MODELS_DIR} ({', '.join(p.name for p in found)}); pass --model")
     return found[0]
+
 
 def load_model(path=None) -> SegmentationModel:
     """Load a trained U-Net for prediction.
@@ -234,6 +238,7 @@ def load_model(path=None) -> SegmentationModel:
                              path=network_file, normalisation=options.get("normalisation", "percentile"),
                              slices=slices)
 
+
 def _read_labels(path: Path) -> np.ndarray:
     if not path.is_file():
         raise InputError("no labels.npy beside the model (the label of each output channel)", path.parent)
@@ -246,38 +251,35 @@ def _read_labels(path: Path) -> np.ndarray:
                          f"{labels.dtype} {labels.shape}", path)
     return labels.astype(np.int32)
 
+
 def _read_run_options(path: Path) -> dict:
     """What prediction needs from a run's ``options.json`` (``{}`` when there is none):
     ``voxel_size``, ``lr_pairs`` (segmentation labels; absent: use the protocol's), ``multiple``
-    and, for supervised runs, ``normalisation``."""
-    from synthseg.nn.unet import UNetOptions, required_multiple
+    and, for supervised and slice runs, ``normalisation`` (and ``slices``)."""
+    from synthseg.nn.unet import required_multiple
+    from synthseg.training.run_folder import PAIR_KINDS, read_spec, unet_options
 
     if not path.is_file():
         return {}
-    try:
-        d = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"options file is unreadable ({short_error(exc)})", path) from None
-    if not isinstance(d, dict):
-        raise InputError("options file does not hold a JSON object", path)
+    spec = read_spec(path.parent)
     out = {}
     try:
-        if "unet" in d:
-            out["multiple"] = required_multiple(UNetOptions.from_dict(d["unet"], source=str(path)))
-        if d.get("kind") == "supervised":
-            pairs = (d.get("augmentation") or {}).get("lr_pairs")
+        if "unet" in spec.sections:
+            out["multiple"] = required_multiple(unet_options(spec))
+        if spec.kind in PAIR_KINDS:
+            augmentation, data = spec.section("augmentation"), spec.section("data")
+            pairs = augmentation.get("lr_pairs")
             if pairs is not None:
                 out["lr_pairs"] = [(int(a), int(b)) for a, b in pairs]
-            out["normalisation"] = check_method((d.get("augmentation") or {}).get("normalisation", "percentile"))
-            if (d.get("data") or {}).get("voxel_size") is not None:  # runs before 2026-11-23: 1 mm assumed
-                out["voxel_size"] = [float(v) for v in d["data"]["voxel_size"]]
-            slices = (d.get("data") or {}).get("slices")
-            if slices is not None:
+            out["normalisation"] = check_method(augmentation.get("normalisation", "percentile"))
+            if data.get("voxel_size") is not None:  # runs before 2026-11-23: 1 mm assumed
+                out["voxel_size"] = [float(v) for v in data["voxel_size"]]
+            if data.get("slices") is not None:
                 from synthseg.training.slices import SliceSpec
 
-                out["slices"] = SliceSpec.from_dict(slices, path).to_dict()
-        elif "generator" in d:  # the generator's pairs, even none: they are what training swapped
-            gen = d["generator"]
+                out["slices"] = SliceSpec.from_dict(data["slices"], path).to_dict()
+        else:  # the generator's pairs, even none: they are what training swapped
+            gen = spec.section("generator")
             from lab2im.options import GeneratorOptions
 
             unknown = sorted(set(gen) - {f.name for f in dataclasses.fields(GeneratorOptions)})

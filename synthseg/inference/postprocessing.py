@@ -10,6 +10,7 @@ CLEANUP_ROUNDS = 1
 #: all structures but the background sum to more than this (SynthSeg's value)
 BRAIN_THRESHOLD = 0.25
 
+
 def keep_largest_brain(post: np.ndarray, background: int = 0, threshold: float = BRAIN_THRESHOLD) -> int:
     """Keep the brain in one piece: voxels outside the largest connected component (26-connectivity)
     of the brain mask (non-background posterior above ``threshold``) become background, in
@@ -39,6 +40,7 @@ def keep_largest_brain(post: np.ndarray, background: int = 0, threshold: float =
     values[:, background] = 1
     sub[outside] = values
     return int(outside.sum())
+
 
 def clean_posteriors(post: np.ndarray, background: int = 0, rounds: int = CLEANUP_ROUNDS) -> np.ndarray:
     """Clean a segmentation: the brain in one piece (:func:`keep_largest_brain`), then one connected
@@ -114,6 +116,7 @@ def clean_posteriors(post: np.ndarray, background: int = 0, rounds: int = CLEANU
         sub[hole] = values
     return idx
 
+
 def structure_volumes(post: np.ndarray, channels: np.ndarray, background: int = 0) -> np.ndarray:
     """Soft voxel count of each channel (see :meth:`Segmentation.volumes`), float64 ``(K,)``.
 
@@ -141,6 +144,7 @@ def structure_volumes(post: np.ndarray, channels: np.ndarray, background: int = 
         sums[c] = float(np.sum(post[box][..., c][region] / total[box][region]))
     sums[background] = float(np.sum(~foreground))
     return sums
+
 
 def _box(mask: np.ndarray, margin: int = 0):
     nz = np.nonzero(mask)

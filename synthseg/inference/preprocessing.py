@@ -26,6 +26,7 @@ VOXEL_SIZE_TOLERANCE = 0.05
 
 MAX_FIELD_OF_VIEW_MM = 512.0
 
+
 @dataclass
 class Prepared:
     """A scan ready for the network, and the record of every geometric change.
@@ -57,6 +58,7 @@ class Prepared:
     warnings: list = field(default_factory=list)
     canonical_image: np.ndarray | None = None
 
+
 def prepare_volume(volume: Volume, model: SegmentationModel, crop=None, name: str | None = None,
                    warnings=()) -> Prepared:
     """Steps 2-5 of the pipeline (reorient, resample, crop/pad, normalise) on a 3D volume."""
@@ -86,6 +88,7 @@ def prepare_volume(volume: Volume, model: SegmentationModel, crop=None, name: st
                     native_affine=native.affine, native_header=volume.header,
                     warnings=list(warnings) + more, canonical_image=canonical_image)
 
+
 def _window(shape, multiple, crop) -> CropPad:
     """The centred crop/pad from a grid of ``shape`` to the network's input shape (``multiple``:
     one number, or one per axis)."""
@@ -95,6 +98,7 @@ def _window(shape, multiple, crop) -> CropPad:
     multiples = np.broadcast_to(np.asarray(multiple, dtype=np.int64), (3,))
     target = tuple(int(-(-s // m) * m) for s, m in zip(sizes, multiples))
     return crop_or_pad(np.zeros(shape, np.uint8), target)[1]
+
 
 def parse_crop(crop) -> tuple[int, int, int] | None:
     """``crop`` as three positive ints (``None`` stays ``None``)."""

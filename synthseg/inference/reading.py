@@ -13,6 +13,7 @@ from lab2im.io import check_image as check_scan
 
 MIN_VOXELS = 8
 
+
 def read_scan(path) -> tuple[Volume, list[str]]:
     """Read a scan as a 3D float32 :class:`~lab2im.io.Volume`, applying the input rules.
 
@@ -35,6 +36,7 @@ def read_scan(path) -> tuple[Volume, list[str]]:
     check_image(data, vol.path)
     return vol, warnings
 
+
 def first_volume(data: np.ndarray, path=None) -> tuple[np.ndarray, list[str]]:
     """The 3D image of ``data``: itself, or the first volume of a 4D (or more) image."""
     warnings = []
@@ -47,6 +49,7 @@ def first_volume(data: np.ndarray, path=None) -> tuple[np.ndarray, list[str]]:
     if problem:
         raise InputError(problem, path)
     return np.ascontiguousarray(data), warnings
+
 
 def check_image(data: np.ndarray, path=None) -> None:
     """Raise :class:`InputError` for an image too small (an axis under :data:`MIN_VOXELS`

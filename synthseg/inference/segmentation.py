@@ -29,6 +29,7 @@ NATIVE_SLAB = 16  # voxels per slab along the first axis when mapping posteriors
 #: chosen on synthetic scans by benchmarks/qc.py)
 QC_THRESHOLD = 0.5
 
+
 @dataclass
 class Segmentation:
     """The result of :func:`segment_volume` for one scan.
@@ -162,6 +163,7 @@ class Segmentation:
         scored = [v for v in per.values() if v is not None]
         return (float(np.mean(scored)) if scored else 0.0), per
 
+
 def segment_volume(volume: Volume, model: SegmentationModel, flip: bool = True, crop=None, cleanup: bool = True,
                    tile_size=DEFAULT_TILE, tile_overlap: int = DEFAULT_TILE_OVERLAP) -> Segmentation:
     """Segment one scan held in memory (steps 2-8 of the module docstring).
@@ -175,6 +177,7 @@ def segment_volume(volume: Volume, model: SegmentationModel, flip: bool = True, 
         A :class:`Segmentation` (map to the input's grid with its ``native_*`` methods).
     """
     return segment_prepared(prepare_volume(volume, model, parse_crop(crop)), model, flip, cleanup, tile_size, tile_overlap)
+
 
 def segment_prepared(prep: Prepared, model: SegmentationModel, flip: bool, cleanup: bool, tile_size,
              tile_overlap: int) -> Segmentation:

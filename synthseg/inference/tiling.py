@@ -16,6 +16,7 @@ DEFAULT_TILE = 112
 
 DEFAULT_TILE_OVERLAP = 16
 
+
 def _tile_starts(size: int, tile: int, overlap: int, multiple: int) -> tuple[int, list[int]]:
     """Tile length and start positions covering ``[0, size)`` with tiles of at most ``tile``."""
     if tile <= 0 or size <= tile:
@@ -26,12 +27,14 @@ def _tile_starts(size: int, tile: int, overlap: int, multiple: int) -> tuple[int
     starts = np.round(np.linspace(0, size - length, n)).astype(int).tolist()
     return length, starts
 
+
 def _ramp(length: int, overlap: int, whole: bool) -> np.ndarray:
     """1D blending weights of a tile: 1 inside, falling linearly (to ~0) over ``overlap`` voxels."""
     if whole or overlap <= 0:
         return np.ones(length, np.float32)
     i = np.arange(length)
     return np.minimum(1.0, (np.minimum(i, length - 1 - i) + 1) / (overlap + 1)).astype(np.float32)
+
 
 def tiled_posteriors(model: SegmentationModel, image: np.ndarray, window: CropPad | None, flip: bool,
                       tile_size, tile_overlap: int) -> np.ndarray:

@@ -18,7 +18,7 @@ from lab2im.layers import (
     RandomFlip,
     RandomSpatialDeformation,
 )
-from lab2im.layers.base import RandomLayer
+from lab2im.layers.base import IMAGE, LABELS, RandomLayer
 from lab2im.normalisation import check_method, zscore_in_mask
 from lab2im.options import options_from_dict
 
@@ -159,8 +159,9 @@ class PairAugmentation(keras.layers.Layer):
         self.deformation = RandomSpatialDeformation(
             scaling=o.scaling, rotation=o.rotation, shearing=o.shearing, translation=0.0,
             nonlin_std=o.nonlin_std, nonlin_scale=o.nonlin_scale, output_shape=self.crop_shape,
-            seed=seeds[1], name="deformation")
-        self.flip = (RandomFlip(self.lr_pairs, axis=o.flip_axis, prob=o.flip_prob, seed=seeds[2], name="flip")
+            kinds=[IMAGE, LABELS], seed=seeds[1], name="deformation")
+        self.flip = (RandomFlip(self.lr_pairs, axis=o.flip_axis, prob=o.flip_prob, kinds=[IMAGE, LABELS],
+                                seed=seeds[2], name="flip")
                      if o.flip_prob > 0 else None)
         self.bias = (RandomBiasField(o.bias_std, o.bias_scale, prob=o.bias_prob, seed=seeds[3], name="bias_field")
                      if o.bias_std > 0 else None)

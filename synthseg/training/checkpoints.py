@@ -107,6 +107,44 @@ def load_checkpoint(path, model, optimizer) -> dict:
     return header
 
 
+def load_network_weights(path, network) -> dict:
+    """Restore only ``network``'s weights (e.g. a run's U-Net, loaded from its ``unet_*.keras``)
+    from a training checkpoint, matching variables by name: any kind of run, without building
+    its training model (generator or augmentation) or optimiser.
+
+    Returns:
+        The header, as :func:`load_checkpoint`.
+
+    Raises:
+        InputError: a corrupt file, or a network whose variables the checkpoint lacks or holds
+            with another shape.
+    """
+    p = Path(path)
+    header = read_header(p)
+    by_name = {}
+    for key, name in header.get("names", {}).items():
+        if key.startswith("model/"):
+            by_name.setdefault(name, []).append(key)
+    try:
+        with np.load(p, allow_pickle=False) as data:
+            values = []
+            for var in network.variables:
+                keys = by_name.get(var.path, [])
+                if len(keys) != 1:
+                    raise InputError(f"checkpoint holds {len(keys)} variables named {var.path}: not this network's "
+                                     "training run?", p)
+                value = data[keys[0]]
+                if tuple(value.shape) != tuple(var.shape):
+                    raise InputError(f"variable {var.path}: shape {tuple(value.shape)} in the checkpoint, "
+                                     f"{tuple(var.shape)} in the network", p)
+                values.append(value)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError(f"checkpoint is corrupt ({type(exc).__name__}: {exc})", p) from None
+    for var, value in zip(network.variables, values):
+        var.assign(value.astype(var.dtype) if hasattr(value, "astype") else value)
+    return header
+
+
 def save_float16_copy(source, out) -> Path:
     """Write a float16 copy of the Keras model in ``source`` (``.keras``) to ``out`` (``.keras``,
     atomically): half the size, enough to start a new run from (``TrainingOptions.init_weights``

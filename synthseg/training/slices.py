@@ -256,9 +256,9 @@ def slice_training(images, labels, model_dir, axis: int, k: int = 1, validation=
     """
     from pathlib import Path
 
+    from synthseg.data.pairs import load_pairs
+    from synthseg.training.augmentation import AugmentationOptions
     from synthseg.training.supervised import (
-        AugmentationOptions,
-        load_pairs,
         load_supervised_options,
         supervised_training,
     )

@@ -36,9 +36,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -49,41 +47,45 @@ import numpy as np
 from keras import ops
 
 from lab2im.errors import InputError
-from lab2im.io import atomic_write_text, check_not_an_input
+from lab2im.io import check_not_an_input
 from lab2im.layers import OneHotLabels
-from lab2im.normalisation import PERCENTILES  # noqa: F401 (re-exported)
 from lab2im.options import check_int, options_from_dict
 from lab2im.volumes import pad_to_multiple
-from synthseg.data.pairs import (  # noqa: F401
+from synthseg.data.pairs import (
     PairSet,
     load_pairs,
     pair_batches,
-    robust_normalise,
     stack_pairs,
     standardise_pairs,
 )
 from synthseg.nn.losses import SegmentationLoss, WarmupCallback, hard_dice
-from synthseg.nn.transfer import (  # noqa: F401
+from synthseg.nn.transfer import (
     copy_matching_weights,
     encoder_layers,
     load_source_unet,
     run_unet_options,
 )
 from synthseg.nn.unet import recalibrate_batch_norm
-
-# the pieces that grew into modules of their own, re-exported: import them from here or there
-from synthseg.training.augmentation import AugmentationOptions, Mixup, PairAugmentation  # noqa: F401
-from synthseg.training.synthetic import (
+from synthseg.training.augmentation import AugmentationOptions, Mixup, PairAugmentation
+from synthseg.training.callbacks import (
+    LabelDiceLog,
     ProgressBar,
-    RunOptions,
-    SplitOutputDice,
-    SplitOutputLoss,
     StepLog,
-    TrainingResult,
-    _prepare_folder,
+    restart_csv_log,
+    save_network,
+    save_periodic_checkpoint,
 )
-
-KIND = "supervised"
+from synthseg.training.options import RunOptions, make_optimizer
+from synthseg.training.run_folder import (
+    PAIR_KINDS,
+    prepare_folder,
+    read_spec,
+    set_determinism,
+    unet_options,
+    write_spec,
+)
+from synthseg.training.split_output import SplitOutputDice, SplitOutputLoss
+from synthseg.training.synthetic import TrainingResult
 
 
 # ----------------------------------------------------------------------------- options
@@ -209,38 +211,23 @@ def build_supervised_model(unet_options, labels, n_channels: int, input_shape, c
 # ----------------------------------------------------------------------------- options file
 def save_supervised_options(model_dir: Path, unet, options: SupervisedOptions, augmentation: AugmentationOptions,
                             transfer: dict, data: dict) -> None:
-    text = json.dumps({"kind": KIND, "unet": unet.to_dict(), "supervised": options.to_dict(),
-                       "augmentation": augmentation.to_dict(), "transfer": transfer, "data": data}, indent=2)
-    atomic_write_text(Path(model_dir) / "options.json", text + "\n")
+    """Write a supervised run's ``options.json``: kind ``slices`` when ``data`` names slices
+    (:mod:`synthseg.training.slices`), else ``supervised``."""
+    write_spec(model_dir, "slices" if data.get("slices") is not None else "supervised", unet=unet.to_dict(),
+               supervised=options.to_dict(), augmentation=augmentation.to_dict(), transfer=transfer, data=data)
 
 
 def load_supervised_options(model_dir):
-    """Read a supervised run's ``options.json``.
+    """Read a supervised (or slice) run's ``options.json``.
 
     Returns:
         ``(UNetOptions, SupervisedOptions, AugmentationOptions, transfer dict, data dict)``.
     """
-    from synthseg.nn.unet import UNetOptions
-
-    path = Path(model_dir) / "options.json"
-    try:
-        d = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError("no options.json: not a synthseg training folder", model_dir) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"options file is not valid JSON ({exc})", path) from None
-    if not isinstance(d, dict) or d.get("kind") != KIND:
-        raise InputError("not a supervised training run (resume it with synthseg.training.synthetic.training)", path)
-    unknown = sorted(set(d) - {"kind", "unet", "supervised", "augmentation", "transfer", "data"})
-    if unknown:
-        raise InputError(f"unknown section(s) {unknown}", path)
-    try:
-        return (UNetOptions.from_dict(d["unet"], source=str(path)),
-                SupervisedOptions.from_dict(d["supervised"], source=str(path)),
-                AugmentationOptions.from_dict(d["augmentation"], source=str(path)),
-                dict(d.get("transfer") or {}), dict(d.get("data") or {}))
-    except (KeyError, TypeError) as exc:
-        raise InputError(f"options file lacks or garbles a section ({exc})", path) from None
+    spec = read_spec(model_dir).require(*PAIR_KINDS, hint=" (resume it with synthseg.training.synthetic.training)")
+    source = str(spec.path)
+    return (unet_options(spec), SupervisedOptions.from_dict(spec.section("supervised"), source=source),
+            AugmentationOptions.from_dict(spec.section("augmentation"), source=source),
+            dict(spec.section("transfer")), dict(spec.section("data")))
 
 
 # ----------------------------------------------------------------------------- validation
@@ -273,14 +260,7 @@ class ValidationLog:
     def __init__(self, path: Path, labels, keep_until: int):
         self.path = Path(path)
         self.fields = ["step", "dice", "best_dice", "seconds"] + [f"dice_{v}" for v in labels[1:]]
-        rows = []
-        if self.path.exists():
-            with open(self.path, newline="") as fh:
-                rows = [r for r in csv.DictReader(fh) if r.get("step", "").isdigit() and int(r["step"]) <= keep_until]
-        with open(self.path, "w", newline="") as fh:
-            w = csv.DictWriter(fh, self.fields, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
+        restart_csv_log(self.path, self.fields, keep_until)
 
     def write(self, step: int, dice: float, best: float, seconds: float, per_label) -> None:
         with open(self.path, "a", newline="") as fh:
@@ -317,11 +297,6 @@ class SupervisedMonitor(keras.callbacks.Callback):
 
         return save_checkpoint(path, self.train_model, self.train_model.optimizer, step, self._meta(logs))
 
-    def _save_unet(self, name: str) -> None:
-        tmp = self.dir / f".{name}.{os.getpid()}.tmp.keras"
-        self.unet.save(tmp)
-        os.replace(tmp, self.dir / name)
-
     def on_epoch_end(self, epoch, logs=None):
         step = (epoch + 1) * self.epoch_steps
         o, s = self.o, self.state
@@ -341,21 +316,13 @@ class SupervisedMonitor(keras.callbacks.Callback):
             self.log.write(step, dice, s["best_dice"], time.time() - self._t0, per_label)
             if improved:
                 self._save(self.dir / "best.npz", step, logs)
-                self._save_unet("unet_best.keras")
+                save_network(self.dir, self.unet, "unet_best.keras")
             if o.patience is not None and s["since_best"] >= o.patience and step < o.total_steps:
                 stop = True
                 s["stopped_early"] = True
         if step % o.steps_per_checkpoint == 0 or stop:
-            periodic = self._save(self.dir / "checkpoints" / f"step-{step:07d}.npz", step, logs)
-            tmp = self.dir / f".last.{os.getpid()}.tmp.npz"
-            if tmp.exists():
-                tmp.unlink()
-            os.link(periodic, tmp)  # same bytes, no second write
-            os.replace(tmp, self.dir / "last.npz")
-            self._save_unet("unet_last.keras")
-            if o.keep_checkpoints:
-                for old in sorted((self.dir / "checkpoints").glob("step-*.npz"))[:-o.keep_checkpoints]:
-                    old.unlink()
+            save_periodic_checkpoint(self.dir, self.train_model, step, self._meta(logs), o.keep_checkpoints)
+            save_network(self.dir, self.unet, "unet_last.keras")
         if stop:
             print(f"synthseg: early stopping at step {step}: the validation Dice has not improved for "
                   f"{s['since_best']} validation(s) (best {s['best_dice']:.4f} at step {s['best_step']}); "
@@ -412,33 +379,61 @@ def supervised_training(images, labels, model_dir, validation=None, unet=None,
             options, an unwritable folder, a folder holding another run (without ``resume``), a
             missing or unloadable ``init_from``, or a corrupt checkpoint -- all before training.
     """
-    from synthseg.nn.unet import UNetOptions, required_multiple
-    from synthseg.training.checkpoints import load_checkpoint
-
     model_dir = Path(model_dir)
     if options is not None and not isinstance(options, SupervisedOptions):
         raise InputError(f"options must be SupervisedOptions, got {type(options).__name__}")
-    ndim = images.ndim if isinstance(images, PairSet) else 3
     check_not_an_input(model_dir, [images, labels, *(validation if isinstance(validation, (list, tuple)) else [])],
                        "run folder")
-    resume_from = _prepare_folder(model_dir, resume)
-    transfer = {"init_from": None, "freeze_encoder": bool(freeze_encoder), "copied_layers": [],
-                "reinitialised_layers": []}
-    if resume_from is not None:
-        unet, saved, augmentation, transfer, data_info = load_supervised_options(model_dir)
-        options = dataclasses.replace(saved, steps=max(saved.steps, options.steps)) if options else saved
-    else:
-        options = options or SupervisedOptions()
-        unet = unet or (run_unet_options(init_from) if init_from is not None else None) or UNetOptions(ndim=ndim)
-        augmentation = augmentation or AugmentationOptions()
-        if freeze_encoder and init_from is None:
-            raise InputError("freeze_encoder needs init_from (a frozen random encoder learns nothing)")
-    if not isinstance(unet, UNetOptions) or unet.ndim != ndim:
-        raise InputError(f"supervised_training needs {ndim}D UNetOptions (ndim={ndim}) for {ndim}D pairs")
-    if options.patience is not None and validation is None:
+    run = _RunSetup(model_dir, prepare_folder(model_dir, resume))
+    run.settle_options(images.ndim if isinstance(images, PairSet) else 3, unet, options, augmentation, init_from,
+                       freeze_encoder)
+    if run.options.patience is not None and validation is None:
         raise InputError("patience (early stopping) needs validation data")
+    train, val = _read_pairs(images, labels, validation)
+    train, val = run.settle_data(train, val)
+    model, unet_model, loss, dice, frozen = run.build(train, init_from)
+    step, state = run.restore_or_record(model, train, val)
 
-    # ---- data
+    def result(last_loss=None):
+        return SupervisedResult(model_dir, step, last_loss, best_dice=state["best_dice"],
+                                best_step=state["best_step"], stopped_early=bool(state["stopped_early"]),
+                                copied_layers=list(run.transfer.get("copied_layers", [])),
+                                reinitialised_layers=list(run.transfer.get("reinitialised_layers", [])),
+                                frozen_layers=frozen)
+
+    options, label_list = run.options, run.label_list
+    if step >= options.total_steps or state["stopped_early"]:
+        if state["stopped_early"]:
+            print(f"synthseg: the run stopped early at step {step} (best validation Dice "
+                  f"{state['best_dice']:.4f} at step {state['best_step']}); nothing to do", file=sys.stderr)
+        return result()
+    vlog = ValidationLog(model_dir / "validation_log.csv", label_list, keep_until=step) if val is not None else None
+    log = StepLog(model_dir / "training_log.csv", keep_until=step)
+    monitor = SupervisedMonitor(model_dir, model, unet_model, options, run.epoch_steps, val, label_list,
+                                run.multiple, state, vlog, calibration=train.images)
+    dead = LabelDiceLog(model_dir / "dice_per_label.csv", dice, label_list, run.epoch_steps, step,
+                        options.warmup_steps, stop=options.stop_on_dead_label)
+    cbs = [WarmupCallback(loss, options.warmup_steps), log, dead, monitor]
+    if options.progress:
+        cbs.append(ProgressBar(options.total_steps, step))
+    cbs += list(callbacks)
+    if options.tensorboard:
+        cbs.append(keras.callbacks.TensorBoard(str(model_dir / "tensorboard"), update_freq=10))
+    images_arr, labels_arr = stack_pairs(train, run.pool)
+    batches = pair_batches(images_arr, labels_arr, options.batch_size, options.seed, step,
+                           partners=run.augmentation.mixup_prob > 0)
+    with contextlib.closing(batches):
+        model.fit(batches, steps_per_epoch=run.epoch_steps, epochs=options.total_steps // run.epoch_steps,
+                  initial_epoch=step // run.epoch_steps, callbacks=cbs, verbose=0, shuffle=False)
+    step = int(ops.convert_to_numpy(model.optimizer.iterations))
+    if dead.stopped:
+        raise InputError(f"training stopped: {dead.stopped} (stop_on_dead_label); the last checkpoint is kept, "
+                         "change the loss (e.g. ce_after_warmup) before training on", model_dir)
+    return result(log.last_loss)
+
+
+def _read_pairs(images, labels, validation) -> tuple[PairSet, PairSet | None]:
+    """The training pairs and the validation pairs (``None``), loaded and checked alike."""
     train = images if isinstance(images, PairSet) else load_pairs(images, labels, "training")
     val = None
     if isinstance(validation, PairSet):
@@ -451,132 +446,139 @@ def supervised_training(images, labels, model_dir, validation=None, unet=None,
         if not isinstance(validation, (tuple, list)) or len(validation) != 2:
             raise InputError("validation must be an (images, label maps) pair of sources")
         val = load_pairs(validation[0], validation[1], "validation")
-    if val is not None:
-        if val.n_channels != train.n_channels:
-            raise InputError(f"validation images have {val.n_channels} channel(s), training images "
-                             f"{train.n_channels}", val.image_files[0])
-    if resume_from is not None:
-        label_list = list(options.labels)
-        if data_info.get("n_channels", train.n_channels) != train.n_channels:
-            raise InputError(f"the run was trained on {data_info['n_channels']}-channel images, these have "
-                             f"{train.n_channels}", train.image_files[0])
-        if data_info.get("slices") != train.info.get("slices"):  # slices of another axis or k
-            raise InputError(f"the run was trained on slices {data_info.get('slices') or 'none (whole volumes)'}, "
-                             f"these pairs are slices {train.info.get('slices') or 'none (whole volumes)'}",
-                             model_dir / "options.json")
-    else:
-        label_list = options.labels or sorted(set(train.found) | {0})
-        if len(label_list) < 2:
-            raise InputError("the training label maps hold background only", train.label_files[0])
-    train.set_labels(label_list)
-    if val is not None:
-        val.set_labels(label_list)
-    # pairs are read with the percentile step; slices (synthseg.training.slices) come standardised per volume
-    if augmentation.normalisation not in ("percentile", train.info.get("normalisation")):
-        train = standardise_pairs(train, augmentation.normalisation)
-        val = None if val is None else standardise_pairs(val, augmentation.normalisation)
+    if val is not None and val.n_channels != train.n_channels:
+        raise InputError(f"validation images have {val.n_channels} channel(s), training images "
+                         f"{train.n_channels}", val.image_files[0])
+    return train, val
 
-    multiple = required_multiple(unet)
-    crop = options.crop_shape or tuple(-(-n // multiple) * multiple for n in train.max_shape)
-    if any(n % multiple for n in crop):
-        raise InputError(f"crop_shape {tuple(crop)} is not a multiple of {multiple} (needed by a "
-                         f"{unet.n_levels}-level U-Net); e.g. {tuple(-(-n // multiple) * multiple for n in crop)}")
-    pool = tuple(max(a, b) for a, b in zip(train.max_shape, crop))
 
-    if augmentation.lr_pairs is None:
-        lr_pairs = _protocol_pairs(label_list) if augmentation.flip_prob > 0 else []
-        augmentation = dataclasses.replace(augmentation, lr_pairs=[list(p) for p in lr_pairs])
-    stray = sorted({v for p in augmentation.lr_pairs for v in p} - set(label_list))
-    if stray:
-        raise InputError(f"lr_pairs name labels that are not segmentation labels: {stray}")
-    validate_every = options.validate_every or options.steps_per_checkpoint
-    options = dataclasses.replace(options, crop_shape=tuple(crop), labels=list(label_list),
-                                  validate_every=validate_every)
+class _RunSetup:
+    """The steps of :func:`supervised_training` before ``fit``, each settling part of the run:
+    its options (saved ones on resume), its labels, crop and pairs, its model, its step."""
 
-    source = None
-    if resume_from is None and init_from is not None:
-        source, source_path = load_source_unet(init_from)
-        transfer["init_from"] = str(source_path)
+    def __init__(self, model_dir: Path, resume_from: Path | None):
+        self.dir, self.resume_from = model_dir, resume_from
+        self.data_info: dict = {}
 
-    # ---- model
-    if options.deterministic and keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
+    def settle_options(self, ndim: int, unet, options, augmentation, init_from, freeze_encoder) -> None:
+        from synthseg.nn.unet import UNetOptions
 
-        tf.config.experimental.enable_op_determinism()
-    model, unet_model = build_supervised_model(unet, label_list, train.n_channels, pool, crop, augmentation,
-                                               augmentation.lr_pairs, options.seed)
-    if source is not None:
-        copied, skipped = copy_matching_weights(source, unet_model)
-        if not copied:
-            raise InputError("init_from: no layer matches the U-Net by name and weight shapes; was it built "
-                             "with other UNetOptions (pass the same unet=...)?", transfer["init_from"])
-        transfer.update(copied_layers=copied, reinitialised_layers=skipped)
-        print(f"synthseg: copied the weights of {len(copied)} layer(s) from {transfer['init_from']}; "
-              f"re-initialised {len(skipped)}: {', '.join(skipped) or '-'}", file=sys.stderr)
-    frozen = []
-    if transfer.get("freeze_encoder"):
-        for layer in encoder_layers(unet_model, unet.n_levels):
-            layer.trainable = False
-            frozen.append(layer.name)
-    loss = SegmentationLoss(warmup_steps=options.warmup_steps, ce_after_warmup=options.ce_after_warmup)
-    n_labels = len(label_list)
-    model.compile(optimizer=keras.optimizers.Adam(options.learning_rate), loss=SplitOutputLoss(loss, n_labels),
-                  metrics=[SplitOutputDice(n_labels)], jit_compile=False)
-    model.optimizer.build(model.trainable_variables)
+        self.transfer = {"init_from": None, "freeze_encoder": bool(freeze_encoder), "copied_layers": [],
+                         "reinitialised_layers": []}
+        if self.resume_from is not None:
+            unet, saved, augmentation, self.transfer, self.data_info = load_supervised_options(self.dir)
+            options = dataclasses.replace(saved, steps=max(saved.steps, options.steps)) if options else saved
+        else:
+            options = options or SupervisedOptions()
+            unet = unet or (run_unet_options(init_from) if init_from is not None else None) or UNetOptions(ndim=ndim)
+            augmentation = augmentation or AugmentationOptions()
+            if freeze_encoder and init_from is None:
+                raise InputError("freeze_encoder needs init_from (a frozen random encoder learns nothing)")
+        if not isinstance(unet, UNetOptions) or unet.ndim != ndim:
+            raise InputError(f"supervised_training needs {ndim}D UNetOptions (ndim={ndim}) for {ndim}D pairs")
+        self.unet, self.options, self.augmentation = unet, options, augmentation
 
-    epoch_steps = math.gcd(options.steps_per_checkpoint, validate_every) if val is not None \
-        else options.steps_per_checkpoint
-    state = {"best_dice": None, "best_step": None, "since_best": 0, "stopped_early": False}
-    step = 0
-    if resume_from is not None:
-        header = load_checkpoint(resume_from, model, model.optimizer)
-        step = int(header["step"])
-        state.update({k: header.get("meta", {}).get(k, v) for k, v in state.items()})
-        if step % epoch_steps:
-            raise InputError(f"checkpoint step {step} is not a multiple of {epoch_steps} (steps_per_checkpoint "
-                             "and validate_every of the run)", resume_from)
-    else:
-        data_info = {"n_channels": train.n_channels,
-                     "images": [str(f) for f in train.image_files], "labels": [str(f) for f in train.label_files],
-                     "validation_images": [str(f) for f in val.image_files] if val else None,
-                     "validation_labels": [str(f) for f in val.label_files] if val else None,
-                     "voxel_size": train.voxel_size, **train.info}
-        save_supervised_options(model_dir, unet, options, augmentation, transfer, data_info)
-    np.save(model_dir / "labels.npy", np.asarray(label_list, np.int32))
+    def settle_data(self, train: PairSet, val: PairSet | None) -> tuple[PairSet, PairSet | None]:
+        """Labels (the run's on resume), intensity standardisation, crop and flip pairs."""
+        from synthseg.nn.unet import required_multiple
 
-    def result(last_loss=None):
-        return SupervisedResult(model_dir, step, last_loss, best_dice=state["best_dice"],
-                                best_step=state["best_step"], stopped_early=bool(state["stopped_early"]),
-                                copied_layers=list(transfer.get("copied_layers", [])),
-                                reinitialised_layers=list(transfer.get("reinitialised_layers", [])),
-                                frozen_layers=frozen)
+        options, augmentation = self.options, self.augmentation
+        if self.resume_from is not None:
+            label_list = list(options.labels)
+            if self.data_info.get("n_channels", train.n_channels) != train.n_channels:
+                raise InputError(f"the run was trained on {self.data_info['n_channels']}-channel images, these have "
+                                 f"{train.n_channels}", train.image_files[0])
+            if self.data_info.get("slices") != train.info.get("slices"):  # slices of another axis or k
+                raise InputError(f"the run was trained on slices {self.data_info.get('slices') or 'none (whole volumes)'}"
+                                 f", these pairs are slices {train.info.get('slices') or 'none (whole volumes)'}",
+                                 self.dir / "options.json")
+        else:
+            label_list = options.labels or sorted(set(train.found) | {0})
+            if len(label_list) < 2:
+                raise InputError("the training label maps hold background only", train.label_files[0])
+        train.set_labels(label_list)
+        if val is not None:
+            val.set_labels(label_list)
+        # pairs are read with the percentile step; slices (synthseg.training.slices) come standardised per volume
+        if augmentation.normalisation not in ("percentile", train.info.get("normalisation")):
+            train = standardise_pairs(train, augmentation.normalisation)
+            val = None if val is None else standardise_pairs(val, augmentation.normalisation)
+        self.multiple = multiple = required_multiple(self.unet)
+        crop = options.crop_shape or tuple(-(-n // multiple) * multiple for n in train.max_shape)
+        if any(n % multiple for n in crop):
+            raise InputError(f"crop_shape {tuple(crop)} is not a multiple of {multiple} (needed by a "
+                             f"{self.unet.n_levels}-level U-Net); e.g. {tuple(-(-n // multiple) * multiple for n in crop)}")
+        self.pool = tuple(max(a, b) for a, b in zip(train.max_shape, crop))
+        if augmentation.lr_pairs is None:
+            lr_pairs = _protocol_pairs(label_list) if augmentation.flip_prob > 0 else []
+            augmentation = dataclasses.replace(augmentation, lr_pairs=[list(p) for p in lr_pairs])
+        stray = sorted({v for p in augmentation.lr_pairs for v in p} - set(label_list))
+        if stray:
+            raise InputError(f"lr_pairs name labels that are not segmentation labels: {stray}")
+        validate_every = options.validate_every or options.steps_per_checkpoint
+        self.options = dataclasses.replace(options, crop_shape=tuple(crop), labels=list(label_list),
+                                           validate_every=validate_every)
+        self.augmentation, self.label_list = augmentation, list(label_list)
+        self.epoch_steps = (math.gcd(options.steps_per_checkpoint, validate_every) if val is not None
+                            else options.steps_per_checkpoint)
+        return train, val
 
-    total = options.total_steps
-    if step >= total or state["stopped_early"]:
-        if state["stopped_early"]:
-            print(f"synthseg: the run stopped early at step {step} (best validation Dice "
-                  f"{state['best_dice']:.4f} at step {state['best_step']}); nothing to do", file=sys.stderr)
-        return result()
+    def build(self, train: PairSet, init_from):
+        """``(model, unet, loss, dice metric, frozen layer names)``, compiled, with the weights of
+        ``init_from`` copied in (new runs)."""
+        options, transfer = self.options, self.transfer
+        source = None
+        if self.resume_from is None and init_from is not None:
+            source, source_path = load_source_unet(init_from)
+            transfer["init_from"] = str(source_path)
+        set_determinism(options.deterministic)
+        model, unet_model = build_supervised_model(self.unet, self.label_list, train.n_channels, self.pool,
+                                                   options.crop_shape, self.augmentation, self.augmentation.lr_pairs,
+                                                   options.seed)
+        if source is not None:
+            copied, skipped = copy_matching_weights(source, unet_model)
+            if not copied:
+                raise InputError("init_from: no layer matches the U-Net by name and weight shapes; was it built "
+                                 "with other UNetOptions (pass the same unet=...)?", transfer["init_from"])
+            transfer.update(copied_layers=copied, reinitialised_layers=skipped)
+            print(f"synthseg: copied the weights of {len(copied)} layer(s) from {transfer['init_from']}; "
+                  f"re-initialised {len(skipped)}: {', '.join(skipped) or '-'}", file=sys.stderr)
+        frozen = []
+        if transfer.get("freeze_encoder"):
+            for layer in encoder_layers(unet_model, self.unet.n_levels):
+                layer.trainable = False
+                frozen.append(layer.name)
+        loss = SegmentationLoss(warmup_steps=options.warmup_steps, ce_after_warmup=options.ce_after_warmup)
+        n_labels = len(self.label_list)
+        dice = SplitOutputDice(n_labels)
+        model.compile(optimizer=make_optimizer(options), loss=SplitOutputLoss(loss, n_labels), metrics=[dice],
+                      jit_compile=False)
+        model.optimizer.build(model.trainable_variables)
+        return model, unet_model, loss, dice, frozen
 
-    vlog = ValidationLog(model_dir / "validation_log.csv", label_list, keep_until=step) if val is not None else None
-    log = StepLog(model_dir / "training_log.csv", keep_until=step)
-    monitor = SupervisedMonitor(model_dir, model, unet_model, options, epoch_steps, val, label_list, multiple,
-                                state, vlog, calibration=train.images)
-    cbs = [WarmupCallback(loss, options.warmup_steps), log, monitor]
-    if options.progress:
-        cbs.append(ProgressBar(total, step))
-    cbs += list(callbacks)
-    if options.tensorboard:
-        cbs.append(keras.callbacks.TensorBoard(str(model_dir / "tensorboard"), update_freq=10))
-    images_arr, labels_arr = stack_pairs(train, pool)
-    batches = pair_batches(images_arr, labels_arr, options.batch_size, options.seed, step,
-                           partners=augmentation.mixup_prob > 0)
-    start_epoch = step // epoch_steps
-    with contextlib.closing(batches):
-        model.fit(batches, steps_per_epoch=epoch_steps, epochs=total // epoch_steps, initial_epoch=start_epoch,
-                  callbacks=cbs, verbose=0, shuffle=False)
-    step = int(ops.convert_to_numpy(model.optimizer.iterations))
-    return result(log.last_loss)
+    def restore_or_record(self, model, train: PairSet, val: PairSet | None) -> tuple[int, dict]:
+        """``(step, early-stopping state)``: from the checkpoint on resume; else 0 and a fresh
+        state, with ``options.json`` and ``labels.npy`` written."""
+        from synthseg.training.checkpoints import load_checkpoint
+
+        state = {"best_dice": None, "best_step": None, "since_best": 0, "stopped_early": False}
+        step = 0
+        if self.resume_from is not None:
+            header = load_checkpoint(self.resume_from, model, model.optimizer)
+            step = int(header["step"])
+            state.update({k: header.get("meta", {}).get(k, v) for k, v in state.items()})
+            if step % self.epoch_steps:
+                raise InputError(f"checkpoint step {step} is not a multiple of {self.epoch_steps} (steps_per_checkpoint "
+                                 "and validate_every of the run)", self.resume_from)
+        else:
+            data_info = {"n_channels": train.n_channels,
+                         "images": [str(f) for f in train.image_files], "labels": [str(f) for f in train.label_files],
+                         "validation_images": [str(f) for f in val.image_files] if val else None,
+                         "validation_labels": [str(f) for f in val.label_files] if val else None,
+                         "voxel_size": train.voxel_size, **train.info}
+            save_supervised_options(self.dir, self.unet, self.options, self.augmentation, self.transfer, data_info)
+        np.save(self.dir / "labels.npy", np.asarray(self.label_list, np.int32))
+        return step, state
 
 
 def _protocol_pairs(label_list) -> list[tuple[int, int]]:

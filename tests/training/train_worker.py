@@ -1,6 +1,6 @@
 """Run a tiny training in a subprocess for the training tests.
 
-    python -m tests.train_worker LABELS MODEL_DIR STEPS [--resume] [--pause-at N --marker F]
+    python -m tests.training.train_worker LABELS MODEL_DIR STEPS [--resume] [--pause-at N --marker F]
         [--replicas N --strategy S]
 """
 import argparse

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 
 from lab2im.errors import InputError
+from synthseg.data.pairs import PairSet
 from synthseg.inference.batch import predict
 from synthseg.inference.model import SegmentationModel, load_model
 from synthseg.inference.segmentation import segment_volume
 from synthseg.nn.losses import hard_dice
 from synthseg.nn.unet import UNetOptions, build_unet
+from synthseg.training.augmentation import AugmentationOptions
 from synthseg.training.slices import (
     SliceSpec,
     in_plane_augmentation,
@@ -23,9 +25,9 @@ from synthseg.training.slices import (
     stack_slices,
     unstack_slices,
 )
-from synthseg.training.supervised import AugmentationOptions, PairSet, SupervisedOptions
-from tests.test_supervised import scan_of
-from tests.test_supervised import write_pairs as supervised_pairs
+from synthseg.training.supervised import SupervisedOptions
+from tests.training.test_supervised import scan_of
+from tests.training.test_supervised import write_pairs as supervised_pairs
 
 LABELS = [0, 2, 3, 41, 42]
 SHAPE = (24, 24, 14)  # axial slices are 24 x 24
@@ -108,7 +110,7 @@ def test_slices_are_standardised_per_volume_as_prediction_does():
     lab[4:20, 4:20, 2:12] = 2
     image = (rng.uniform(0.2, 1.0, SHAPE) * np.linspace(0.5, 1.5, SHAPE[2])).astype(np.float32)[..., None]
     pairs = PairSet(["img"], ["lab"], [image], [lab], 1, [0, 2])
-    from synthseg.training.supervised import standardise_pairs
+    from synthseg.data.pairs import standardise_pairs
 
     whole = standardise_pairs(pairs, "zscore").images[0]  # one z-score over the whole volume
     sliced = slice_pairs(pairs, SliceSpec(axis=2), skip_empty=False, normalisation="zscore")

@@ -17,7 +17,7 @@ from synthseg.generation.estimate_priors import (
     priors_from_stats,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TRUTH = {1: (30.0, 3.0), 2: (80.0, 5.0), 3: (150.0, 10.0)}  # label: (mean, std)
 SHAPE = (60, 20, 20)
 

@@ -16,7 +16,7 @@ from lab2im.errors import InputError
 from synthseg.nn.unet import UNetOptions
 from synthseg.training.synthetic import TrainingOptions, training
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = UNetOptions(n_levels=2, base_features=4)
 
 
@@ -39,7 +39,7 @@ def read_log(model_dir):
 
 
 def worker(*args, env=None, wait=True):
-    cmd = [sys.executable, "-m", "tests.train_worker", *map(str, args)]
+    cmd = [sys.executable, "-m", "tests.training.train_worker", *map(str, args)]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     if wait:
         return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=600)
@@ -282,7 +282,7 @@ def test_a_label_the_network_never_predicts_is_reported_once(tmp_path):
     """dice_per_label.csv gets a row per checkpoint; a label below Dice 0.01 for 3 checkpoints
     in a row after the warm-up (here CSF, 24, as in the shipped model's run) gets one warning;
     a label that recovers, or is low only during the warm-up, gets none."""
-    from synthseg.training.synthetic import LabelDiceLog
+    from synthseg.training.callbacks import LabelDiceLog
 
     class Metric:
         values = None
@@ -319,7 +319,7 @@ def test_a_label_the_network_never_predicts_is_reported_once(tmp_path):
 def test_stop_on_dead_label_ends_the_run_at_that_checkpoint(tmp_path):
     """With stop=True the same history stops the run (no warning) at the checkpoint that finds
     the dead label, and says which; training() turns that into an InputError."""
-    from synthseg.training.synthetic import LabelDiceLog
+    from synthseg.training.callbacks import LabelDiceLog
 
     class Metric:
         values = None
@@ -345,7 +345,7 @@ def test_stop_on_dead_label_ends_the_run_at_that_checkpoint(tmp_path):
 
 def test_cumulative_seconds_sums_over_resumes():
     """training_log.csv's seconds restart at each resume; the time between runs is not counted."""
-    from synthseg.training.synthetic import cumulative_seconds
+    from synthseg.training.callbacks import cumulative_seconds
 
     rows = [{"seconds": s} for s in ("2.0", "4.5", "7.0", "1.5", "3.0")]  # resumed after the 3rd step
     assert cumulative_seconds(rows) == [2.0, 4.5, 7.0, 8.5, 10.0]

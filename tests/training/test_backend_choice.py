@@ -8,7 +8,7 @@ import pytest
 
 from synthseg import backend_choice
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _script():

@@ -12,12 +12,9 @@ import pytest
 
 from lab2im.errors import InputError
 from synthseg.nn.unet import UNetOptions, build_unet
+from synthseg.training.augmentation import AugmentationOptions
 from synthseg.training.checkpoints import read_header
-from synthseg.training.supervised import (
-    AugmentationOptions,
-    SupervisedOptions,
-    supervised_training,
-)
+from synthseg.training.supervised import SupervisedOptions, supervised_training
 
 LABELS = [0, 2, 3, 41, 42]
 INTENSITY = {0: 10.0, 2: 110.0, 3: 60.0, 41: 160.0, 42: 210.0}
@@ -234,7 +231,7 @@ def test_transfer_learning_copies_all_but_the_last_layer_and_freezes_the_encoder
 
 
 def test_unet_options_default_to_those_of_the_source_run(tmp_path):
-    from synthseg.training.supervised import run_unet_options
+    from synthseg.nn.transfer import run_unet_options
 
     (tmp_path / "options.json").write_text(json.dumps({"unet": TINY.to_dict()}))
     assert run_unet_options(tmp_path) == TINY
@@ -253,7 +250,7 @@ def apply(layer, image, labels):
 
 @pytest.mark.backends
 def test_augmentation_deforms_scan_and_labels_together_or_only_crops():
-    from synthseg.training.supervised import PairAugmentation
+    from synthseg.training.augmentation import PairAugmentation
 
     lab = np.stack([block_map(0), block_map(2)])[..., None]
     img = (lab / 42.0).astype(np.float32)  # the scan is the label map
@@ -338,8 +335,8 @@ def test_bad_init_from_and_options(data, tmp_path):
 def test_the_training_voxel_size_is_recorded_and_used_by_prediction(tmp_path):
     """Pairs at 2 mm: the run's options.json records data.voxel_size = the median voxel size,
     and prediction resamples scans to it (it used to assume 1 mm). Mixed voxel sizes warn."""
+    from synthseg.data.pairs import load_pairs
     from synthseg.inference.model import load_model
-    from synthseg.training.supervised import load_pairs
 
     train = write_pairs(tmp_path / "train", [0, 1], affine=np.diag([2.0, 2.0, 2.0, 1.0]))
     supervised_training(*train, tmp_path / "run", unet=TINY, options=quiet(steps=2, steps_per_checkpoint=2))

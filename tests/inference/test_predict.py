@@ -14,16 +14,16 @@ import pytest
 from nibabel import orientations as ornt
 
 import synthseg.inference as P
-from synthseg.inference import model as model_module
 from lab2im.errors import InputError
 from lab2im.io import Volume
 from lab2im.options import GeneratorOptions
 from synthseg.cli import main
+from synthseg.inference import model as model_module
 from synthseg.inference.tiling import _tile_starts
 from synthseg.nn.unet import UNetOptions, build_unet
 from synthseg.training.synthetic import TrainingOptions, save_options
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LABELS = [0, 2, 3, 41, 42]
 INTENSITY = {0: 0.0, 2: 25.0, 3: 50.0, 41: 75.0, 42: 100.0}
 

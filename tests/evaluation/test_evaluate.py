@@ -17,7 +17,7 @@ import synthseg.evaluation as ev
 from lab2im.errors import InputError
 from synthseg.cli import main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _save(path, data, affine=None):

@@ -14,18 +14,13 @@ from lab2im.normalisation import (
     zscore_foreground,
     zscore_in_mask,
 )
+from synthseg.data.pairs import robust_normalise
 from synthseg.inference import preprocessing
 from synthseg.nn.losses import SegmentationLoss, weighted_cross_entropy
 from synthseg.nn.unet import UNetOptions
-from synthseg.training.supervised import (
-    AugmentationOptions,
-    Mixup,
-    PairAugmentation,
-    SupervisedOptions,
-    robust_normalise,
-    supervised_training,
-)
-from tests.test_supervised import LABELS, apply, block_map, write_pairs
+from synthseg.training.augmentation import AugmentationOptions, Mixup, PairAugmentation
+from synthseg.training.supervised import SupervisedOptions, supervised_training
+from tests.training.test_supervised import LABELS, apply, block_map, write_pairs
 
 
 def mixup_inputs(batch=6, seed=0):

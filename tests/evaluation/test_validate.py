@@ -62,12 +62,12 @@ def test_dice_matches_predicting_the_checkpoint_by_hand(run_and_scans):
     from lab2im.io import load_volume
     from synthseg.evaluation.validate import network_for_run
     from synthseg.inference.segmentation import segment_volume
-    from synthseg.training.checkpoints import load_checkpoint
+    from synthseg.training.checkpoints import load_network_weights
 
     tmp = run_and_scans
     result = validate_training(tmp / "run", tmp / "images", tmp / "labels", progress=False)
-    model, seg_model = network_for_run(tmp / "run")
-    load_checkpoint(tmp / "run" / "checkpoints" / "step-0000002.npz", model, None)
+    seg_model = network_for_run(tmp / "run")
+    load_network_weights(tmp / "run" / "checkpoints" / "step-0000002.npz", seg_model.network)
     seg = segment_volume(load_volume(tmp / "images" / "s1.nii.gz"), seg_model, flip=True).native_segmentation()
     gt = np.asarray(nib.load(str(tmp / "labels" / "s1.nii.gz")).dataobj)
     expected = dice(gt, seg, [2, 3, 41, 42])

@@ -44,6 +44,24 @@ def test_same_seed_reproduces_and_batch_shapes(brain_dir):
     assert images.shape == (2, 12, 12, 12, 2) and labels.shape == (2, 12, 12, 12)
 
 
+def test_the_parameters_of_a_scan_explain_and_replay_it(brain_dir):
+    from lab2im.model import replay
+
+    plain = BrainGenerator(brain_dir, seed=4, output_shape=(12, 12, 12))
+    explained = BrainGenerator(brain_dir, seed=4, output_shape=(12, 12, 12))
+    for _ in range(2):  # the same scans as without parameters, scan after scan
+        image, labels = plain.generate_image()
+        image2, labels2, parameters = explained.generate_image(return_parameters=True)
+        np.testing.assert_allclose(image2, image, atol=1e-5)
+        np.testing.assert_array_equal(labels2, labels)
+    means = parameters["gmm"]
+    assert {"deformation", "gmm", "intensity"} <= set(parameters) and all(v.shape[0] == 1 for v in means.values())
+    # replayed from its label map (one of the two) and the parameters alone
+    replays = [replay(explained.model, explained.label_maps[i:i + 1], parameters)[0][0, ..., 0]
+               for i in range(len(explained.label_maps))]
+    assert any(np.array_equal(r, image2) for r in replays)
+
+
 def test_non_protocol_labels_get_generic_options(tmp_path, blocks_labels):
     path = write(tmp_path / "x.nii.gz", (blocks_labels + 100 * (blocks_labels > 0)).astype(np.int32))
     gen = BrainGenerator(path, seed=0)

@@ -1,0 +1,108 @@
+"""Training recipes: named, complete configurations of a synthetic training run.
+
+One table, read by ``synthseg train --preset NAME``, ``scripts/train_synthseg.py --preset NAME``,
+``benchmarks/training.py`` and ``scripts/ship_model.py``; the shipped model's recipe is
+:data:`SHIPPED`. A recipe is plain data (importing this module starts no Keras backend, so a
+script can choose the backend after reading it)::
+
+    >>> from synthseg.training.recipes import recipe
+    >>> r = recipe("small")
+    >>> r.voxel_mm, r.crop, r.unet["n_levels"]
+    (2.0, 64, 4)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lab2im.errors import InputError
+
+#: the repository (``init_weights`` paths are relative to it)
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A training run's configuration.
+
+    Attributes:
+        name: the preset's name.
+        summary: one line on what it is for.
+        voxel_mm: voxel size of the training label maps (mm; the maps are resampled to it,
+            nearest) and so of the model.
+        crop: training crop, voxels per axis.
+        unet: :class:`synthseg.nn.unet.UNetOptions` fields.
+        training: :class:`synthseg.training.synthetic.TrainingOptions` fields.
+        init_weights: U-Net weights (``.keras``) the run starts from, relative to the
+            repository; ``None``: random initialisation.
+    """
+
+    name: str
+    summary: str
+    voxel_mm: float
+    crop: int
+    unet: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    init_weights: str | None = None
+
+    def unet_options(self):
+        from synthseg.nn.unet import UNetOptions
+
+        return UNetOptions(**self.unet)
+
+    def training_options(self, **overrides):
+        """:class:`~synthseg.training.synthetic.TrainingOptions` of the recipe, with ``overrides``
+        (``None`` values are ignored); ``init_weights`` resolved against the repository."""
+        from synthseg.training.synthetic import TrainingOptions
+
+        fields = dict(self.training)
+        if self.init_weights:
+            fields["init_weights"] = str(REPO / self.init_weights)
+        fields.update({k: v for k, v in overrides.items() if v is not None})
+        return TrainingOptions(**fields)
+
+    def command(self, run_dir: str = "RUN_DIR") -> str:
+        """The command that trains this recipe from a fresh clone."""
+        return f"python scripts/train_synthseg.py {run_dir} --preset {self.name}"
+
+
+RECIPES = {r.name: r for r in [
+    Recipe("small", "visible progress on 2 CPU cores in minutes (docs/training.md has the measured curve)",
+           voxel_mm=2.0, crop=64, unet=dict(n_levels=4, base_features=8),
+           training=dict(steps=600, steps_per_checkpoint=50, learning_rate=1e-3, warmup_steps=50,
+                         lr_schedule="constant")),
+    Recipe("cpu", "the shipped model (models/synthseg_2mm): 2 mm, 5-level U-Net, about two hours on 2 CPU cores",
+           voxel_mm=2.0, crop=64, unet=dict(n_levels=5, base_features=16),
+           training=dict(steps=10_000, steps_per_checkpoint=250, learning_rate=1e-3, warmup_steps=500,
+                         lr_schedule="cosine")),
+    Recipe("cpu2", "issue 12 (not shipped, docs/accuracy.md): the 'cpu' network continued from the shipped weights "
+           "on maps with carved sulci and a random patchwork outside the brain, cross-entropy kept beside Dice",
+           voxel_mm=2.0, crop=64, unet=dict(n_levels=5, base_features=16),
+           init_weights="models/synthseg_2mm/unet_last.keras",
+           training=dict(steps=20_000, steps_per_checkpoint=100, learning_rate=3e-4, warmup_steps=0,
+                         ce_after_warmup=0.1, lr_schedule="constant")),
+    Recipe("cpu3", "issue 12, the learning-rate test: cpu2's network and data (both maps, version 3) from its latest "
+           "committed weights, warm restart to 1e-3 and cosine decay to 0, against cpu2's constant 3e-4",
+           voxel_mm=2.0, crop=64, unet=dict(n_levels=5, base_features=16),
+           init_weights="models/continue/cpu2_dk_csf3_step1300_fp16.keras",
+           training=dict(steps=2_000, steps_per_checkpoint=100, learning_rate=1e-3, warmup_steps=0,
+                         ce_after_warmup=0.1, lr_schedule="cosine", keep_checkpoints=0)),
+    Recipe("synthseg", "the reference configuration (SynthSeg 1.0's network and crop), for a GPU",
+           voxel_mm=1.0, crop=160, unet=dict(n_levels=5, base_features=24),
+           training=dict(steps=300_000, steps_per_checkpoint=1000, learning_rate=1e-4, warmup_steps=1000,
+                         lr_schedule="constant")),
+]}
+#: the recipe of the model shipped in ``models/synthseg_2mm``
+SHIPPED = "cpu"
+
+
+def recipe(name: str) -> Recipe:
+    """The recipe called ``name``.
+
+    Raises:
+        InputError: no such recipe (the message lists them).
+    """
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise InputError(f"no training recipe named {name!r} (have {', '.join(RECIPES)})") from None

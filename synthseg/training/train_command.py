@@ -1,0 +1,127 @@
+"""The ``synthseg train`` command (:func:`synthseg.training.synthetic.training`): every setting
+from its flag, else from the ``--preset`` recipe (:mod:`synthseg.training.recipes`), else a default."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from lab2im.errors import InputError
+from synthseg.training.recipes import RECIPES
+
+HELP = "train a contrast-agnostic U-Net on synthetic scans from label maps"
+DESCRIPTION = ("Train a U-Net on synthetic scans generated on the fly from label maps. "
+               "A killed run continues exactly with --resume.")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("labels", nargs="?", default=None,
+                        help="training label maps (file, folder or .txt list); with --preset it may be left out: the "
+                             "public training maps at the recipe's voxel size")
+    parser.add_argument("model_dir", type=Path, help="run folder (checkpoints, logs, options)")
+    parser.add_argument("--preset", choices=sorted(RECIPES), default=None,
+                        help="start from a training recipe (synthseg.training.recipes; e.g. small, cpu); flags given "
+                             "override its settings")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in model_dir from its last checkpoint, with its saved options")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="total optimiser steps (default: 1000); with --resume, the new total (more or fewer, a "
+                             "multiple of the run's checkpoint interval)")
+    parser.add_argument("--checkpoint-every", type=int, default=None,
+                        help="steps between checkpoints; --steps must be a multiple of it (default: 100)")
+    parser.add_argument("--keep-checkpoints", type=int, default=None,
+                        help="periodic checkpoints kept besides the last one; 0 keeps all, e.g. for `synthseg validate` "
+                             "(default: 5)")
+    parser.add_argument("--options", type=Path, default=None,
+                        help="generator options (GeneratorOptions JSON, e.g. with the priors of `synthseg estimate-priors`: "
+                             "prior_means/prior_stds paths; voxel_size of the label maps); default: the brain protocol's")
+    parser.add_argument("--init-weights", type=Path, default=None,
+                        help="start from these U-Net weights (.keras, same architecture and labels; float16 works); "
+                             "default: random")
+    parser.add_argument("--crop", type=int, default=None,
+                        help="training crop, voxels per axis (e.g. 160; default: the label maps' shape)")
+    parser.add_argument("--levels", type=int, default=None, help="U-Net levels (default: 5)")
+    parser.add_argument("--features", type=int, default=None, help="features at the first level (default: 24)")
+    parser.add_argument("--batch-size", type=int, default=None, help="label maps per step (default: 1)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: 1e-4)")
+    parser.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"), default=None,
+                        help="learning-rate schedule (default: constant)")
+    parser.add_argument("--warmup-steps", type=int, default=None,
+                        help="steps of cross-entropy before the loss turns to soft Dice (default: 0)")
+    parser.add_argument("--ce-after-warmup", type=float, default=None,
+                        help="share of cross-entropy kept after the warm-up, 0-1 (0: Dice only; 0.1 keeps labels from "
+                             "dying under Dice)")
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="half precision in the U-Net (float16 on a GPU, bfloat16 on a CPU)")
+    parser.add_argument("--strategy", choices=("mirrored", "multiworker", "data_parallel"), default=None,
+                        help="several devices: tf.distribute mirrored / multi-worker, or Keras data parallel (JAX); "
+                             "default: one device")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads of the backend (default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+
+
+#: ``synthseg train`` settings a flag, else the ``--preset`` recipe, else these give
+TRAIN_DEFAULTS = dict(steps=1000, steps_per_checkpoint=100, keep_checkpoints=5, batch_size=1, learning_rate=1e-4,
+                      lr_schedule="constant", warmup_steps=0, ce_after_warmup=0.0, n_levels=5, base_features=24)
+_TRAIN_FLAGS = dict(steps="steps", steps_per_checkpoint="checkpoint_every", keep_checkpoints="keep_checkpoints",
+                    batch_size="batch_size", learning_rate="lr", lr_schedule="lr_schedule",
+                    warmup_steps="warmup_steps", ce_after_warmup="ce_after_warmup")
+
+
+def settings(args):
+    """``(labels, TrainingOptions, UNetOptions, crop)`` of a new run: each setting from its flag,
+    else the ``--preset`` recipe, else :data:`TRAIN_DEFAULTS`."""
+    from synthseg.nn.unet import UNetOptions
+    from synthseg.training.recipes import recipe
+
+    r = recipe(args.preset) if args.preset else None
+    base = dict(TRAIN_DEFAULTS, **(r.training if r else {}), **(r.unet if r else {}))
+    t = {name: getattr(args, flag) if getattr(args, flag) is not None else base[name]
+         for name, flag in _TRAIN_FLAGS.items()}
+    if t["steps"] > t["steps_per_checkpoint"] and t["steps"] % t["steps_per_checkpoint"]:
+        raise InputError(f"--steps {t['steps']} is not a multiple of --checkpoint-every {t['steps_per_checkpoint']}: "
+                         "training runs whole checkpoint intervals")
+    init = args.init_weights if args.init_weights is not None else (r.training_options().init_weights if r else None)
+    options = (r.training_options if r else _plain_training_options)(
+        **t, mixed_precision=args.mixed_precision or None, seed=args.seed, strategy=args.strategy,
+        init_weights=None if init is None else str(init))
+    unet = UNetOptions(n_levels=args.levels or base["n_levels"], base_features=args.features or base["base_features"])
+    crop = args.crop or (r.crop if r else None)
+    labels = args.labels
+    if labels is None:
+        if r is None:
+            raise InputError("give the training label maps (LABELS), or a --preset to train on the public ones")
+        from synthseg.data.training_labels import training_label_maps
+
+        labels = training_label_maps(r.voxel_mm)
+    return labels, options, unet, crop
+
+
+def _plain_training_options(**fields):
+    from synthseg.training.synthetic import TrainingOptions
+
+    return TrainingOptions(**{k: v for k, v in fields.items() if v is not None})
+
+
+def run(args) -> int:
+    from synthseg.inference.batch import apply_threads
+    from synthseg.training.synthetic import TrainingOptions, training
+
+    apply_threads(args.threads)
+    if args.resume:
+        ignored = [flag for flag, value in (("--options", args.options), ("--init-weights", args.init_weights),
+                                            ("--crop", args.crop), ("--preset", args.preset)) if value is not None]
+        if ignored:
+            raise InputError(f"{', '.join(ignored)}: a resumed run keeps the options it was started with "
+                             "(only --steps may change)", args.model_dir)
+        if args.labels is None:
+            raise InputError("give the training label maps (LABELS) the run was started with", args.model_dir)
+        options = TrainingOptions(steps=args.steps) if args.steps else None
+        result = training(args.labels, args.model_dir, options=options, resume=True)
+    else:
+        from lab2im.options import GeneratorOptions
+
+        labels, options, unet, crop = settings(args)
+        generator = GeneratorOptions.load(args.options) if args.options else None
+        overrides = {"output_shape": (crop,) * 3} if crop else {}
+        result = training(labels, args.model_dir, generator=generator, unet=unet, options=options, **overrides)
+    print(f"trained to step {result.step} (last loss {result.last_loss}); model: {result.model_dir / 'unet_last.keras'}")
+    return 0

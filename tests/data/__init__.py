@@ -1,0 +1,1 @@
+"""Tests of label protocol, datasets, training maps, merged datasets."""

@@ -1,0 +1,1 @@
+"""Tests of the brain generator and intensity priors."""

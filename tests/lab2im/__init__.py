@@ -1,0 +1,1 @@
+"""Tests of the generic toolkit: layers, the labels-to-image model, geometry, I/O."""

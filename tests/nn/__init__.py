@@ -1,0 +1,1 @@
+"""Tests of the U-Net and its losses."""

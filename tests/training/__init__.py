@@ -1,0 +1,1 @@
+"""Tests of training runs of every kind, run folders, recipes."""
