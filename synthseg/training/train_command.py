@@ -33,6 +33,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--options", type=Path, default=None,
                         help="generator options (GeneratorOptions JSON, e.g. with the priors of `synthseg estimate-priors`: "
                              "prior_means/prior_stds paths; voxel_size of the label maps); default: the brain protocol's")
+    parser.add_argument("--priors", type=Path, default=None, metavar="DIR",
+                        help="intensity priors: the output folder of `synthseg estimate-priors` (its labels.npy, "
+                             "classes.npy, prior_means.npy, prior_stds.npy and prior distribution); default: the "
+                             "generator's uniform priors")
+    parser.add_argument("--voxel-size", type=float, default=None, metavar="MM",
+                        help="train at this voxel size: the label maps are resampled to it (nearest neighbour, "
+                             "into MODEL_DIR/label_maps/) and the model works at it (default: the maps' own; "
+                             "with --preset, the recipe's)")
     parser.add_argument("--init-weights", type=Path, default=None,
                         help="start from these U-Net weights (.keras, same architecture and labels; float16 works); "
                              "default: random")
@@ -91,8 +99,60 @@ def settings(args):
             raise InputError("give the training label maps (LABELS), or a --preset to train on the public ones")
         from synthseg.data.training_labels import training_label_maps
 
-        labels = training_label_maps(r.voxel_mm)
+        labels = training_label_maps(args.voxel_size or r.voxel_mm)
+    elif args.voxel_size:
+        labels = resampled_label_maps(labels, args.voxel_size, Path(args.model_dir) / RESAMPLED_MAPS)
     return labels, options, unet, crop
+
+
+#: where ``--voxel-size`` puts the resampled label maps, inside the run folder
+RESAMPLED_MAPS = "label_maps"
+
+
+def resampled_label_maps(labels, voxel_mm: float, out_dir: Path) -> Path:
+    """The label maps ``labels`` resampled to ``voxel_mm`` mm (nearest neighbour: no new labels)
+    into ``out_dir`` (written atomically; a map already there is kept)."""
+    from lab2im.geometry import resample_volume
+    from lab2im.io import (
+        list_volume_files,
+        load_volume,
+        save_volume,
+        strip_volume_suffix,
+    )
+
+    if not voxel_mm > 0:
+        raise InputError(f"--voxel-size must be > 0 mm, got {voxel_mm}")
+    files = list_volume_files(labels, "label map")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        out = out_dir / f"{strip_volume_suffix(f.name)}.nii.gz"
+        if not out.exists():
+            volume = resample_volume(load_volume(f), voxel_mm, order=0)
+            save_volume(volume.data.astype("int32"), out, affine=volume.affine)
+    return out_dir
+
+
+def generator_options(args):
+    """:class:`~lab2im.options.GeneratorOptions` from ``--options`` and ``--priors`` (``None``:
+    the defaults for the label maps)."""
+    import json
+
+    from lab2im.options import GeneratorOptions
+
+    if args.options is None and args.priors is None:
+        return None
+    fields = GeneratorOptions.load(args.options).to_dict() if args.options else {}
+    if args.priors is not None:
+        d = args.priors
+        missing = [n for n in ("labels.npy", "classes.npy", "prior_means.npy", "prior_stds.npy", "priors.json")
+                   if not (d / n).is_file()]
+        if missing:
+            raise InputError(f"not an estimate-priors folder: no {', '.join(missing)}", d)
+        kind = json.loads((d / "priors.json").read_text()).get("prior_distribution", "normal")
+        fields.update(generation_labels=str(d / "labels.npy"), generation_classes=str(d / "classes.npy"),
+                      prior_means=str(d / "prior_means.npy"), prior_stds=str(d / "prior_stds.npy"),
+                      prior_distribution=kind, segmentation_labels=None)
+    return GeneratorOptions.from_dict(fields, source=str(args.options or args.priors))
 
 
 def _plain_training_options(**fields):
@@ -108,19 +168,21 @@ def run(args) -> int:
     apply_threads(args.threads)
     if args.resume:
         ignored = [flag for flag, value in (("--options", args.options), ("--init-weights", args.init_weights),
-                                            ("--crop", args.crop), ("--preset", args.preset)) if value is not None]
+                                            ("--crop", args.crop), ("--preset", args.preset),
+                                            ("--priors", args.priors)) if value is not None]
         if ignored:
             raise InputError(f"{', '.join(ignored)}: a resumed run keeps the options it was started with "
                              "(only --steps may change)", args.model_dir)
-        if args.labels is None:
+        labels = args.labels
+        if (Path(args.model_dir) / RESAMPLED_MAPS).is_dir() and (labels is None or args.voxel_size):
+            labels = Path(args.model_dir) / RESAMPLED_MAPS  # the maps --voxel-size made when the run started
+        if labels is None:
             raise InputError("give the training label maps (LABELS) the run was started with", args.model_dir)
         options = TrainingOptions(steps=args.steps) if args.steps else None
-        result = training(args.labels, args.model_dir, options=options, resume=True)
+        result = training(labels, args.model_dir, options=options, resume=True)
     else:
-        from lab2im.options import GeneratorOptions
-
         labels, options, unet, crop = settings(args)
-        generator = GeneratorOptions.load(args.options) if args.options else None
+        generator = generator_options(args)
         overrides = {"output_shape": (crop,) * 3} if crop else {}
         result = training(labels, args.model_dir, generator=generator, unet=unet, options=options, **overrides)
     print(f"trained to step {result.step} (last loss {result.last_loss}); model: {result.model_dir / 'unet_last.keras'}")

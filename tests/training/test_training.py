@@ -350,3 +350,37 @@ def test_cumulative_seconds_sums_over_resumes():
     rows = [{"seconds": s} for s in ("2.0", "4.5", "7.0", "1.5", "3.0")]  # resumed after the 3rd step
     assert cumulative_seconds(rows) == [2.0, 4.5, 7.0, 8.5, 10.0]
     assert cumulative_seconds([]) == []
+
+
+@pytest.mark.slow
+def test_cli_trains_at_another_voxel_size_and_with_estimated_priors(label_dir, tmp_path, capsys):
+    """``--voxel-size`` resamples the maps into the run (and a resume finds them there);
+    ``--priors`` takes the folder `synthseg estimate-priors` wrote."""
+    import json
+
+    import nibabel as nib
+
+    from synthseg.cli import main
+
+    small = ["--crop", "8", "--levels", "2", "--features", "4", "--steps", "2", "--checkpoint-every", "2"]
+    run = tmp_path / "run"
+    assert main(["train", str(label_dir), str(run), "--voxel-size", "2", *small]) == 0
+    maps = sorted((run / "label_maps").glob("*.nii.gz"))
+    assert maps and np.allclose(nib.load(str(maps[0])).header.get_zooms()[:3], 2.0)
+    assert json.loads((run / "options.json").read_text())["generator"]["voxel_size"] == pytest.approx(2.0)
+    assert main(["train", str(run), "--resume", "--steps", "4"]) == 0  # the maps are found in the run
+    assert "trained to step 4" in capsys.readouterr().out
+    # priors estimated from a scan made of the label map
+    lab = nib.load(str(sorted(label_dir.glob("*.nii.gz"))[0]))
+    data = np.asarray(lab.dataobj)
+    image = np.where(data > 0, 50.0 + data, 0.0).astype(np.float32)
+    (tmp_path / "scans").mkdir()
+    nib.save(nib.Nifti1Image(image, lab.affine), str(tmp_path / "scans" / "s.nii.gz"))
+    assert main(["estimate-priors", "--images", str(tmp_path / "scans"), "--label-maps",
+                 str(sorted(label_dir.glob("*.nii.gz"))[0]), "--out", str(tmp_path / "priors")]) == 0
+    assert main(["train", str(label_dir), str(tmp_path / "run2"), "--priors", str(tmp_path / "priors"), *small]) == 0
+    generator = json.loads((tmp_path / "run2" / "options.json").read_text())["generator"]
+    assert generator["prior_means"].endswith("prior_means.npy") and generator["prior_distribution"] == "normal"
+    capsys.readouterr()
+    assert main(["train", str(label_dir), str(tmp_path / "run3"), "--priors", str(tmp_path), *small]) == 1
+    assert "not an estimate-priors folder: no labels.npy" in capsys.readouterr().err
