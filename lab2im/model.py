@@ -96,17 +96,22 @@ STAGE_TABLE = (
 LEGACY_SEED_ORDER = ("deformation", "flip", "gmm", "bias_field", "resolution", "blur", "intensity", "partition")
 
 
+def named_seed(entropy, name: str, legacy_order: Sequence[str] = ()) -> int:
+    """A seed for the random stage ``name`` of a model seeded with ``entropy`` (an int or a
+    sequence of ints): a stage listed in ``legacy_order`` keeps the seed it had when seeds were
+    handed out by position (the first states of ``SeedSequence(entropy)``, in that order); any
+    other is derived from ``(entropy, crc32(name))``, independent of where the stage stands."""
+    entropy = [int(v) for v in (entropy if isinstance(entropy, (list, tuple)) else [entropy])]
+    if name in legacy_order:
+        states = np.random.SeedSequence(entropy).generate_state(len(legacy_order))
+        return int(states[list(legacy_order).index(name)]) % (2**31 - 1)
+    return int(np.random.SeedSequence([*entropy, zlib.crc32(name.encode())]).generate_state(1)[0]) % (2**31 - 1)
+
+
 def stage_seed(seed: int | None, name: str) -> int | None:
-    """The seed of the stage called ``name`` in a model seeded with ``seed`` (``None`` stays
-    ``None``): a stage of :data:`LEGACY_SEED_ORDER` keeps its seed of old; any other is derived
-    from ``(seed, crc32(name))``, independent of where the stage stands in the table."""
-    if seed is None:
-        return None
-    if name in LEGACY_SEED_ORDER:
-        states = np.random.SeedSequence(int(seed)).generate_state(len(LEGACY_SEED_ORDER))
-        return int(states[LEGACY_SEED_ORDER.index(name)]) % (2**31 - 1)
-    state = np.random.SeedSequence([int(seed), zlib.crc32(name.encode())]).generate_state(1)[0]
-    return int(state) % (2**31 - 1)
+    """The seed of the stage called ``name`` in a labels-to-image model seeded with ``seed``
+    (``None`` stays ``None``): :func:`named_seed` with :data:`LEGACY_SEED_ORDER`."""
+    return None if seed is None else named_seed(int(seed), name, LEGACY_SEED_ORDER)
 
 
 def stage_seeds(seed: int | None) -> dict[str, int | None]:

@@ -8,7 +8,6 @@ import dataclasses
 from dataclasses import dataclass
 
 import keras
-import numpy as np
 from keras import ops
 
 from lab2im.errors import InputError
@@ -19,6 +18,7 @@ from lab2im.layers import (
     RandomSpatialDeformation,
 )
 from lab2im.layers.base import IMAGE, LABELS, RandomLayer
+from lab2im.model import named_seed
 from lab2im.normalisation import check_method, zscore_in_mask
 from lab2im.options import options_from_dict
 
@@ -128,6 +128,11 @@ class AugmentationOptions:
         return options_from_dict(cls, d, "augmentation", source)
 
 
+#: the augmentation's random streams, seeded by name (:func:`lab2im.model.named_seed`); these
+#: keep the seeds they had when they were handed out in this order
+AUGMENTATION_SEED_ORDER = ("gates", "deformation", "flip", "bias_field", "intensity")
+
+
 @keras.saving.register_keras_serializable(package="synthseg")
 class PairAugmentation(keras.layers.Layer):
     """Random crop and augmentation of ``[image (B, *in, C) float, labels (B, *in, 1) int]``.
@@ -153,20 +158,20 @@ class PairAugmentation(keras.layers.Layer):
         self.crop_shape = tuple(int(n) for n in crop_shape)
         self.lr_pairs = [(int(a), int(b)) for a, b in lr_pairs]
         self.seed = seed
-        seeds = [None] * 5 if seed is None else [
-            int(s) % (2**31 - 1) for s in np.random.SeedSequence([int(seed), 17]).generate_state(5)]
-        self.seed_generator = keras.random.SeedGenerator(seeds[0])
+        seeds = dict.fromkeys(AUGMENTATION_SEED_ORDER) if seed is None else {
+            name: named_seed([int(seed), 17], name, AUGMENTATION_SEED_ORDER) for name in AUGMENTATION_SEED_ORDER}
+        self.seed_generator = keras.random.SeedGenerator(seeds["gates"])
         self.deformation = RandomSpatialDeformation(
             scaling=o.scaling, rotation=o.rotation, shearing=o.shearing, translation=0.0,
             nonlin_std=o.nonlin_std, nonlin_scale=o.nonlin_scale, output_shape=self.crop_shape,
-            kinds=[IMAGE, LABELS], seed=seeds[1], name="deformation")
+            kinds=[IMAGE, LABELS], seed=seeds["deformation"], name="deformation")
         self.flip = (RandomFlip(self.lr_pairs, axis=o.flip_axis, prob=o.flip_prob, kinds=[IMAGE, LABELS],
-                                seed=seeds[2], name="flip")
+                                seed=seeds["flip"], name="flip")
                      if o.flip_prob > 0 else None)
-        self.bias = (RandomBiasField(o.bias_std, o.bias_scale, prob=o.bias_prob, seed=seeds[3], name="bias_field")
+        self.bias = (RandomBiasField(o.bias_std, o.bias_scale, prob=o.bias_prob, seed=seeds["bias_field"], name="bias_field")
                      if o.bias_std > 0 else None)
         self.intensity = IntensityAugmentation(o.noise_std, clip=None, normalise=True, gamma_std=o.gamma_std,
-                                               seed=seeds[4], name="intensity")
+                                               seed=seeds["intensity"], name="intensity")
 
     def build(self, input_shape):
         image_shape, labels_shape = input_shape

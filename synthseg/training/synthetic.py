@@ -198,6 +198,17 @@ def label_map_batches(maps: np.ndarray, batch_size: int, seed: int, start_step: 
         step += 1
 
 
+def _resumed_options(model_dir: Path, options: TrainingOptions | None):
+    """A resumed run's saved ``(generator, unet, training options, new total of steps or None)``;
+    ``options.steps``, if given, is the new total (a multiple of the run's checkpoint interval)."""
+    generator, unet, saved = load_options(model_dir)
+    new_total = options.steps if options else None
+    if new_total is not None and new_total % saved.steps_per_checkpoint:
+        raise InputError(f"steps ({new_total}) must be a multiple of the run's steps_per_checkpoint "
+                         f"({saved.steps_per_checkpoint})", model_dir)
+    return generator, unet, (dataclasses.replace(saved, steps=new_total) if new_total else saved), new_total
+
+
 def training(labels_dir, model_dir, generator: GeneratorOptions | None = None, unet=None,
              options: TrainingOptions | None = None, resume: bool = False, callbacks=(),
              **generator_overrides) -> TrainingResult:
@@ -234,12 +245,7 @@ def training(labels_dir, model_dir, generator: GeneratorOptions | None = None, u
     resume_from = prepare_folder(model_dir, resume)
     new_total = None
     if resume_from is not None:
-        generator, unet, saved = load_options(model_dir)
-        new_total = options.steps if options else None
-        if new_total is not None and new_total % saved.steps_per_checkpoint:
-            raise InputError(f"steps ({new_total}) must be a multiple of the run's steps_per_checkpoint "
-                             f"({saved.steps_per_checkpoint})", model_dir)
-        options = dataclasses.replace(saved, steps=new_total) if new_total else saved
+        generator, unet, options, new_total = _resumed_options(model_dir, options)
         generator_overrides = {}
     options = options or TrainingOptions()
     unet = unet or UNetOptions()

@@ -191,3 +191,15 @@ def test_mixup_and_zscore_training_and_prediction_use_the_same_standardisation(t
                                   options=SupervisedOptions(steps=6, steps_per_checkpoint=2, progress=False,
                                                             tensorboard=False))
     assert resumed.step == 6
+
+
+def test_augmentation_streams_are_seeded_by_name_and_keep_their_seeds():
+    from lab2im.model import named_seed
+    from synthseg.training.augmentation import AUGMENTATION_SEED_ORDER
+
+    before = [int(s) % (2**31 - 1) for s in np.random.SeedSequence([5, 17]).generate_state(5)]  # by position
+    assert [named_seed([5, 17], n, AUGMENTATION_SEED_ORDER) for n in AUGMENTATION_SEED_ORDER] == before
+    added = named_seed([5, 17], "a_new_stage", AUGMENTATION_SEED_ORDER)
+    assert added not in before and added == named_seed([5, 17], "a_new_stage", ())
+    layer = PairAugmentation((8, 8, 8), seed=5)
+    assert [layer.deformation.seed, layer.bias.seed, layer.intensity.seed] == [before[1], before[3], before[4]]
