@@ -25,26 +25,33 @@ from synthseg.training.recipes import RECIPES, recipe  # noqa: E402  (nor this)
 BACKEND_FILE = "BACKEND"  # the Keras backend a run trains on, so that a resume keeps it
 
 
-def choose_backend(args) -> str:
-    """Set ``KERAS_BACKEND`` (before Keras is imported) as ``--backend`` says; see its help."""
+def choose_backend(args) -> tuple[str, bool]:
+    """Set ``KERAS_BACKEND`` (before Keras is imported) as ``--backend`` says, and choose the
+    precision as ``--precision`` says (see their help); returns ``(backend, mixed_precision)``.
+    A resumed run keeps both (the precision is in its options)."""
     import os
 
-    from synthseg.backend_choice import fastest_backend
+    from synthseg.backend_choice import PRECISIONS, fastest_setting
 
+    r = recipe(args.preset)
     recorded = args.run_dir / BACKEND_FILE
+    timed = args.backend == "auto" or (args.backend is None and not os.environ.get("KERAS_BACKEND"))
     if args.resume and args.backend in (None, "auto") and recorded.is_file():
-        backend = recorded.read_text().strip()
+        backend, timed = recorded.read_text().strip(), False
     elif args.backend not in (None, "auto"):
         backend = args.backend
-    elif args.backend is None and os.environ.get("KERAS_BACKEND"):
+    elif not timed:
         backend = os.environ["KERAS_BACKEND"]
-    else:
-        r = recipe(args.preset)
-        print("timing the U-Net's training step on each installed Keras backend:", flush=True)
-        backend = fastest_backend(r.unet["n_levels"], r.unet["base_features"], r.crop)
+    precisions = PRECISIONS if (args.precision == "auto" or (args.precision is None and timed)) \
+        else (args.precision or "float32",)
+    mixed = precisions == ("mixed_bfloat16",)
+    if not args.resume and (timed or len(precisions) > 1):
+        print("timing the U-Net's training step (backends x precisions):", flush=True)
+        backend, mixed = fastest_setting(r.unet["n_levels"], r.unet["base_features"], r.crop,
+                                         candidates=None if timed else [backend], precisions=precisions)
     os.environ["KERAS_BACKEND"] = backend
-    print(f"Keras backend: {backend}", flush=True)
-    return backend
+    print(f"Keras backend: {backend}{', mixed bfloat16' if mixed else ''}", flush=True)
+    return backend, mixed
 
 
 def RecordBackend(run_dir: Path, backend: str):
@@ -78,9 +85,12 @@ def main(argv=None) -> int:
     parser.add_argument("--backend", choices=["auto", *BACKENDS], default=None,
                         help="Keras backend; 'auto' times a few U-Net steps on each installed backend and takes the "
                              "fastest (default: $KERAS_BACKEND if set, else auto; a resumed run keeps its backend)")
+    parser.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16"], default=None,
+                        help="the U-Net's precision; 'auto' times both and takes the faster (default: auto when the "
+                             "backend is timed, else float32; a resumed run keeps its own)")
     parser.add_argument("--cache-dir", type=Path, default=None)
     args = parser.parse_args(argv)
-    backend = choose_backend(args)
+    backend, mixed = choose_backend(args)
 
     from lab2im.errors import InputError
     from synthseg.data.training_labels import training_label_maps
@@ -101,7 +111,7 @@ def main(argv=None) -> int:
                               callbacks=[RecordBackend(args.run_dir, backend)])
         else:
             options = preset.training_options(seed=args.seed, steps=args.steps, ce_after_warmup=args.ce_after_warmup,
-                                              init_weights=args.init_weights)
+                                              init_weights=args.init_weights, mixed_precision=mixed or None)
             result = training(labels, args.run_dir, unet=preset.unet_options(), options=options,
                               output_shape=(preset.crop,) * 3, callbacks=[RecordBackend(args.run_dir, backend)])
     except InputError as exc:

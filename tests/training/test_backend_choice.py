@@ -38,10 +38,20 @@ def test_a_backend_is_timed_in_a_child_process_and_the_fastest_wins():
 def test_train_script_backend_flag_environment_and_recorded_run(tmp_path, monkeypatch):
     script = _script()
     monkeypatch.setenv("KERAS_BACKEND", "jax")
-    args = Namespace(run_dir=tmp_path, resume=False, backend=None, preset="cpu2")
-    assert script.choose_backend(args) == "jax"  # the user's KERAS_BACKEND
-    args.backend = "tensorflow"
-    assert script.choose_backend(args) == "tensorflow" and os.environ["KERAS_BACKEND"] == "tensorflow"
+    args = Namespace(run_dir=tmp_path, resume=False, backend=None, preset="cpu2", precision=None)
+    assert script.choose_backend(args) == ("jax", False)  # the user's KERAS_BACKEND, float32 (not timed)
+    args.backend, args.precision = "tensorflow", "mixed_bfloat16"
+    assert script.choose_backend(args) == ("tensorflow", True) and os.environ["KERAS_BACKEND"] == "tensorflow"
     (tmp_path / script.BACKEND_FILE).write_text("torch\n")
-    args.resume, args.backend = True, None
-    assert script.choose_backend(args) == "torch"  # a resumed run keeps the backend it trained on
+    args.resume, args.backend, args.precision = True, None, None
+    assert script.choose_backend(args)[0] == "torch"  # a resumed run keeps the backend it trained on
+
+
+@pytest.mark.slow
+def test_precision_is_timed_too_and_the_fastest_pair_wins():
+    lines = []
+    backend, mixed = backend_choice.fastest_setting(2, 4, 16, candidates=["tensorflow"], report=lines.append)
+    assert backend == "tensorflow" and isinstance(mixed, bool)
+    assert len(lines) == 2 and any("mixed_bfloat16" in line for line in lines)
+    assert not any("failed" in line for line in lines), lines  # both precisions run
+    assert all(f == f.lower() for f in backend_choice.cpu_flags())
