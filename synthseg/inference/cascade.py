@@ -283,7 +283,7 @@ def add_arguments(parser) -> None:
                         help="voxel size of the second stage, 1 or 3 numbers (default: the fine model's)")
     parser.add_argument("--region", default=None, help="also write the first model's segmentation: file or folder")
     parser.add_argument("--on-empty", choices=ON_EMPTY, default="error",
-                        help="no region found: report the scan as failed (error) or write background")
+                        help="no region found: report the scan as failed (error) or write background (default: error)")
     add_tables_and_figures(parser)
     add_run_arguments(parser)
 
