@@ -68,13 +68,9 @@ def time_backend(backend: str, levels: int, features: int, crop: int, steps: int
 
 
 def fastest_backend(levels: int, features: int, crop: int, candidates=None, report=print) -> str:
-    """The backend with the fastest training step among ``candidates`` (default: every
-    installed one); TensorFlow when none could be timed."""
-    times = {b: time_backend(b, levels, features, crop) for b in (candidates or installed_backends())}
-    for backend, seconds in times.items():
-        report(f"  {backend:<11s} {'failed' if seconds is None else f'{seconds:.2f} s/step'}")
-    timed = {b: s for b, s in times.items() if s is not None}
-    return min(timed, key=timed.get) if timed else "tensorflow"
+    """The backend with the fastest float32 training step among ``candidates`` (default: every
+    installed one); TensorFlow when none could be timed (:func:`fastest_setting`)."""
+    return fastest_setting(levels, features, crop, candidates, ("float32",), report)[0]
 
 
 def fastest_setting(levels: int, features: int, crop: int, candidates=None, precisions=PRECISIONS,
@@ -84,7 +80,8 @@ def fastest_setting(levels: int, features: int, crop: int, candidates=None, prec
     times = {(b, p): time_backend(b, levels, features, crop, precision=p)
              for b in (candidates or installed_backends()) for p in precisions}
     for (backend, precision), seconds in times.items():
-        report(f"  {backend:<11s} {precision:<15s} {'failed' if seconds is None else f'{seconds:.2f} s/step'}")
+        column = f"{precision:<15s} " if len(precisions) > 1 else ""
+        report(f"  {backend:<11s} {column}{'failed' if seconds is None else f'{seconds:.2f} s/step'}")
     timed = {k: s for k, s in times.items() if s is not None}
     backend, precision = min(timed, key=timed.get) if timed else ("tensorflow", "float32")
     return backend, precision != "float32"

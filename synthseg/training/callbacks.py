@@ -190,3 +190,37 @@ class ProgressBar(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.bar.close()
+
+
+def training_callbacks(model_dir: Path, options, loss, dice, labels, epoch_steps: int, step: int, keeper,
+                       extra=()) -> tuple[list, StepLog, LabelDiceLog]:
+    """The callbacks every kind of training run has, in order: the loss's warm-up switch, the
+    step log, the per-label Dice log with its dead-label check, ``keeper`` (what writes the
+    checkpoints), the progress bar, ``extra`` and TensorBoard; all logs continue at ``step``.
+
+    Returns:
+        ``(callbacks, step log, Dice log)``; after ``fit``, :func:`raise_if_stopped` with the
+        Dice log.
+    """
+    from synthseg.nn.losses import WarmupCallback
+
+    model_dir = Path(model_dir)
+    log = StepLog(model_dir / "training_log.csv", keep_until=step)
+    dead = LabelDiceLog(model_dir / "dice_per_label.csv", dice, labels, epoch_steps, step, options.warmup_steps,
+                        stop=options.stop_on_dead_label)
+    callbacks = [WarmupCallback(loss, options.warmup_steps), log, dead, keeper]
+    if options.progress:
+        callbacks.append(ProgressBar(options.total_steps, step))
+    callbacks += list(extra)
+    if options.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(str(model_dir / "tensorboard"), update_freq=10))
+    return callbacks, log, dead
+
+
+def raise_if_stopped(dead: LabelDiceLog, model_dir: Path) -> None:
+    """The error of a run that ``stop_on_dead_label`` ended (nothing when it ran to the end)."""
+    if dead.stopped:
+        from lab2im.errors import InputError
+
+        raise InputError(f"training stopped: {dead.stopped} (stop_on_dead_label); the last checkpoint is kept, "
+                         "change the loss (e.g. ce_after_warmup) before training on", model_dir)

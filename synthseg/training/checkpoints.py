@@ -84,26 +84,15 @@ def load_checkpoint(path, model, optimizer) -> dict:
     p = Path(path)
     header = read_header(p)
     entries = _variables(model, optimizer)
-    try:
-        with np.load(p, allow_pickle=False) as data:
-            # without an optimiser (e.g. to score the weights offline) only the model's part is read
-            keys = [k for k in data.files if k != "__header__" and (optimizer is not None or k.startswith("model/"))]
-            if len(keys) != len(entries):
-                raise InputError(f"checkpoint holds {len(keys)} variables but the model and optimiser "
-                                 f"have {len(entries)}; was it written with other options?", p)
-            values = []
-            for key, var in entries:
-                if key not in data.files:
-                    raise InputError(f"checkpoint lacks variable {key} ({var.path})", p)
-                value = data[key]
-                if tuple(value.shape) != tuple(var.shape):
-                    raise InputError(f"variable {var.path}: shape {tuple(value.shape)} in the checkpoint, "
-                                     f"{tuple(var.shape)} in the model", p)
-                values.append(value)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise InputError(f"checkpoint is corrupt ({type(exc).__name__}: {exc})", p) from None
-    for (_, var), value in zip(entries, values):
-        var.assign(value)
+
+    def same_count(data):
+        # without an optimiser (e.g. to score the weights offline) only the model's part is read
+        keys = [k for k in data.files if k != "__header__" and (optimizer is not None or k.startswith("model/"))]
+        if len(keys) != len(entries):
+            raise InputError(f"checkpoint holds {len(keys)} variables but the model and optimiser "
+                             f"have {len(entries)}; was it written with other options?", p)
+
+    _restore(p, entries, "model", same_count)
     return header
 
 
@@ -125,24 +114,38 @@ def load_network_weights(path, network) -> dict:
     for key, name in header.get("names", {}).items():
         if key.startswith("model/"):
             by_name.setdefault(name, []).append(key)
+
+    def one_each(data):
+        for var in network.variables:
+            keys = by_name.get(var.path, [])
+            if len(keys) != 1:
+                raise InputError(f"checkpoint holds {len(keys)} variables named {var.path}: not this network's "
+                                 "training run?", p)
+
+    _restore(p, [((by_name.get(v.path) or [""])[0], v) for v in network.variables], "network", one_each)
+    return header
+
+
+def _restore(p: Path, entries, what: str, check) -> None:
+    """Assign the checkpoint's arrays ``entries`` (``(key, variable)`` pairs) to their variables,
+    after ``check(open file)`` and a shape check of every one: nothing is assigned unless all
+    check out."""
     try:
         with np.load(p, allow_pickle=False) as data:
+            check(data)
             values = []
-            for var in network.variables:
-                keys = by_name.get(var.path, [])
-                if len(keys) != 1:
-                    raise InputError(f"checkpoint holds {len(keys)} variables named {var.path}: not this network's "
-                                     "training run?", p)
-                value = data[keys[0]]
+            for key, var in entries:
+                if key not in data.files:
+                    raise InputError(f"checkpoint lacks variable {key} ({var.path})", p)
+                value = data[key]
                 if tuple(value.shape) != tuple(var.shape):
                     raise InputError(f"variable {var.path}: shape {tuple(value.shape)} in the checkpoint, "
-                                     f"{tuple(var.shape)} in the network", p)
+                                     f"{tuple(var.shape)} in the {what}", p)
                 values.append(value)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise InputError(f"checkpoint is corrupt ({type(exc).__name__}: {exc})", p) from None
-    for var, value in zip(network.variables, values):
-        var.assign(value.astype(var.dtype) if hasattr(value, "astype") else value)
-    return header
+    for (_, var), value in zip(entries, values):
+        var.assign(value)
 
 
 def save_float16_copy(source, out) -> Path:

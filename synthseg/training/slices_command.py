@@ -28,9 +28,6 @@ def run(args) -> int:
 
     apply_threads(args.threads)
     validation, unet, options, augmentation = settings(args, ndim=2)
-    if args.resume:  # the run's own options; only the total of steps may change
-        unet = augmentation = None
-        options = options if args.steps else None
     result = slice_training(args.images, args.label_maps, args.model_dir, axis=args.axis, k=args.k,
                             validation=validation, unet=unet, options=options, augmentation=augmentation,
                             skip_empty=not args.keep_empty, init_from=args.init_from,

@@ -58,7 +58,7 @@ from synthseg.data.pairs import (
     stack_pairs,
     standardise_pairs,
 )
-from synthseg.nn.losses import SegmentationLoss, WarmupCallback, hard_dice
+from synthseg.nn.losses import SegmentationLoss, hard_dice
 from synthseg.nn.transfer import (
     copy_matching_weights,
     encoder_layers,
@@ -68,12 +68,11 @@ from synthseg.nn.transfer import (
 from synthseg.nn.unet import recalibrate_batch_norm
 from synthseg.training.augmentation import AugmentationOptions, Mixup, PairAugmentation
 from synthseg.training.callbacks import (
-    LabelDiceLog,
-    ProgressBar,
-    StepLog,
+    raise_if_stopped,
     restart_csv_log,
     save_network,
     save_periodic_checkpoint,
+    training_callbacks,
 )
 from synthseg.training.options import RunOptions, make_optimizer
 from synthseg.training.run_folder import (
@@ -408,17 +407,10 @@ def supervised_training(images, labels, model_dir, validation=None, unet=None,
                   f"{state['best_dice']:.4f} at step {state['best_step']}); nothing to do", file=sys.stderr)
         return result()
     vlog = ValidationLog(model_dir / "validation_log.csv", label_list, keep_until=step) if val is not None else None
-    log = StepLog(model_dir / "training_log.csv", keep_until=step)
     monitor = SupervisedMonitor(model_dir, model, unet_model, options, run.epoch_steps, val, label_list,
                                 run.multiple, state, vlog, calibration=train.images)
-    dead = LabelDiceLog(model_dir / "dice_per_label.csv", dice, label_list, run.epoch_steps, step,
-                        options.warmup_steps, stop=options.stop_on_dead_label)
-    cbs = [WarmupCallback(loss, options.warmup_steps), log, dead, monitor]
-    if options.progress:
-        cbs.append(ProgressBar(options.total_steps, step))
-    cbs += list(callbacks)
-    if options.tensorboard:
-        cbs.append(keras.callbacks.TensorBoard(str(model_dir / "tensorboard"), update_freq=10))
+    cbs, log, dead = training_callbacks(model_dir, options, loss, dice, label_list, run.epoch_steps, step, monitor,
+                                        callbacks)
     images_arr, labels_arr = stack_pairs(train, run.pool)
     batches = pair_batches(images_arr, labels_arr, options.batch_size, options.seed, step,
                            partners=run.augmentation.mixup_prob > 0)
@@ -426,9 +418,7 @@ def supervised_training(images, labels, model_dir, validation=None, unet=None,
         model.fit(batches, steps_per_epoch=run.epoch_steps, epochs=options.total_steps // run.epoch_steps,
                   initial_epoch=step // run.epoch_steps, callbacks=cbs, verbose=0, shuffle=False)
     step = int(ops.convert_to_numpy(model.optimizer.iterations))
-    if dead.stopped:
-        raise InputError(f"training stopped: {dead.stopped} (stop_on_dead_label); the last checkpoint is kept, "
-                         "change the loss (e.g. ce_after_warmup) before training on", model_dir)
+    raise_if_stopped(dead, model_dir)
     return result(log.last_loss)
 
 

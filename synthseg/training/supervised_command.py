@@ -55,7 +55,8 @@ def add_arguments(parser) -> None:
 
 
 def settings(args, ndim: int = 3):
-    """``(validation, unet, options, augmentation)`` of a supervised or slice run from the flags."""
+    """``(validation, unet, options, augmentation)`` of a supervised or slice run from the flags
+    (on ``--resume``: ``None`` for what the run keeps, options only for a new ``--steps``)."""
     from synthseg.nn.unet import UNetOptions
     from synthseg.training.augmentation import AugmentationOptions
     from synthseg.training.supervised import SupervisedOptions
@@ -79,6 +80,8 @@ def settings(args, ndim: int = 3):
                                 ce_after_warmup=args.ce_after_warmup, seed=args.seed, crop_shape=crop,
                                 validate_every=args.validate_every, patience=args.patience)
     augmentation = AugmentationOptions(prob=0.0, flip_prob=0.0) if args.no_augmentation else None
+    if args.resume:  # the run's own options; only the total of steps may change
+        return validation, None, options if args.steps else None, None
     return validation, unet, options, augmentation
 
 
@@ -94,9 +97,6 @@ def run(args) -> int:
 
     apply_threads(args.threads)
     validation, unet, options, augmentation = settings(args)
-    if args.resume:  # the run's own options; only the total of steps may change
-        unet = augmentation = None
-        options = options if args.steps else None
     result = supervised_training(args.images, args.label_maps, args.model_dir, validation=validation, unet=unet,
                                  options=options, augmentation=augmentation, init_from=args.init_from,
                                  freeze_encoder=args.freeze_encoder, resume=args.resume)

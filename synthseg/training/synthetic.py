@@ -32,8 +32,12 @@ from keras import ops
 from lab2im.errors import InputError
 from lab2im.io import check_not_an_input
 from lab2im.options import GeneratorOptions, options_from_dict
-from synthseg.nn.losses import SegmentationLoss, WarmupCallback
-from synthseg.training.callbacks import Checkpointer, LabelDiceLog, ProgressBar, StepLog
+from synthseg.nn.losses import SegmentationLoss
+from synthseg.training.callbacks import (
+    Checkpointer,
+    raise_if_stopped,
+    training_callbacks,
+)
 from synthseg.training.options import RunOptions, make_optimizer
 from synthseg.training.run_folder import (
     prepare_folder,
@@ -290,19 +294,9 @@ def training(labels_dir, model_dir, generator: GeneratorOptions | None = None, u
                              "(ask for more steps)", model_dir)
         return TrainingResult(model_dir, step, None)
     batch = options.batch_size * replicas
-    log = StepLog(model_dir / "training_log.csv", keep_until=step)
-    dead = LabelDiceLog(model_dir / "dice_per_label.csv", dice, labels, spc, step, options.warmup_steps,
-                        stop=options.stop_on_dead_label)
-    extra_callbacks, callbacks = callbacks, [WarmupCallback(loss, options.warmup_steps), log, dead,
-                 Checkpointer(model_dir, model, unet_model, spc, options.keep_checkpoints)]
-    if options.progress:
-        callbacks.append(ProgressBar(options.n_chunks * spc, step))
-    callbacks += list(extra_callbacks)
-    if options.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(str(model_dir / "tensorboard"), update_freq=10))
+    keeper = Checkpointer(model_dir, model, unet_model, spc, options.keep_checkpoints)
+    callbacks, log, dead = training_callbacks(model_dir, options, loss, dice, labels, spc, step, keeper, callbacks)
     model.fit(label_map_batches(data.maps, batch, options.seed, step), steps_per_epoch=spc,
               epochs=options.n_chunks, initial_epoch=start_chunk, callbacks=callbacks, verbose=0)
-    if dead.stopped:
-        raise InputError(f"training stopped: {dead.stopped} (stop_on_dead_label); the last checkpoint is kept, "
-                         "change the loss (e.g. ce_after_warmup) before training on", model_dir)
+    raise_if_stopped(dead, model_dir)
     return TrainingResult(model_dir, options.n_chunks * spc, log.last_loss)

@@ -87,10 +87,9 @@ def settings(args):
     if t["steps"] > t["steps_per_checkpoint"] and t["steps"] % t["steps_per_checkpoint"]:
         raise InputError(f"--steps {t['steps']} is not a multiple of --checkpoint-every {t['steps_per_checkpoint']}: "
                          "training runs whole checkpoint intervals")
-    init = args.init_weights if args.init_weights is not None else (r.training_options().init_weights if r else None)
-    options = (r.training_options if r else _plain_training_options)(
+    options = (r.training_options if r else _plain_training_options)(  # None: the recipe's, else the default
         **t, mixed_precision=args.mixed_precision or None, seed=args.seed, strategy=args.strategy,
-        init_weights=None if init is None else str(init))
+        init_weights=None if args.init_weights is None else str(args.init_weights))
     unet = UNetOptions(n_levels=args.levels or base["n_levels"], base_features=args.features or base["base_features"])
     crop = args.crop or (r.crop if r else None)
     labels = args.labels
@@ -173,9 +172,8 @@ def run(args) -> int:
         if ignored:
             raise InputError(f"{', '.join(ignored)}: a resumed run keeps the options it was started with "
                              "(only --steps may change)", args.model_dir)
-        labels = args.labels
-        if (Path(args.model_dir) / RESAMPLED_MAPS).is_dir() and (labels is None or args.voxel_size):
-            labels = Path(args.model_dir) / RESAMPLED_MAPS  # the maps --voxel-size made when the run started
+        resampled = Path(args.model_dir) / RESAMPLED_MAPS
+        labels = resampled if resampled.is_dir() else args.labels  # the maps --voxel-size made at the start
         if labels is None:
             raise InputError("give the training label maps (LABELS) the run was started with", args.model_dir)
         options = TrainingOptions(steps=args.steps) if args.steps else None
