@@ -7,8 +7,9 @@ noise, clipping, min-max normalisation to [0, 1], gamma; and generation labels c
 segmentation labels. Everything runs on the device Keras runs on.
 
 A new random layer touches its own file (``lab2im/layers/``), the options and one row of
-:data:`STAGE_TABLE`: the row says what the stage reads and writes (label maps or images) and
-builds its layer from the options; its seed comes from its *name* (:func:`stage_seed`), so
+:data:`STAGE_TABLE`: the row says what the stage reads and writes (label maps or images),
+builds its layer from the options, and whether the augmentation of real image/label pairs
+uses it too (:class:`synthseg.training.augmentation.PairAugmentation` reads the same table); its seed comes from its *name* (:func:`stage_seed`), so
 adding a stage changes no other stage's draws. :func:`generate_with_parameters` returns the
 parameters each stage drew for a minibatch (to explain a synthetic image), and
 :func:`replay` makes the same minibatch again from them.
@@ -38,58 +39,110 @@ from lab2im.options import GeneratorOptions
 
 
 @dataclass(frozen=True)
+class StageContext:
+    """What a stage's layer needs beyond the options: it differs between the generator (label
+    maps only, the generator's output shape) and the augmentation of real pairs (scan and label
+    map moved together, the training crop).
+
+    Attributes:
+        kinds: what the spatial stages move, e.g. ``[LABELS]`` or ``[IMAGE, LABELS]``.
+        output_shape: spatial output shape of the deformation (voxels; ``None``: the input's).
+        lr_pairs: ``(left, right)`` labels a flip swaps.
+    """
+
+    kinds: tuple = (LABELS,)
+    output_shape: tuple | None = None
+    lr_pairs: tuple = ()
+
+
+@dataclass(frozen=True)
 class Stage:
-    """One random stage of the labels-to-image model.
+    """One random stage, shared by the labels-to-image model and the augmentation of real pairs.
 
     Attributes:
         name: the layer's name, and what its seed is derived from.
         reads, writes: :data:`LABELS` or :data:`IMAGE` (the Gaussian mixture reads label maps
             and writes the image; spatial stages act on label maps, intensity stages on images).
-        build: ``(options, seed) -> layer``, or ``None`` when the options switch the stage off.
+            In the pair augmentation a stage that reads label maps moves the scan with them.
+        build: ``(options, seed, context) -> layer``, or ``None`` when the options switch the
+            stage off. ``options`` is a :class:`~lab2im.options.GeneratorOptions` or any options
+            object with the same field names (e.g. the supervised augmentation's); a field it
+            lacks takes the layer's default.
+        pairs: the stage also augments real image/label pairs.
+        gates: ``((part, probability field), ...)``: parts of the layer's transformation
+            (:meth:`~lab2im.layers.base.RandomLayer.gated`) that the pair augmentation switches
+            on separately, each with the probability in that options field.
     """
 
     name: str
     reads: str
     writes: str
-    build: Callable[[GeneratorOptions, int | None], keras.layers.Layer | None]
+    build: Callable
+    pairs: bool = False
+    gates: tuple = ()
 
 
-def _deformation(o, seed):
+def _deformation(o, seed, ctx):
     return RandomSpatialDeformation(
-        scaling=o.scaling, rotation=o.rotation, shearing=o.shearing, translation=o.translation,
-        nonlin_std=o.nonlin_std, nonlin_scale=o.nonlin_scale, integration_steps=o.integration_steps,
-        integration_downsample=o.integration_downsample, output_shape=o.output_shape, kinds=[LABELS], seed=seed,
-        name="deformation")
+        scaling=o.scaling, rotation=o.rotation, shearing=o.shearing, translation=getattr(o, "translation", 0.0),
+        nonlin_std=o.nonlin_std, nonlin_scale=o.nonlin_scale, integration_steps=getattr(o, "integration_steps", 7),
+        integration_downsample=getattr(o, "integration_downsample", 4), output_shape=ctx.output_shape,
+        kinds=list(ctx.kinds), seed=seed, name="deformation")
 
 
-def _gmm(o, seed):
+def _flip(o, seed, ctx):
+    if o.flip_prob <= 0:
+        return None
+    return RandomFlip(ctx.lr_pairs, axis=o.flip_axis, prob=o.flip_prob, kinds=list(ctx.kinds), seed=seed, name="flip")
+
+
+def _partition(o, seed, ctx):
+    if not o.partitions or o.partition_prob <= 0:
+        return None
+    return RandomPartition(o.partitions, o.partition_scale, o.partition_prob, seed=seed, name="partition")
+
+
+def _gmm(o, seed, ctx):
     return SampleConditionalGMM(
         o.generation_labels, o.generation_classes, prior_means=o.prior_array("prior_means"),
         prior_stds=o.prior_array("prior_stds"), prior_distribution=o.prior_distribution,
         n_channels=o.n_channels, seed=seed, name="gmm")
 
 
+def _bias_field(o, seed, ctx):
+    if o.bias_std <= 0 or o.bias_prob <= 0:
+        return None
+    return RandomBiasField(o.bias_std, o.bias_scale, o.bias_prob, seed=seed, name="bias_field")
+
+
+def _resolution(o, seed, ctx):
+    if not o.randomise_resolution:
+        return None
+    return SimulateResolution(o.voxel_size, o.max_res_iso, o.max_res_aniso, o.prob_isotropic, seed=seed,
+                              name="resolution")
+
+
+def _blur(o, seed, ctx):
+    return RandomBlur(o.blur_sigma, seed=seed, name="blur") if o.blur_sigma > 0 else None
+
+
+def _intensity(o, seed, ctx):
+    return IntensityAugmentation(o.noise_std, getattr(o, "clip", None), normalise=True, gamma_std=o.gamma_std,
+                                 seed=seed, name="intensity")
+
+
 #: the random stages, in the order they are applied
 STAGE_TABLE = (
-    Stage("deformation", LABELS, LABELS, _deformation),
-    Stage("flip", LABELS, LABELS, lambda o, seed: RandomFlip(o.lr_pairs, axis=o.flip_axis, prob=o.flip_prob,
-                                                             kinds=[LABELS], seed=seed, name="flip") if o.flip_prob > 0 else None),
-    Stage("partition", LABELS, LABELS,
-          lambda o, seed: RandomPartition(o.partitions, o.partition_scale, o.partition_prob, seed=seed,
-                                          name="partition") if o.partitions and o.partition_prob > 0 else None),
+    Stage("deformation", LABELS, LABELS, _deformation, pairs=True,
+          gates=(("affine", "affine_prob"), ("velocity", "elastic_prob"))),
+    Stage("flip", LABELS, LABELS, _flip, pairs=True),
+    Stage("partition", LABELS, LABELS, _partition),
     Stage("gmm", LABELS, IMAGE, _gmm),
-    Stage("bias_field", IMAGE, IMAGE,
-          lambda o, seed: RandomBiasField(o.bias_std, o.bias_scale, o.bias_prob, seed=seed, name="bias_field")
-          if o.bias_std > 0 and o.bias_prob > 0 else None),
-    Stage("resolution", IMAGE, IMAGE,
-          lambda o, seed: SimulateResolution(o.voxel_size, o.max_res_iso, o.max_res_aniso, o.prob_isotropic,
-                                             seed=seed, name="resolution") if o.randomise_resolution else None),
-    Stage("blur", IMAGE, IMAGE,
-          lambda o, seed: RandomBlur(o.blur_sigma, seed=seed, name="blur") if o.blur_sigma > 0 else None),
+    Stage("bias_field", IMAGE, IMAGE, _bias_field, pairs=True),
+    Stage("resolution", IMAGE, IMAGE, _resolution),
+    Stage("blur", IMAGE, IMAGE, _blur),
     # last, so the image the network sees is exactly in [0, 1] and its noise is not blurred
-    Stage("intensity", IMAGE, IMAGE,
-          lambda o, seed: IntensityAugmentation(o.noise_std, o.clip, normalise=True, gamma_std=o.gamma_std,
-                                                seed=seed, name="intensity")),
+    Stage("intensity", IMAGE, IMAGE, _intensity, pairs=True, gates=(("gamma", "gamma_prob"),)),
 )
 #: the stages whose seeds are drawn as before stage names counted (the first states of
 #: ``SeedSequence(seed)``, in this order), so that today's seeds give today's images
@@ -138,8 +191,9 @@ def labels_to_image_model(options: GeneratorOptions, input_shape: Sequence[int],
     o = options
     labels_in = keras.Input(shape=(*input_shape, 1), batch_size=batch_size, dtype="int32", name="labels")
     tensors = {LABELS: labels_in, IMAGE: None}
+    context = StageContext(kinds=(LABELS,), output_shape=o.output_shape, lr_pairs=o.lr_pairs)
     for stage in STAGE_TABLE:
-        layer = stage.build(o, stage_seed(seed, stage.name))
+        layer = stage.build(o, stage_seed(seed, stage.name), context)
         if layer is not None:
             tensors[stage.writes] = layer(tensors[stage.reads])
     segmentation = o.segmentation_labels or o.generation_labels

@@ -6,6 +6,13 @@ Every random layer implements two methods:
   from the layer's :class:`keras.random.SeedGenerator` and returns them as a dict of tensors;
 * ``transform(inputs, transformation)`` applies given parameters deterministically.
 
+A layer that can leave some samples of a minibatch alone also implements
+``gated(transformation, on)``: the same parameters with the samples where ``on`` (``(B,)``
+bool) is false replaced by the layer's identity. ``on`` may also be a dict ``{part: (B,)
+bool}`` for a layer whose parts are switched on separately (the affine and the nonlinear
+part of a deformation); :attr:`RandomLayer.GATED_PARTS` names them. The supervised
+augmentation gates every stage this way (:class:`synthseg.training.augmentation.PairAugmentation`).
+
 ``call(inputs, transformation=None)`` chains them. The same parameters always give the same
 output, so a synthetic image can be explained (inspect the dict) and replayed (pass it back),
 and two layers built with the same ``seed`` draw the same parameters.
@@ -31,12 +38,31 @@ class RandomLayer(keras.layers.Layer):
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
+    #: the parts of the transformation :meth:`gated` can switch on separately (``on`` as a dict)
+    GATED_PARTS: tuple[str, ...] = ()
+
     # subclasses implement these two
     def get_random_transformation(self, batch_size: int) -> dict:
         raise NotImplementedError
 
     def transform(self, inputs, transformation: dict):
         raise NotImplementedError
+
+    def gated(self, transformation: dict, on) -> dict:
+        """``transformation`` with the samples where ``on`` is false set to the identity (see the
+        module docstring); layers that can be gated override it."""
+        raise NotImplementedError(f"{type(self).__name__} cannot leave samples alone")
+
+    @staticmethod
+    def _part(on, name: str):
+        """The ``(B,)`` gate of the part ``name``: ``on`` itself, or its entry when a dict."""
+        return on[name] if isinstance(on, dict) else on
+
+    @staticmethod
+    def _where(on, value, identity):
+        """``value`` where ``on`` (``(B,)``), else ``identity``, broadcast over ``value``'s axes."""
+        on = ops.reshape(on, (-1,) + (1,) * (len(value.shape) - 1))
+        return ops.where(on, value, ops.cast(identity, value.dtype))
 
     def call(self, inputs, transformation: dict | None = None):
         first = inputs[0] if isinstance(inputs, (list, tuple)) else inputs

@@ -45,6 +45,11 @@ class RandomBiasField(RandomLayer):
         on = ops.cast(self._bernoulli((batch_size,) + rank, self.prob), "float32")
         return {"log_field": self._normal((batch_size, *self.coarse, 1)) * std * on}
 
+    def gated(self, transformation, on):
+        """A flat field (log field 0) for the samples where ``on`` is false."""
+        log_field = transformation["log_field"]
+        return {"log_field": self._where(self._part(on, "log_field"), log_field, ops.zeros_like(log_field))}
+
     def field(self, transformation):
         """The multiplicative field ``(B, *spatial, 1)``."""
         return ops.exp(lops.resize_linear(transformation["log_field"], self.spatial))

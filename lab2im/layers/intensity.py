@@ -54,6 +54,18 @@ class IntensityAugmentation(RandomLayer):
             t["noise"] = self._normal((batch_size, *self.spatial, self.channels)) * std
         return t
 
+    GATED_PARTS = ("gamma", "noise")
+
+    def gated(self, transformation, on):
+        """Gamma 1 and no noise for the samples where ``on`` (or its part ``"gamma"`` /
+        ``"noise"``) is false; clipping and normalisation are not random and stay."""
+        out = {"gamma": self._where(self._part(on, "gamma"), transformation["gamma"],
+                                    ops.ones_like(transformation["gamma"]))}
+        if "noise" in transformation:
+            noise = transformation["noise"]
+            out["noise"] = self._where(self._part(on, "noise"), noise, ops.zeros_like(noise))
+        return out
+
     def transform(self, images, transformation):
         x = images
         if "noise" in transformation:

@@ -52,6 +52,10 @@ class RandomFlip(RandomLayer):
     def get_random_transformation(self, batch_size):
         return {"flip": self._bernoulli((batch_size,), self.prob)}
 
+    def gated(self, transformation, on):
+        """No flip for the samples where ``on`` is false."""
+        return {"flip": ops.logical_and(transformation["flip"], self._part(on, "flip"))}
+
     def swap_labels(self, labels):
         """Swap left/right label values (labels beyond the table are kept)."""
         n = self.swap_table.shape[0]

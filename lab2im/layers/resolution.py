@@ -127,6 +127,11 @@ class RandomBlur(RandomLayer):
     def get_random_transformation(self, batch_size):
         return {"sigma": self._uniform((batch_size, len(self.spatial)), 0.0, self.max_sigma)}
 
+    def gated(self, transformation, on):
+        """No blur (sigma 0) for the samples where ``on`` is false."""
+        sigma = transformation["sigma"]
+        return {"sigma": self._where(self._part(on, "sigma"), sigma, ops.zeros_like(sigma))}
+
     def transform(self, images, transformation):
         return _apply_blur_and_sampling(images, transformation["sigma"])
 

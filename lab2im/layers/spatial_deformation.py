@@ -120,6 +120,20 @@ class RandomSpatialDeformation(RandomLayer):
         velocity = self._normal((batch_size, *self.coarse_spatial, nd)) * std
         return {"affine": affine, "velocity": velocity}
 
+    GATED_PARTS = ("affine", "velocity")
+
+    def gated(self, transformation, on):
+        """For the samples where ``on`` (or its part ``"affine"`` / ``"velocity"``) is false: the
+        identity linear part (the translation column, which holds the random crop window, stays:
+        a crop is not an augmentation) and a zero velocity field."""
+        nd = self.ndim
+        affine = transformation["affine"]
+        linear = self._where(self._part(on, "affine"), affine[:, :, :nd],
+                             ops.broadcast_to(ops.eye(nd, dtype=affine.dtype)[None], ops.shape(affine[:, :, :nd])))
+        velocity = transformation["velocity"]
+        return {"affine": ops.concatenate([linear, affine[:, :, nd:]], axis=-1),
+                "velocity": self._where(self._part(on, "velocity"), velocity, ops.zeros_like(velocity))}
+
     # ------------------------------------------------------------------ application
     def displacement(self, velocity):
         """Integrate the SVF ``(B, *coarse, ndim)`` into a ``(B, *out, ndim)`` displacement (voxels)."""

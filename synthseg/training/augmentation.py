@@ -11,14 +11,8 @@ import keras
 from keras import ops
 
 from lab2im.errors import InputError
-from lab2im.layers import (
-    IntensityAugmentation,
-    RandomBiasField,
-    RandomFlip,
-    RandomSpatialDeformation,
-)
 from lab2im.layers.base import IMAGE, LABELS, RandomLayer
-from lab2im.model import named_seed
+from lab2im.model import STAGE_TABLE, StageContext, named_seed
 from lab2im.normalisation import check_method, zscore_in_mask
 from lab2im.options import options_from_dict
 
@@ -128,6 +122,8 @@ class AugmentationOptions:
         return options_from_dict(cls, d, "augmentation", source)
 
 
+#: the stages of the generator (:data:`lab2im.model.STAGE_TABLE`) that augment real pairs, in order
+PAIR_STAGES = tuple(stage for stage in STAGE_TABLE if stage.pairs)
 #: the augmentation's random streams, seeded by name (:func:`lab2im.model.named_seed`); these
 #: keep the seeds they had when they were handed out in this order
 AUGMENTATION_SEED_ORDER = ("gates", "deformation", "flip", "bias_field", "intensity")
@@ -137,13 +133,18 @@ AUGMENTATION_SEED_ORDER = ("gates", "deformation", "flip", "bias_field", "intens
 class PairAugmentation(keras.layers.Layer):
     """Random crop and augmentation of ``[image (B, *in, C) float, labels (B, *in, 1) int]``.
 
-    One random spatial deformation for both (linear for the image, nearest for the labels),
-    which also takes the random ``crop_shape`` window; then a left/right flip (swapping
-    ``lr_pairs``), a bias field and noise + min-max normalisation + gamma on the image (then,
+    The generator's stages marked for pairs in :data:`lab2im.model.STAGE_TABLE`
+    (:data:`PAIR_STAGES`), built from these options by the same builders: one random spatial
+    deformation for both (linear for the image, nearest for the labels), which also takes the
+    random ``crop_shape`` window; then a left/right flip (swapping ``lr_pairs``), a bias field
+    and noise + min-max normalisation + gamma on the image (then,
     with ``normalisation="zscore"``, a z-score within the foreground: the voxels not 0 in the
     standardised input). Each sample is augmented with probability ``options.prob``, and each
     augmentation of an augmented sample has its own probability (see
-    :class:`AugmentationOptions`); the others are only cropped (an exact copy of voxels).
+    :class:`AugmentationOptions`); the others are only cropped (an exact copy of voxels). A
+    sample left alone gets each layer's identity parameters
+    (:meth:`lab2im.layers.base.RandomLayer.gated`), and the stage's ``gates`` say which parts
+    of a layer have their own probability field.
 
     Returns ``[image (B, *crop_shape, C), labels (B, *crop_shape, 1)]``.
     """
@@ -158,28 +159,24 @@ class PairAugmentation(keras.layers.Layer):
         self.crop_shape = tuple(int(n) for n in crop_shape)
         self.lr_pairs = [(int(a), int(b)) for a, b in lr_pairs]
         self.seed = seed
-        seeds = dict.fromkeys(AUGMENTATION_SEED_ORDER) if seed is None else {
-            name: named_seed([int(seed), 17], name, AUGMENTATION_SEED_ORDER) for name in AUGMENTATION_SEED_ORDER}
-        self.seed_generator = keras.random.SeedGenerator(seeds["gates"])
-        self.deformation = RandomSpatialDeformation(
-            scaling=o.scaling, rotation=o.rotation, shearing=o.shearing, translation=0.0,
-            nonlin_std=o.nonlin_std, nonlin_scale=o.nonlin_scale, output_shape=self.crop_shape,
-            kinds=[IMAGE, LABELS], seed=seeds["deformation"], name="deformation")
-        self.flip = (RandomFlip(self.lr_pairs, axis=o.flip_axis, prob=o.flip_prob, kinds=[IMAGE, LABELS],
-                                seed=seeds["flip"], name="flip")
-                     if o.flip_prob > 0 else None)
-        self.bias = (RandomBiasField(o.bias_std, o.bias_scale, prob=o.bias_prob, seed=seeds["bias_field"], name="bias_field")
-                     if o.bias_std > 0 else None)
-        self.intensity = IntensityAugmentation(o.noise_std, clip=None, normalise=True, gamma_std=o.gamma_std,
-                                               seed=seeds["intensity"], name="intensity")
+        def seed_of(name):
+            return None if seed is None else named_seed([int(seed), 17], name, AUGMENTATION_SEED_ORDER)
+
+        self.seed_generator = keras.random.SeedGenerator(seed_of("gates"))
+        context = StageContext(kinds=(IMAGE, LABELS), output_shape=self.crop_shape, lr_pairs=tuple(self.lr_pairs))
+        #: ``[(stage, layer)]``: the generator's stages that augment pairs (:data:`lab2im.model.STAGE_TABLE`), in order
+        self.stages = []
+        for stage in PAIR_STAGES:
+            layer = stage.build(o, seed_of(stage.name), context)
+            if layer is not None:
+                self.stages.append((stage, layer))
+        self.stage_layers = [layer for _, layer in self.stages]  # tracked by Keras (weights, checkpoints)
 
     def build(self, input_shape):
         image_shape, labels_shape = input_shape
-        self.deformation.build([image_shape, labels_shape])
         crop_image = (image_shape[0], *self.crop_shape, image_shape[-1])
-        if self.bias is not None:
-            self.bias.build(crop_image)
-        self.intensity.build(crop_image)
+        for stage, layer in self.stages:
+            layer.build([image_shape, labels_shape] if stage.reads == LABELS else crop_image)
         self.built = True
 
     def compute_output_shape(self, input_shape):
@@ -188,35 +185,26 @@ class PairAugmentation(keras.layers.Layer):
     def call(self, inputs):
         image, labels = inputs
         batch = image.shape[0] or ops.shape(image)[0]
-        nd = len(self.crop_shape)
         o = self.options
         gate = keras.random.uniform((batch,), seed=self.seed_generator) < o.prob
-        affine_on = self._gate(gate, o.affine_prob, batch)
-        elastic_on = self._gate(gate, o.elastic_prob, batch)
-
-        t = self.deformation.get_random_transformation(batch)
-        linear = ops.where(affine_on[:, None, None], t["affine"][:, :, :nd], ops.eye(nd, dtype="float32")[None])
-        affine = ops.concatenate([linear, t["affine"][:, :, nd:]], axis=-1)  # the crop offset stays
-        velocity = t["velocity"] * ops.reshape(ops.cast(elastic_on, "float32"), (-1,) + (1,) * (nd + 1))
-        image, labels = self.deformation.transform([image, labels], {"affine": affine, "velocity": velocity})
-
-        if self.flip is not None:
-            flip = self.flip.get_random_transformation(batch)["flip"]
-            image, labels = self.flip.transform([image, labels], {"flip": ops.logical_and(flip, gate)})
-
-        augmented = image
-        if self.bias is not None:
-            augmented = self.bias(augmented)
-        if o.gamma_prob < 1 and o.gamma_std > 0:
-            it = self.intensity.get_random_transformation(batch)
-            gamma_on = ops.reshape(self._gate(gate, o.gamma_prob, batch), (-1,) + (1,) * (nd + 1))
-            it["gamma"] = ops.where(gamma_on, it["gamma"], ops.ones_like(it["gamma"]))
-            augmented = self.intensity.transform(augmented, it)
-        else:
-            augmented = self.intensity(augmented)
+        augmented = None
+        for stage, layer in self.stages:
+            t = layer.get_random_transformation(batch)
+            on = gate
+            if stage.gates:  # parts with their own probability; the layer's other parts follow ``gate``
+                on = dict.fromkeys(layer.GATED_PARTS, gate)
+                on.update({part: self._gate(gate, getattr(o, field), batch) for part, field in stage.gates})
+            t = layer.gated(t, on)
+            if stage.reads == LABELS:  # spatial: scan and labels together
+                image, labels = layer.transform([image, labels], t)
+            else:
+                augmented = layer.transform(image if augmented is None else augmented, t)
+        if augmented is None:
+            return [image, labels]
         if o.normalisation == "zscore":  # the input is z-scored with its background at 0
             augmented = zscore_in_mask(augmented, ops.not_equal(image, 0.0))
-        image = ops.where(ops.reshape(gate, (-1,) + (1,) * (nd + 1)), augmented, image)
+        # the samples left alone keep their intensities exactly (no re-normalisation either)
+        image = ops.where(ops.reshape(gate, (-1,) + (1,) * (len(self.crop_shape) + 1)), augmented, image)
         return [image, labels]
 
     def _gate(self, gate, prob: float, batch):

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from lab2im.model import labels_to_image_model, stage_seeds
+from lab2im.model import StageContext, labels_to_image_model, stage_seeds
 from lab2im.options import GeneratorOptions
 
 pytestmark = pytest.mark.backends
@@ -163,7 +163,7 @@ def _stage_input(stage, shape):
 def _stage_layer(stage, ndim, seed):
     shape = (24, 20, 16)[:ndim]
     options = GeneratorOptions(**{**ALL_ON, "output_shape": (16, 16, 16)[:ndim]})
-    return stage.build(options, seed), shape
+    return stage.build(options, seed, StageContext(output_shape=options.output_shape)), shape
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
@@ -188,3 +188,39 @@ def test_every_stage_round_trips_is_seeded_and_replays(name, ndim):
     replayed, _ = run(layer, x, transformation=t)
     np.testing.assert_array_equal(replayed, out)
     assert_config_round_trip(_stage_layer(stage, ndim, seed=11)[0], x)
+
+
+@pytest.mark.parametrize("name", ["deformation", "flip", "bias_field", "intensity"])
+def test_a_gated_off_sample_gets_the_identity_and_a_gated_on_one_its_draw(name):
+    """``gated``: the samples switched off get the layer's identity (a deformation keeps only
+    its crop window: an exact copy of voxels), the others exactly the drawn parameters."""
+    from lab2im.model import IMAGE, STAGE_TABLE
+
+    stage = next(s for s in STAGE_TABLE if s.name == name)
+    assert stage.pairs
+    options = GeneratorOptions(**{**ALL_ON, "noise_std": 0.1, "flip_prob": 1.0, "bias_prob": 1.0})
+    layer = stage.build(options, 3, StageContext(kinds=(IMAGE,), output_shape=(12, 12, 12)))
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 16, 14, 12, 1)).astype(np.float32)
+    layer.build(x.shape)
+    t = layer.get_random_transformation(2)
+    on = np.array([True, False])
+    if layer.GATED_PARTS:  # every part switched together, as a dict or as one gate
+        out_dict = np.asarray(layer.transform(x, layer.gated(t, dict.fromkeys(layer.GATED_PARTS, on))))
+    out = np.asarray(layer.transform(x, layer.gated(t, on)))
+    drawn = np.asarray(layer.transform(x, t))
+    identity = np.asarray(layer.transform(x, layer.gated(t, np.array([False, False]))))
+    np.testing.assert_allclose(out[0], drawn[0], atol=1e-6)
+    np.testing.assert_allclose(out[1], identity[1], atol=1e-6)
+    if layer.GATED_PARTS:
+        np.testing.assert_allclose(out_dict, out, atol=1e-6)
+    if name == "deformation":  # only the crop window remains: voxels copied
+        window = x[1]
+        assert any(np.array_equal(identity[1], window[i:i + 12, j:j + 12, :12])
+                   for i in range(5) for j in range(3))
+    elif name in ("flip", "bias_field"):
+        np.testing.assert_allclose(identity, x, atol=1e-6)
+    else:  # intensity: gamma 1 and no noise leave min-max normalisation only
+        lo, hi = x[1].min(), x[1].max()
+        np.testing.assert_allclose(identity[1], (x[1] - lo) / (hi - lo), atol=1e-5)
+    assert not np.allclose(drawn[1], identity[1])  # the draw did change that sample

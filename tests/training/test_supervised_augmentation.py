@@ -202,4 +202,41 @@ def test_augmentation_streams_are_seeded_by_name_and_keep_their_seeds():
     added = named_seed([5, 17], "a_new_stage", AUGMENTATION_SEED_ORDER)
     assert added not in before and added == named_seed([5, 17], "a_new_stage", ())
     layer = PairAugmentation((8, 8, 8), seed=5)
-    assert [layer.deformation.seed, layer.bias.seed, layer.intensity.seed] == [before[1], before[3], before[4]]
+    seeds = {stage.name: sub.seed for stage, sub in layer.stages}
+    assert [seeds["deformation"], seeds["bias_field"], seeds["intensity"]] == [before[1], before[3], before[4]]
+
+
+def test_the_pair_augmentation_runs_the_generators_stage_table():
+    """Its layers are the generator's stages marked for pairs, in the table's order and built by
+    the same builders; a stage marked for pairs in the table is used here without other code."""
+    import dataclasses
+
+    import lab2im.model as M
+    import synthseg.training.augmentation as A
+
+    layer = PairAugmentation((8, 8, 8), AugmentationOptions(noise_std=0.02), seed=5)
+    assert [s.name for s, _ in layer.stages] == [s.name for s in M.STAGE_TABLE if s.pairs]
+    assert [s.name for s, _ in layer.stages] == ["deformation", "flip", "bias_field", "intensity"]
+    assert all(sub.name == stage.name for stage, sub in layer.stages)
+    # the blur stage offered to pairs: one row's flag and the options field
+    blur_row = next(s for s in M.STAGE_TABLE if s.name == "blur")
+    table = tuple(dataclasses.replace(s, pairs=True) if s is blur_row else s for s in M.STAGE_TABLE)
+
+    @dataclasses.dataclass
+    class WithBlur(AugmentationOptions):
+        blur_sigma: float = 1.0
+
+    pairs = tuple(s for s in table if s.pairs)
+    old = A.PAIR_STAGES
+    try:
+        A.PAIR_STAGES = pairs
+        blurred = PairAugmentation((8, 8, 8), WithBlur(prob=1.0), seed=5)
+    finally:
+        A.PAIR_STAGES = old
+    assert [s.name for s, _ in blurred.stages] == ["deformation", "flip", "bias_field", "blur", "intensity"]
+    rng = np.random.default_rng(0)
+    image = rng.random((2, 10, 10, 10, 1)).astype("float32")
+    labels = rng.integers(0, 3, (2, 10, 10, 10, 1)).astype("int32")
+    out_image, out_labels = (np.asarray(t) for t in blurred([image, labels]))
+    assert out_image.shape == (2, 8, 8, 8, 1) and out_labels.shape == (2, 8, 8, 8, 1)
+    assert np.isfinite(out_image).all()
