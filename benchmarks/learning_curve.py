@@ -14,6 +14,8 @@ and the training time to reach each checkpoint is read from the run's ``training
 keeps the curves already in the output file for runs not scored now (their folders may be
 gone), and ``--after NAME:STEP`` places the runs scored now after step STEP of the kept curve
 NAME (they started from its weights there): their steps and CPU minutes are counted from it.
+``--average K ...`` also scores, for each run, the mean weights of its last K scored
+checkpoints (stochastic weight averaging: no training cost), as a curve ``NAME+avg``.
 
 Writes ``benchmarks/results/learning_curve.json`` and a plot (mean tissue Dice against steps
 and against CPU minutes, one line per run), and prints a table.
@@ -85,6 +87,31 @@ def curve(run_dir: Path, kept: Path, cases, every: int, cores: int, flip: bool, 
     return points
 
 
+def averaged_points(run_dir: Path, kept: Path, cases, every: int, cores: int, flip: bool, counts) -> list[dict]:
+    """One point per ``count`` in ``counts``: the mean weights of the run's last ``count``
+    checkpoints scored by :func:`curve` (every ``every`` steps; see
+    :func:`synthseg.training.checkpoints.average_network_weights`), at the last one's step and
+    CPU time (averaging costs no training)."""
+    from synthseg.evaluation.validate import STEP_FILE, network_for_run
+    from synthseg.training.checkpoints import average_network_weights
+
+    seg_model = network_for_run(run_dir)
+    seconds = wall_seconds(run_dir)
+    found = sorted((int(STEP_FILE.search(p.name).group(1)), p) for p in kept.glob("step-*.npz"))
+    found = [(step, p) for step, p in found if not step % every and step in seconds]
+    points = []
+    for count in counts:
+        chosen = found[-count:]
+        if len(chosen) < 2:
+            continue
+        steps = average_network_weights([p for _, p in chosen], seg_model.network)
+        points.append({"step": steps[-1], "cpu_minutes": seconds[steps[-1]] * cores / 60.0,
+                       "averaged_steps": steps, **score(seg_model, cases, flip)})
+        print(f"{run_dir.name} mean of steps {steps[0]}..{steps[-1]} ({len(steps)}): "
+              f"{points[-1]['mean_dice']:.3f}", flush=True)
+    return points
+
+
 def kept_curves(path: Path) -> dict[str, list[dict]]:
     """The curves already written to ``path`` (none if it does not exist)."""
     import json
@@ -114,7 +141,11 @@ def plot(curves: dict[str, list[dict]], path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
     for name, points in curves.items():
         for ax, key in zip(axes, ("step", "cpu_minutes")):
-            ax.plot([p[key] for p in points], [p["mean_dice"] for p in points], marker="o", label=name)
+            xy = ([p[key] for p in points], [p["mean_dice"] for p in points])
+            if name.endswith("+avg"):  # one point per number of checkpoints averaged, at the last one's step
+                ax.scatter(*xy, marker="*", s=90, zorder=3, label=name)
+            else:
+                ax.plot(*xy, marker="o", label=name)
     axes[0].set_xlabel("training step")
     axes[1].set_xlabel("CPU minutes (wall time x cores)")
     for ax in axes:
@@ -136,6 +167,9 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the output file's curves of other runs")
     parser.add_argument("--after", default=None, metavar="NAME:STEP",
                         help="the runs continue the kept curve NAME from its step STEP (needs --keep)")
+    parser.add_argument("--average", type=int, nargs="+", default=[], metavar="K",
+                        help="also score the mean weights of each run's last K scored checkpoints "
+                             "(a curve NAME+avg of one point per K)")
     args = parser.parse_args(argv)
 
     from lab2im.errors import InputError
@@ -150,13 +184,22 @@ def main(argv=None) -> int:
                 point["step"] += start["step"]
                 point["cpu_minutes"] += start["cpu_minutes"]
             curves[run_dir.name] = ([dict(start, continued=args.after)] if args.after else []) + points
+            averaged = averaged_points(run_dir, kept, args.cases, args.every, args.cores, args.flip, args.average)
+            for point in averaged:
+                point["step"] += start["step"]
+                point["cpu_minutes"] += start["cpu_minutes"]
+                point["averaged_steps"] = [s + start["step"] for s in point["averaged_steps"]]
+            if averaged:
+                curves[run_dir.name + "+avg"] = averaged
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     rows = [(name, p["step"], f"{p['cpu_minutes']:.0f}", p["mean_dice"],
-             "-" if p["max_outside_brain_ml"] is None else f"{p['max_outside_brain_ml']:.1f}")
+             "-" if p.get("max_outside_brain_ml") is None else f"{p['max_outside_brain_ml']:.1f}",
+             f"{len(p['averaged_steps'])} last" if "averaged_steps" in p else "")
             for name, points in curves.items() for p in points]
-    print(format_table(["run", "step", "CPU min", "mean tissue Dice", "outside brain (mL)"], rows))
+    print(format_table(["run", "step", "CPU min", "mean tissue Dice", "outside brain (mL)", "weights averaged"],
+                       rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     png = plot(curves, args.out.with_suffix(".png"))
     write_results(args.out, "learning_curve", {"cases": args.cases, "cores": args.cores, "flip": args.flip,

@@ -122,4 +122,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from synthseg.allocator import reexec_with_fast_allocator
+
+    reexec_with_fast_allocator()  # before any work: see synthseg.allocator
     sys.exit(main())

@@ -50,13 +50,13 @@ def installed_backends() -> list[str]:
 
 
 def time_backend(backend: str, levels: int, features: int, crop: int, steps: int = 3,
-                 timeout: float = 600, precision: str = "float32") -> float | None:
+                 timeout: float = 600, precision: str = "float32", env: dict | None = None) -> float | None:
     """Median seconds of one U-Net training step (batch 1, ``crop``³ voxels, 33 labels) on
     ``backend`` in ``precision`` (:data:`PRECISIONS`), measured in a child process after one
-    warm-up step; ``None`` if it failed."""
+    warm-up step, with this process's environment updated by ``env``; ``None`` if it failed."""
     cmd = [sys.executable, "-m", "synthseg.backend_choice", "--child", "--levels", str(levels),
            "--features", str(features), "--crop", str(crop), "--steps", str(steps), "--precision", precision]
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, **(env or {}), "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
     try:
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -59,6 +59,15 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"synthseg: warning: {message}", file=sys.stderr if file is None else file)
 
 
+def entry() -> int:
+    """The ``synthseg`` console script: :func:`main` in a process started with the faster
+    memory allocator (:func:`synthseg.allocator.reexec_with_fast_allocator`)."""
+    from synthseg.allocator import reexec_with_fast_allocator
+
+    reexec_with_fast_allocator()
+    return main()
+
+
 def main(argv=None) -> int:
     """Run a command; bad input (:class:`~lab2im.errors.InputError`, which includes outputs that
     cannot be written), file-system errors and running out of memory are one line on stderr and

@@ -201,3 +201,21 @@ def test_qc_benchmark_runs_on_the_shipped_model(tmp_path):
     results = json.loads(out.read_text())["results"]
     assert len(results["scans"]) == 8 and -1 <= results["spearman"] <= 1
     assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_allocator_benchmark_quick(tmp_path):
+    """``benchmarks/allocator.py --quick`` times the system allocator and glibc's tunables (and
+    jemalloc where installed) in one run and writes each one's seconds and speed-up."""
+    out = tmp_path / "allocator.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "allocator.py"), "--quick", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    data = json.loads(out.read_text())
+    rows = {row["setting"]: row for row in data["results"]}
+    assert {"system", "glibc"} <= set(rows)
+    assert all(row["seconds_per_step"] > 0 for row in rows.values())
+    assert rows["system"]["speedup_over_system"] == pytest.approx(1.0)
+    assert rows["glibc"]["speedup_over_system"] == pytest.approx(
+        rows["system"]["seconds_per_step"] / rows["glibc"]["seconds_per_step"])
+    assert "GLIBC_TUNABLES" in rows["glibc"]["environment"] and "speed-up over system" in r.stdout

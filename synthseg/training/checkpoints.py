@@ -142,10 +142,53 @@ def _restore(p: Path, entries, what: str, check) -> None:
                     raise InputError(f"variable {var.path}: shape {tuple(value.shape)} in the checkpoint, "
                                      f"{tuple(var.shape)} in the {what}", p)
                 values.append(value)
+    except InputError:  # a readable checkpoint of another network: said as it is, not as corruption
+        raise
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise InputError(f"checkpoint is corrupt ({type(exc).__name__}: {exc})", p) from None
     for (_, var), value in zip(entries, values):
         var.assign(value)
+
+
+def average_network_weights(paths, network) -> list[int]:
+    """Set ``network``'s weights to the mean of its weights in the checkpoints ``paths``
+    (stochastic weight averaging over a run's last checkpoints, Izmailov et al., 2018): every
+    floating-point variable, batch-norm statistics included, is averaged; others take the last
+    checkpoint's value. Each checkpoint is read with :func:`load_network_weights`.
+
+    Returns:
+        The checkpoints' steps, in the order given.
+
+    Raises:
+        InputError: no checkpoints, or one that :func:`load_network_weights` refuses (nothing
+            is assigned then).
+    """
+    import keras
+
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise InputError("no checkpoints to average")
+    saved = [np.array(keras.ops.convert_to_numpy(v)) for v in network.variables]
+    sums, steps = None, []
+    try:
+        for p in paths:
+            header = load_network_weights(p, network)
+            steps.append(int(header.get("step", -1)))
+            values = [keras.ops.convert_to_numpy(v) for v in network.variables]
+            values = [v.astype(np.float64) if v.dtype.kind == "f" else v for v in values]
+            sums = values if sums is None else [a + b if _floating(var) else b
+                                                for a, b, var in zip(sums, values, network.variables)]
+    except InputError:
+        for var, value in zip(network.variables, saved):
+            var.assign(value)
+        raise
+    for var, total in zip(network.variables, sums):
+        var.assign((total / len(paths)).astype(var.dtype) if _floating(var) else total)
+    return steps
+
+
+def _floating(variable) -> bool:
+    return np.dtype(str(variable.dtype)).kind == "f"
 
 
 def save_float16_copy(source, out) -> Path:

@@ -87,11 +87,11 @@ RECIPES = {r.name: r for r in [
            init_weights="models/continue/cpu2_dk_csf3_step1300_fp16.keras",
            training=dict(steps=2_000, steps_per_checkpoint=100, learning_rate=1e-3, warmup_steps=0,
                          ce_after_warmup=0.1, lr_schedule="cosine", keep_checkpoints=0)),
-    Recipe("cpu4", "issue 12, longer and averaged: a second cosine cycle (peak 5e-4, 2,000 steps) from cpu3's last "
+    Recipe("cpu4", "issue 12, averaged weights: a second cosine cycle (peak 5e-4, 1,200 steps) from cpu3's last "
            "committed weights, every checkpoint kept so the last ones can be averaged (benchmarks/learning_curve.py --average)",
            voxel_mm=2.0, crop=64, unet=dict(n_levels=5, base_features=16),
            init_weights="models/continue/cpu3_step2000_fp16.keras",
-           training=dict(steps=2_000, steps_per_checkpoint=100, learning_rate=5e-4, warmup_steps=0,
+           training=dict(steps=1_200, steps_per_checkpoint=100, learning_rate=5e-4, warmup_steps=0,
                          ce_after_warmup=0.1, lr_schedule="cosine", keep_checkpoints=0)),
     Recipe("synthseg", "the reference configuration (SynthSeg 1.0's network and crop), for a GPU",
            voxel_mm=1.0, crop=160, unet=dict(n_levels=5, base_features=24),

@@ -135,3 +135,35 @@ def test_no_options_file_and_the_writer(tmp_path):
     assert list(d)[:2] == ["kind", "schema_version"] and d["kind"] == "supervised"
     with pytest.raises(ValueError, match="has no section"):
         write_spec(tmp_path, "synthetic", generator={}, unet={}, training={}, data={})
+
+
+@pytest.mark.slow
+def test_weights_averaged_over_checkpoints_are_their_mean_and_a_refusal_changes_nothing(runs):
+    import keras
+
+    from synthseg.training.checkpoints import average_network_weights
+
+    root, _, _ = runs
+    found = sorted((root / "synthetic" / "checkpoints").glob("step-*.npz"))
+    assert len(found) >= 2
+    model = load_model(root / "synthetic")
+    each = []
+    for path in found[-2:]:
+        load_network_weights(path, model.network)
+        each.append([keras.ops.convert_to_numpy(w) for w in model.network.weights])
+    assert any(not np.array_equal(a, b) for a, b in zip(*each))  # the two checkpoints differ
+    steps = average_network_weights(found[-2:], model.network)
+    assert steps == [int(p.stem.split("-")[1]) for p in found[-2:]]
+    for got, a, b in zip(model.network.weights, *each):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(got), (a.astype(np.float64) + b) / 2, rtol=1e-5, atol=1e-6)
+    before = [keras.ops.convert_to_numpy(w) for w in model.network.weights]
+    other = load_model(root / "slices").network  # a 2D network: refused, and its weights stay
+    other_before = [keras.ops.convert_to_numpy(w) for w in other.weights]
+    with pytest.raises(InputError, match="not this network's training run|shape") as info:
+        average_network_weights([found[-1], root / "supervised" / "checkpoints" / "step-0000004.npz"], other)
+    assert "corrupt" not in str(info.value)
+    for got, want in zip(other.weights, other_before):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(got), want)
+    assert all(np.array_equal(keras.ops.convert_to_numpy(w), v) for w, v in zip(model.network.weights, before))
+    with pytest.raises(InputError, match="no checkpoints"):
+        average_network_weights([], model.network)
