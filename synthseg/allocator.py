@@ -8,7 +8,9 @@ computation (about 250,000 page faults per second). Measured there (``benchmarks
 the shipped recipe's U-Net step, median of 2 interleaved runs): system allocator 5.4 s; glibc
 kept from returning memory, on transparent huge pages (``GLIBC_TUNABLES``, nothing to
 install) 3.9 s (1.39x); jemalloc (Debian/Ubuntu: ``apt install libjemalloc2``) without decay
-and on huge pages 3.3 s (1.64x).
+and on huge pages 3.3 s (1.64x). The price is memory kept: ``synthseg demo`` (the 1 mm MNI
+T1) peaked at 1.63 GB with the system allocator, 1.82 GB with glibc's tunables and 1.78 GB
+with jemalloc, in the same time (37-40 s, under load); ``SYNTHSEG_ALLOCATOR=system`` opts out.
 
 An allocator is chosen when a process starts (``LD_PRELOAD``, ``GLIBC_TUNABLES``), so
 :func:`reexec_with_fast_allocator` sets the environment and starts the same command again
