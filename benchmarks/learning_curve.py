@@ -50,6 +50,15 @@ def parse_run(text: str) -> tuple[Path, Path]:
     return Path(run), Path(kept) if kept else Path(run) / "checkpoints"
 
 
+def scored_checkpoints(kept: Path, every: int, seconds: dict) -> list[tuple[int, Path]]:
+    """``[(step, path)]`` of the ``step-*.npz`` in ``kept`` every ``every`` steps that the
+    training log times (``seconds``, see :func:`wall_seconds`), in step order."""
+    from synthseg.evaluation.validate import STEP_FILE
+
+    found = sorted((int(STEP_FILE.search(p.name).group(1)), p) for p in kept.glob("step-*.npz"))
+    return [(step, p) for step, p in found if not step % every and step in seconds]
+
+
 def score(seg_model, cases, flip: bool) -> dict:
     """Mean tissue Dice (and the worst outside-brain volume) of one network on ``cases``."""
     import numpy as np
@@ -65,7 +74,7 @@ def score(seg_model, cases, flip: bool) -> dict:
 
 def curve(run_dir: Path, kept: Path, cases, every: int, cores: int, flip: bool, init=None) -> list[dict]:
     """Score the checkpoints of one run (every ``every`` steps); see the module docstring."""
-    from synthseg.evaluation.validate import STEP_FILE, network_for_run
+    from synthseg.evaluation.validate import network_for_run
     from synthseg.training.checkpoints import load_network_weights
     from synthseg.training.synthetic import load_initial_weights
 
@@ -76,10 +85,7 @@ def curve(run_dir: Path, kept: Path, cases, every: int, cores: int, flip: bool, 
         load_initial_weights(seg_model.network, init)
         points.append({"step": 0, "cpu_minutes": 0.0, **score(seg_model, cases, flip)})
         print(f"{run_dir.name} step 0 (init): {points[-1]['mean_dice']:.3f}", flush=True)
-    found = sorted((int(STEP_FILE.search(p.name).group(1)), p) for p in kept.glob("step-*.npz"))
-    for step, path in found:
-        if step % every or step not in seconds:
-            continue
+    for step, path in scored_checkpoints(kept, every, seconds):
         load_network_weights(path, seg_model.network)
         points.append({"step": step, "cpu_minutes": seconds[step] * cores / 60.0,
                        **score(seg_model, cases, flip)})
@@ -92,13 +98,12 @@ def averaged_points(run_dir: Path, kept: Path, cases, every: int, cores: int, fl
     checkpoints scored by :func:`curve` (every ``every`` steps; see
     :func:`synthseg.training.checkpoints.average_network_weights`), at the last one's step and
     CPU time (averaging costs no training)."""
-    from synthseg.evaluation.validate import STEP_FILE, network_for_run
+    from synthseg.evaluation.validate import network_for_run
     from synthseg.training.checkpoints import average_network_weights
 
     seg_model = network_for_run(run_dir)
     seconds = wall_seconds(run_dir)
-    found = sorted((int(STEP_FILE.search(p.name).group(1)), p) for p in kept.glob("step-*.npz"))
-    found = [(step, p) for step, p in found if not step % every and step in seconds]
+    found = scored_checkpoints(kept, every, seconds)
     points = []
     for count in counts:
         chosen = found[-count:]
@@ -180,15 +185,13 @@ def main(argv=None) -> int:
         for text in args.runs:
             run_dir, kept = parse_run(text)
             points = curve(run_dir, kept, args.cases, args.every, args.cores, args.flip, args.init)
-            for point in points:
-                point["step"] += start["step"]
-                point["cpu_minutes"] += start["cpu_minutes"]
-            curves[run_dir.name] = ([dict(start, continued=args.after)] if args.after else []) + points
             averaged = averaged_points(run_dir, kept, args.cases, args.every, args.cores, args.flip, args.average)
-            for point in averaged:
+            for point in points + averaged:
                 point["step"] += start["step"]
                 point["cpu_minutes"] += start["cpu_minutes"]
-                point["averaged_steps"] = [s + start["step"] for s in point["averaged_steps"]]
+                if "averaged_steps" in point:
+                    point["averaged_steps"] = [s + start["step"] for s in point["averaged_steps"]]
+            curves[run_dir.name] = ([dict(start, continued=args.after)] if args.after else []) + points
             if averaged:
                 curves[run_dir.name + "+avg"] = averaged
     except InputError as exc:

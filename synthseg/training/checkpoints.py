@@ -174,21 +174,16 @@ def average_network_weights(paths, network) -> list[int]:
         for p in paths:
             header = load_network_weights(p, network)
             steps.append(int(header.get("step", -1)))
-            values = [keras.ops.convert_to_numpy(v) for v in network.variables]
-            values = [v.astype(np.float64) if v.dtype.kind == "f" else v for v in values]
-            sums = values if sums is None else [a + b if _floating(var) else b
-                                                for a, b, var in zip(sums, values, network.variables)]
+            values = [np.asarray(keras.ops.convert_to_numpy(v)) for v in network.variables]
+            sums = [v.astype(np.float64) for v in values] if sums is None else \
+                [a + b if b.dtype.kind == "f" else b for a, b in zip(sums, values)]
     except InputError:
         for var, value in zip(network.variables, saved):
             var.assign(value)
         raise
     for var, total in zip(network.variables, sums):
-        var.assign((total / len(paths)).astype(var.dtype) if _floating(var) else total)
+        var.assign((total / len(paths)).astype(var.dtype) if total.dtype.kind == "f" else total)
     return steps
-
-
-def _floating(variable) -> bool:
-    return np.dtype(str(variable.dtype)).kind == "f"
 
 
 def save_float16_copy(source, out) -> Path:
