@@ -118,8 +118,8 @@ def _bias_field(o, seed, ctx):
 def _resolution(o, seed, ctx):
     if not o.randomise_resolution:
         return None
-    return SimulateResolution(o.voxel_size, o.max_res_iso, o.max_res_aniso, o.prob_isotropic, seed=seed,
-                              name="resolution")
+    return SimulateResolution(o.voxel_size, o.max_res_iso, o.max_res_aniso, o.prob_isotropic,
+                              prob=getattr(o, "resolution_prob", 1.0), seed=seed, name="resolution")
 
 
 def _blur(o, seed, ctx):

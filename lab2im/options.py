@@ -64,6 +64,8 @@ class GeneratorOptions:
         randomise_resolution: simulate a random acquisition resolution and slice thickness.
         max_res_iso, max_res_aniso, prob_isotropic: see
             :class:`~lab2im.layers.SimulateResolution`.
+        resolution_prob: probability that a sample is degraded at all (1: every sample, as
+            SynthSeg; the others keep the label maps' voxel size, so fine detail stays visible).
         blur_sigma: extra Gaussian blur ``U(0, blur_sigma)`` voxels per axis (0: none).
     """
 
@@ -103,6 +105,7 @@ class GeneratorOptions:
     max_res_iso: float = 4.0
     max_res_aniso: float = 8.0
     prob_isotropic: float = 0.1
+    resolution_prob: float = 1.0
     blur_sigma: float = 0.0
 
     def __post_init__(self):
@@ -145,7 +148,7 @@ class GeneratorOptions:
             raise InputError(f"prior_distribution must be 'uniform' or 'normal', got {self.prior_distribution!r}")
         if self.n_channels < 1:
             raise InputError("n_channels must be >= 1")
-        for name in ("flip_prob", "bias_prob", "prob_isotropic", "partition_prob"):
+        for name in ("flip_prob", "bias_prob", "prob_isotropic", "partition_prob", "resolution_prob"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise InputError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         for name in ("scaling", "rotation", "shearing", "translation", "nonlin_std", "bias_std",

@@ -113,7 +113,8 @@ def main(argv=None) -> int:
             options = preset.training_options(seed=args.seed, steps=args.steps, ce_after_warmup=args.ce_after_warmup,
                                               init_weights=args.init_weights, mixed_precision=mixed or None)
             result = training(labels, args.run_dir, unet=preset.unet_options(), options=options,
-                              output_shape=(preset.crop,) * 3, callbacks=[RecordBackend(args.run_dir, backend)])
+                              output_shape=(preset.crop,) * 3, callbacks=[RecordBackend(args.run_dir, backend)],
+                              **preset.generator)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

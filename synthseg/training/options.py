@@ -10,6 +10,7 @@ from lab2im.errors import InputError
 from lab2im.options import check_int, check_number
 
 SCHEDULES = ("constant", "cosine", "linear")
+CE_WEIGHTINGS = ("inverse_frequency", "uniform")
 
 
 @dataclass
@@ -29,6 +30,10 @@ class RunOptions:
             in [0, 1] (0: soft Dice only, as SynthSeg). Under Dice alone a label the network
             stops predicting cannot come back (:class:`synthseg.nn.losses.SegmentationLoss`);
             the shipped 2 mm model lost its CSF that way.
+        ce_weighting: how the cross-entropy weighs voxels: ``"inverse_frequency"`` (each label
+            present counts as much as any other, as SynthSeg's warm-up) or ``"uniform"`` (every
+            voxel counts the same, as nnU-Net's Dice + cross-entropy: large structures and their
+            boundaries, cortex and white matter, weigh by their volume).
         seed: seed of the sample choice, the generation or augmentation, and the weight
             initialisation.
         deterministic: ask the backend for deterministic ops (slower; used by the tests).
@@ -48,6 +53,7 @@ class RunOptions:
     lr_schedule: str = "constant"
     warmup_steps: int = 0
     ce_after_warmup: float = 0.0
+    ce_weighting: str = "inverse_frequency"
     seed: int = 0
     deterministic: bool = False
     tensorboard: bool = True
@@ -64,6 +70,8 @@ class RunOptions:
             check_int(getattr(self, name), name, 0)
         check_number(self.learning_rate, "learning_rate", 0)
         check_number(self.ce_after_warmup, "ce_after_warmup", 0, 1)
+        if self.ce_weighting not in CE_WEIGHTINGS:
+            raise InputError(f"ce_weighting must be one of {CE_WEIGHTINGS}, got {self.ce_weighting!r}")
         if self.lr_schedule not in SCHEDULES:
             raise InputError(f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
 
@@ -84,6 +92,15 @@ def learning_rate_schedule(options: RunOptions):
     if options.lr_schedule == "linear":
         return keras.optimizers.schedules.PolynomialDecay(options.learning_rate, total, 0.0, power=1.0)
     return options.learning_rate
+
+
+def make_loss(options: RunOptions, n_labels: int):
+    """The :class:`~synthseg.nn.losses.SegmentationLoss` of ``options`` for ``n_labels`` labels."""
+    from synthseg.nn.losses import SegmentationLoss
+
+    weights = [1.0] * n_labels if options.ce_weighting == "uniform" else None
+    return SegmentationLoss(warmup_steps=options.warmup_steps, ce_after_warmup=options.ce_after_warmup,
+                            ce_weights=weights)
 
 
 def make_optimizer(options: RunOptions, loss_scale: bool = False):

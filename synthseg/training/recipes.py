@@ -33,6 +33,8 @@ class Recipe:
         crop: training crop, voxels per axis.
         unet: :class:`synthseg.nn.unet.UNetOptions` fields.
         training: :class:`synthseg.training.synthetic.TrainingOptions` fields.
+        generator: :class:`lab2im.options.GeneratorOptions` fields that differ from
+            :func:`synthseg.brain_options`' defaults.
         init_weights: U-Net weights (``.keras``) the run starts from, relative to the
             repository; ``None``: random initialisation.
     """
@@ -43,6 +45,7 @@ class Recipe:
     crop: int
     unet: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
+    generator: dict = field(default_factory=dict)
     init_weights: str | None = None
 
     def unet_options(self):
@@ -93,6 +96,19 @@ RECIPES = {r.name: r for r in [
            init_weights="models/continue/cpu3_step2000_fp16.keras",
            training=dict(steps=1_200, steps_per_checkpoint=100, learning_rate=5e-4, warmup_steps=0,
                          ce_after_warmup=0.1, lr_schedule="cosine", keep_checkpoints=0)),
+    Recipe("cpu5", "issue 12, the loss test: cpu3's last committed weights, half soft Dice and half voxel-wise "
+           "(uniform) cross-entropy as nnU-Net, so cortex and white matter weigh by their volume",
+           voxel_mm=2.0, crop=64, unet=dict(n_levels=5, base_features=16),
+           init_weights="models/continue/cpu3_step2000_fp16.keras",
+           training=dict(steps=6_000, steps_per_checkpoint=250, learning_rate=3e-4, warmup_steps=0,
+                         ce_after_warmup=0.5, ce_weighting="uniform", lr_schedule="cosine", keep_checkpoints=0)),
+    Recipe("cpu5b", "issue 12, the augmentation test: cpu5, with half the samples at full resolution and a "
+           "finer, smaller nonlinear deformation (grid 0.08 x the crop, std up to 3 voxels)",
+           voxel_mm=2.0, crop=64, unet=dict(n_levels=5, base_features=16),
+           init_weights="models/continue/cpu3_step2000_fp16.keras",
+           generator=dict(resolution_prob=0.5, nonlin_scale=0.08, nonlin_std=3.0),
+           training=dict(steps=6_000, steps_per_checkpoint=250, learning_rate=3e-4, warmup_steps=0,
+                         ce_after_warmup=0.5, ce_weighting="uniform", lr_schedule="cosine", keep_checkpoints=0)),
     Recipe("synthseg", "the reference configuration (SynthSeg 1.0's network and crop), for a GPU",
            voxel_mm=1.0, crop=160, unet=dict(n_levels=5, base_features=24),
            training=dict(steps=300_000, steps_per_checkpoint=1000, learning_rate=1e-4, warmup_steps=1000,

@@ -58,7 +58,7 @@ from synthseg.data.pairs import (
     stack_pairs,
     standardise_pairs,
 )
-from synthseg.nn.losses import SegmentationLoss, hard_dice
+from synthseg.nn.losses import hard_dice
 from synthseg.nn.transfer import (
     copy_matching_weights,
     encoder_layers,
@@ -74,7 +74,7 @@ from synthseg.training.callbacks import (
     save_periodic_checkpoint,
     training_callbacks,
 )
-from synthseg.training.options import RunOptions, make_optimizer
+from synthseg.training.options import RunOptions, make_loss, make_optimizer
 from synthseg.training.run_folder import (
     PAIR_KINDS,
     prepare_folder,
@@ -538,8 +538,8 @@ class _RunSetup:
             for layer in encoder_layers(unet_model, self.unet.n_levels):
                 layer.trainable = False
                 frozen.append(layer.name)
-        loss = SegmentationLoss(warmup_steps=options.warmup_steps, ce_after_warmup=options.ce_after_warmup)
         n_labels = len(self.label_list)
+        loss = make_loss(options, n_labels)
         dice = SplitOutputDice(n_labels)
         model.compile(optimizer=make_optimizer(options), loss=SplitOutputLoss(loss, n_labels), metrics=[dice],
                       jit_compile=False)

@@ -32,13 +32,12 @@ from keras import ops
 from lab2im.errors import InputError
 from lab2im.io import check_not_an_input
 from lab2im.options import GeneratorOptions, options_from_dict
-from synthseg.nn.losses import SegmentationLoss
 from synthseg.training.callbacks import (
     Checkpointer,
     raise_if_stopped,
     training_callbacks,
 )
-from synthseg.training.options import RunOptions, make_optimizer
+from synthseg.training.options import RunOptions, make_loss, make_optimizer
 from synthseg.training.run_folder import (
     prepare_folder,
     read_spec,
@@ -271,7 +270,7 @@ def training(labels_dir, model_dir, generator: GeneratorOptions | None = None, u
     with scope:
         model, unet_model, labels = build_training_model(generator, unet, data.shape, options.seed,
                                                          options.mixed_precision)
-        loss = SegmentationLoss(warmup_steps=options.warmup_steps, ce_after_warmup=options.ce_after_warmup)
+        loss = make_loss(options, len(labels))
         dice = SplitOutputDice(len(labels))
         model.compile(optimizer=make_optimizer(options, options.mixed_precision and mixed_policy() == "mixed_float16"), loss=SplitOutputLoss(loss, len(labels)),
                       metrics=[dice], jit_compile=False)

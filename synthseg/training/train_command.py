@@ -182,6 +182,10 @@ def run(args) -> int:
         labels, options, unet, crop = settings(args)
         generator = generator_options(args)
         overrides = {"output_shape": (crop,) * 3} if crop else {}
+        if args.preset:
+            from synthseg.training.recipes import recipe
+
+            overrides = {**recipe(args.preset).generator, **overrides}
         result = training(labels, args.model_dir, generator=generator, unet=unet, options=options, **overrides)
     print(f"trained to step {result.step} (last loss {result.last_loss}); model: {result.model_dir / 'unet_last.keras'}")
     return 0

@@ -224,3 +224,24 @@ def test_a_gated_off_sample_gets_the_identity_and_a_gated_on_one_its_draw(name):
         lo, hi = x[1].min(), x[1].max()
         np.testing.assert_allclose(identity[1], (x[1] - lo) / (hi - lo), atol=1e-5)
     assert not np.allclose(drawn[1], identity[1])  # the draw did change that sample
+
+
+def test_resolution_prob_leaves_that_share_of_samples_at_full_resolution(blocks_labels):
+    """``resolution_prob``: the share of samples degraded at all; the others keep the label
+    maps' voxel size (no blur). Its draw is made either way, so other stages' draws are unchanged."""
+    from lab2im.errors import InputError
+    from lab2im.model import generate_with_parameters
+
+    def factors(prob):
+        options = GeneratorOptions(**{**ALL_ON, "resolution_prob": prob})
+        model = labels_to_image_model(options, blocks_labels.shape, batch_size=64, seed=3)
+        _, _, drawn = generate_with_parameters(model, np.repeat(blocks_labels[None, ..., None], 64, 0))
+        return drawn
+
+    every, none, half = factors(1.0), factors(0.0), factors(0.5)
+    degraded = lambda d: np.any(np.asarray(d["resolution"]["factor"]) > 1.001, axis=1)  # noqa: E731
+    assert degraded(every).mean() > 0.9 and not degraded(none).any()
+    assert 0.25 < degraded(half).mean() < 0.75
+    np.testing.assert_array_equal(np.asarray(every["gmm"]["means"]), np.asarray(half["gmm"]["means"]))
+    with pytest.raises(InputError, match="resolution_prob must be in"):
+        GeneratorOptions(**{**ALL_ON, "resolution_prob": 1.5})

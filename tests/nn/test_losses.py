@@ -187,3 +187,32 @@ def test_mean_dice_metric_matches_hard_dice(rng):
     perfect.update_state(one_hot(truth, 5), one_hot(truth, 5))
     assert float(np_(perfect.result())) == 1.0
     assert MeanDice.from_config(no_bg.get_config()).n_labels == 5
+
+
+@pytest.mark.backends
+def test_uniform_cross_entropy_weighs_labels_by_their_volume(rng):
+    """``ce_weighting="uniform"`` (nnU-Net's Dice + cross-entropy): every voxel counts the same,
+    so a large label's errors outweigh a small one's; the default gives each label present the
+    same total weight."""
+    from synthseg.training.options import make_loss
+    from synthseg.training.synthetic import TrainingOptions
+
+    labels = np.zeros((1, 8, 8, 8), int)
+    labels[0, :2] = 1  # a small label (1/4 of the voxels), the rest background
+    y = one_hot(labels, 2)
+    p = np.where(y > 0, 0.9, 0.1).astype(np.float32)
+    p_bad_background = p.copy()
+    p_bad_background[0, 2:] = [0.4, 0.6]  # the large label misclassified
+    p_bad_small = p.copy()
+    p_bad_small[0, :2] = [0.6, 0.4]  # the small label misclassified
+    uniform = make_loss(TrainingOptions(ce_after_warmup=1.0, ce_weighting="uniform"), 2)
+    balanced = make_loss(TrainingOptions(ce_after_warmup=1.0), 2)
+    assert uniform.ce_weights == [1.0, 1.0] and balanced.ce_weights is None
+    # uniform: the mean voxel cross-entropy, the large label's errors cost more
+    expected = float(np.mean(-np.sum(y * np.log(p_bad_background), axis=-1)))
+    assert float(np_(uniform(y, p_bad_background))) == pytest.approx(expected, rel=1e-5)
+    assert float(np_(uniform(y, p_bad_background))) > 2 * float(np_(uniform(y, p_bad_small)))
+    # inverse frequency: both mistakes cost the same
+    assert float(np_(balanced(y, p_bad_background))) == pytest.approx(float(np_(balanced(y, p_bad_small))), rel=1e-5)
+    with pytest.raises(InputError, match="ce_weighting must be one of"):
+        TrainingOptions(ce_weighting="volume")

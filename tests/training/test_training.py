@@ -384,3 +384,20 @@ def test_cli_trains_at_another_voxel_size_and_with_estimated_priors(label_dir, t
     capsys.readouterr()
     assert main(["train", str(label_dir), str(tmp_path / "run3"), "--priors", str(tmp_path), *small]) == 1
     assert "not an estimate-priors folder: no labels.npy" in capsys.readouterr().err
+
+
+def test_every_recipe_is_valid_options_and_its_start_weights_are_committed():
+    """Each recipe's fields make valid options (a typo in the table fails here, not after a
+    fresh machine has built the training maps), and the weights it starts from are in the
+    repository."""
+    from synthseg.generation.brain_generator import brain_options
+    from synthseg.training.recipes import RECIPES
+
+    for r in RECIPES.values():
+        options = r.training_options()
+        generator = brain_options(voxel_size=r.voxel_mm, output_shape=(r.crop,) * 3, **r.generator)
+        assert all(getattr(generator, k) == v for k, v in r.generator.items()), r.name
+        assert r.unet_options().n_levels >= 1
+        if r.init_weights:
+            assert Path(options.init_weights).is_file(), r.name
+    assert RECIPES["cpu5b"].generator["resolution_prob"] == 0.5
