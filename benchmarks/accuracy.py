@@ -146,7 +146,7 @@ def load_case(name: str):
     return image, np.stack([np.asarray(m.data, np.float32) for m in maps], axis=-1)
 
 
-def measure(name: str, model, flip: bool) -> dict:
+def measure(name: str, model, flip: bool, refine: bool | None = None) -> dict:
     import numpy as np
 
     from synthseg.inference.segmentation import segment_volume
@@ -154,7 +154,7 @@ def measure(name: str, model, flip: bool) -> dict:
     image, probabilities = load_case(name)
     truth = tissue_map(probabilities)
     t0 = time.perf_counter()
-    seg = segment_volume(image, model, flip=flip)
+    seg = segment_volume(image, model, flip=flip, refine=refine)
     predicted = structures_to_tissues(seg.native_segmentation(), model.labels.tolist())
     seconds = time.perf_counter() - t0
     dice = tissue_dice(truth, predicted)
@@ -257,6 +257,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default=None, help="run folder or .keras file (default: the shipped model)")
     parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
     parser.add_argument("--no-flip", action="store_true", help="no left/right flip averaging")
+    parser.add_argument("--no-refine", dest="refine", action="store_const", const=False, default=None,
+                        help="the network's posteriors as they are (default: the model's, see synthseg.inference.refinement)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "accuracy.json")
     parser.add_argument("--plot", type=Path, default=None, help="bar plot PNG (default: beside --out)")
     args = parser.parse_args(argv)
@@ -272,7 +274,7 @@ def main(argv=None) -> int:
     results = []
     for name in args.cases:
         try:
-            results.append(measure(name, model, flip=not args.no_flip))
+            results.append(measure(name, model, flip=not args.no_flip, refine=args.refine))
         except Exception as exc:  # a case that cannot be fetched or read is reported, the rest run
             results.append({"case": name, "status": f"error: {error_reason(exc)}"})
         r = results[-1]
@@ -288,7 +290,9 @@ def main(argv=None) -> int:
         rows.append((r["case"], *(r["dice"][t] for t in TISSUES), r["mean_dice"],
                      "-" if ceiling is None else "/".join(f"{ceiling[t]:.2f}" for t in TISSUES),
                      "-" if outside is None else f"{outside:.1f}", f"{r['seconds']:.1f} s"))
-    print(f"tissue Dice, model {model.path} (voxel {model.voxel_size.tolist()} mm), flip {not args.no_flip}")
+    refined = model.refine if args.refine is None else args.refine
+    print(f"tissue Dice, model {model.path} (voxel {model.voxel_size.tolist()} mm), flip {not args.no_flip}, "
+          f"refined {refined}")
     print(format_table(["scan", "GM", "WM", "CSF", "mean", "ceiling GM/WM/CSF",
                         f"brain >{OUTSIDE_MM:g} mm outside (mL)", "time"], rows))
     if stats["mean_dice"] is not None:
@@ -307,7 +311,7 @@ def main(argv=None) -> int:
         overlay_plot(results, plot.with_name(plot.stem + "_slices.png"))
     clean = [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]
     write_results(args.out, "accuracy", {"model": str(model.path), "model_voxel_mm": model.voxel_size.tolist(),
-                                         "flip": not args.no_flip, "labels": model.labels.tolist()},
+                                         "flip": not args.no_flip, "refine": refined, "labels": model.labels.tolist()},
                   clean, packages=["keras", "tensorflow", "numpy"], summary=stats)
     print(f"wrote {args.out} and {plot}")
     return 0 if all(r["status"] == "ok" for r in results) else 1

@@ -72,13 +72,15 @@ def score(seg_model, cases, flip: bool) -> dict:
             "max_outside_brain_ml": max(outside) if outside else None}
 
 
-def curve(run_dir: Path, kept: Path, cases, every: int, cores: int, flip: bool, init=None) -> list[dict]:
+def curve(run_dir: Path, kept: Path, cases, every: int, cores: int, flip: bool, init=None,
+          refine: bool = False) -> list[dict]:
     """Score the checkpoints of one run (every ``every`` steps); see the module docstring."""
     from synthseg.evaluation.validate import network_for_run
     from synthseg.training.checkpoints import load_network_weights
     from synthseg.training.synthetic import load_initial_weights
 
     seg_model = network_for_run(run_dir)
+    seg_model.refine = refine
     seconds = wall_seconds(run_dir)
     points = []
     if init:
@@ -93,7 +95,8 @@ def curve(run_dir: Path, kept: Path, cases, every: int, cores: int, flip: bool, 
     return points
 
 
-def averaged_points(run_dir: Path, kept: Path, cases, every: int, cores: int, flip: bool, counts) -> list[dict]:
+def averaged_points(run_dir: Path, kept: Path, cases, every: int, cores: int, flip: bool, counts,
+                    refine: bool = False) -> list[dict]:
     """One point per ``count`` in ``counts``: the mean weights of the run's last ``count``
     checkpoints scored by :func:`curve` (every ``every`` steps; see
     :func:`synthseg.training.checkpoints.average_network_weights`), at the last one's step and
@@ -102,6 +105,7 @@ def averaged_points(run_dir: Path, kept: Path, cases, every: int, cores: int, fl
     from synthseg.training.checkpoints import average_network_weights
 
     seg_model = network_for_run(run_dir)
+    seg_model.refine = refine
     seconds = wall_seconds(run_dir)
     found = scored_checkpoints(kept, every, seconds)
     points = []
@@ -168,6 +172,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cores", type=int, default=1, help="CPU cores each run trained on")
     parser.add_argument("--init", default=None, help="U-Net .keras the runs started from (scored as step 0)")
     parser.add_argument("--flip", action="store_true", help="left/right flip averaging (twice the time)")
+    parser.add_argument("--refine", action="store_true",
+                        help="score with the intensity refinement of prediction (synthseg.inference.refinement); "
+                             "default: the networks alone, so that recipes are compared, not the pipeline")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "learning_curve.json")
     parser.add_argument("--keep", action="store_true", help="keep the output file's curves of other runs")
     parser.add_argument("--after", default=None, metavar="NAME:STEP",
@@ -184,8 +191,9 @@ def main(argv=None) -> int:
         start = start_point(curves, args.after)
         for text in args.runs:
             run_dir, kept = parse_run(text)
-            points = curve(run_dir, kept, args.cases, args.every, args.cores, args.flip, args.init)
-            averaged = averaged_points(run_dir, kept, args.cases, args.every, args.cores, args.flip, args.average)
+            points = curve(run_dir, kept, args.cases, args.every, args.cores, args.flip, args.init, args.refine)
+            averaged = averaged_points(run_dir, kept, args.cases, args.every, args.cores, args.flip, args.average,
+                                       args.refine)
             for point in points + averaged:
                 point["step"] += start["step"]
                 point["cpu_minutes"] += start["cpu_minutes"]
@@ -206,7 +214,7 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     png = plot(curves, args.out.with_suffix(".png"))
     write_results(args.out, "learning_curve", {"cases": args.cases, "cores": args.cores, "flip": args.flip,
-                                               "init": args.init}, curves, packages=["keras", "torch", "tensorflow"])
+                                               "refine": args.refine, "init": args.init}, curves, packages=["keras", "torch", "tensorflow"])
     print(f"wrote {args.out} and {png}")
     return 0
 

@@ -21,13 +21,16 @@ def add_tables_and_figures(parser) -> None:
 
 
 def add_run_arguments(parser) -> None:
-    """``--threads``, ``--tile``, ``--no-flip`` and ``--skip-existing``."""
+    """``--threads``, ``--tile``, ``--no-flip``, ``--skip-existing`` and ``--no-refine``."""
     parser.add_argument("--threads", type=int, default=None, help="CPU threads of the backend (default: all)")
     parser.add_argument("--tile", type=int, default=DEFAULT_TILE,
                         help=f"largest network input per axis, voxels (default: {DEFAULT_TILE}; 0: whole scan, "
                              "needs about 1.3 kB of memory per voxel)")
     parser.add_argument("--no-flip", action="store_true", help="no left/right flip averaging (about 2x faster)")
     parser.add_argument("--skip-existing", action="store_true", help="skip scans whose outputs all exist")
+    parser.add_argument("--no-refine", dest="refine", action="store_const", const=False, default=None,
+                        help="use the network's posteriors as they are (default for networks trained on synthetic "
+                             "scans: refined by a Gaussian mixture of the scan's own intensities)")
 
 
 def report_line(report) -> str:

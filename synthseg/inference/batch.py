@@ -128,6 +128,9 @@ class PredictOptions:
         threads: CPU threads of the backend (see :func:`set_threads`).
         progress: show a progress bar (stderr).
         cleanup: keep the largest component of each structure and fill holes.
+        refine: refine the posteriors with the scan's own intensities
+            (:mod:`synthseg.inference.refinement`); ``None``: the model's default (on for
+            networks trained on synthetic scans).
         tile_size, tile_overlap: network input tiles, voxels (see
             :meth:`~synthseg.inference.model.SegmentationModel.posteriors`).
     """
@@ -139,6 +142,7 @@ class PredictOptions:
     threads: int | None = None
     progress: bool = True
     cleanup: bool = True
+    refine: bool | None = None
     tile_size: int | None = DEFAULT_TILE
     tile_overlap: int = DEFAULT_TILE_OVERLAP
 
@@ -203,7 +207,7 @@ def predict(inputs, outputs, model=None, vol=None, post=None, resample=None, qc=
         return prepare_volume(vol_, model, crop, name=names[i], warnings=warns)
 
     def segment(i, prep):
-        seg = segment_prepared(prep, model, o.flip, o.cleanup, o.tile_size, o.tile_overlap)
+        seg = segment_prepared(prep, model, o.flip, o.cleanup, o.tile_size, o.tile_overlap, o.refine)
         report.outputs.extend(_write_outputs(seg, o.keep_native, *(plan.path(what, i) for what in
                                                                    ("posteriors", "resampled image", "overlay",
                                                                     "segmentation"))))

@@ -135,8 +135,8 @@ def crop_volume(volume: Volume, box) -> Volume:
 
 def segment_cascade(volume: Volume, coarse: SegmentationModel, fine: SegmentationModel, region_labels=None,
                     margin_mm: float = 10.0, fine_voxel_size=None, on_empty: str = "error", flip: bool = True,
-                    cleanup: bool = True, tile_size=DEFAULT_TILE, tile_overlap: int = DEFAULT_TILE_OVERLAP
-                    ) -> CascadeResult:
+                    cleanup: bool = True, tile_size=DEFAULT_TILE, tile_overlap: int = DEFAULT_TILE_OVERLAP,
+                    refine: bool | None = None) -> CascadeResult:
     """Segment one scan held in memory with a coarse then a fine model (see the module docstring).
 
     Args:
@@ -148,7 +148,7 @@ def segment_cascade(volume: Volume, coarse: SegmentationModel, fine: Segmentatio
         fine_voxel_size: the fine stage's voxel size (mm, a number or 3); ``None``: the fine
             model's.
         on_empty: ``"error"`` or ``"background"`` (see the module docstring).
-        flip, cleanup, tile_size, tile_overlap: as in :func:`synthseg.inference.batch.predict`, for both stages.
+        flip, cleanup, tile_size, tile_overlap, refine: as in :func:`synthseg.inference.batch.predict`, for both stages.
 
     Raises:
         InputError: a bad scan (as in prediction), region labels the coarse model does not
@@ -167,7 +167,7 @@ def segment_cascade(volume: Volume, coarse: SegmentationModel, fine: Segmentatio
     data, warnings = first_volume(np.asarray(volume.data, dtype=np.float32), volume.path)
     native = Volume(data=data, affine=np.asarray(volume.affine, np.float64), header=volume.header, path=volume.path)
 
-    kw = dict(flip=flip, cleanup=cleanup, tile_size=tile_size, tile_overlap=tile_overlap)
+    kw = dict(flip=flip, cleanup=cleanup, tile_size=tile_size, tile_overlap=tile_overlap, refine=refine)
     region = segment_volume(native, coarse, **kw).native_segmentation().astype(np.int32)
     native_vs = native.voxel_size
     min_voxels = [math.ceil(MIN_VOXELS * max(1.0, f / n)) for f, n in zip(fine.voxel_size, native_vs)]
@@ -188,7 +188,7 @@ def segment_cascade(volume: Volume, coarse: SegmentationModel, fine: Segmentatio
 def cascade(inputs, outputs, coarse, fine, region_labels=None, margin_mm: float = 10.0, fine_voxel_size=None,
             region=None, on_empty: str = "error", flip: bool = True, cleanup: bool = True, tile_size=DEFAULT_TILE,
             tile_overlap: int = DEFAULT_TILE_OVERLAP, progress: bool = True,
-            skip_existing: bool = False, vol=None, qc=None, png=None) -> PredictReport:
+            skip_existing: bool = False, vol=None, qc=None, png=None, refine: bool | None = None) -> PredictReport:
     """Segment scans from files with :func:`segment_cascade` and write the results on each
     scan's native grid (atomically).
 
@@ -231,7 +231,7 @@ def cascade(inputs, outputs, coarse, fine, region_labels=None, margin_mm: float 
     def segment(i, read):
         scan = read.volume
         result = segment_cascade(scan, coarse, fine, region_labels, margin_mm, fine_voxel_size, on_empty, flip,
-                                 cleanup, tile_size, tile_overlap)
+                                 cleanup, tile_size, tile_overlap, refine)
         report.warnings.extend((files[i], w) for w in result.warnings)
         if plan.path("region", i) is not None:
             report.outputs.append(save_volume(result.region, plan.path("region", i), affine=scan.affine,
@@ -298,6 +298,6 @@ def run(args) -> int:
     report = cascade(args.input, args.output, args.coarse, args.fine, args.region_labels, args.margin,
                      None if voxel is None else (voxel * 3 if len(voxel) == 1 else voxel), args.region,
                      args.on_empty, flip=not args.no_flip, tile_size=args.tile, skip_existing=args.skip_existing,
-                     vol=args.vol, qc=args.qc, png=args.png)
+                     vol=args.vol, qc=args.qc, png=args.png, refine=args.refine)
     print(report_line(report))
     return 0 if report.ok else 1

@@ -38,6 +38,10 @@ class SegmentationModel:
             (:func:`lab2im.normalisation.normalise_intensities`: ``"percentile"`` or ``"zscore"``).
         slices: for a 2D/2.5D network trained on slices, the :class:`synthseg.training.slices.SliceSpec`
             (axis, slices per input); ``None`` for a 3D network.
+        refine: refine the posteriors with the scan's own intensities by default
+            (:mod:`synthseg.inference.refinement`): true for networks trained on synthetic scans
+            (contrast-agnostic), false for supervised and slice runs (trained on one kind of
+            scan) and for a bare network file without its run's ``options.json``.
     """
 
     network: object
@@ -48,6 +52,7 @@ class SegmentationModel:
     path: Path | None = None
     normalisation: str = "percentile"
     slices: object = None
+    refine: bool = False
 
     def __post_init__(self):
         if isinstance(self.slices, dict):
@@ -236,7 +241,7 @@ def load_model(path=None) -> SegmentationModel:
     return SegmentationModel(network=network, labels=labels, lr_pairs=pairs,
                              voxel_size=options.get("voxel_size", 1.0), multiple=int(multiple),
                              path=network_file, normalisation=options.get("normalisation", "percentile"),
-                             slices=slices)
+                             slices=slices, refine=bool(options.get("refine", False)))
 
 
 def _read_labels(path: Path) -> np.ndarray:
@@ -254,8 +259,8 @@ def _read_labels(path: Path) -> np.ndarray:
 
 def _read_run_options(path: Path) -> dict:
     """What prediction needs from a run's ``options.json`` (``{}`` when there is none):
-    ``voxel_size``, ``lr_pairs`` (segmentation labels; absent: use the protocol's), ``multiple``
-    and, for supervised and slice runs, ``normalisation`` (and ``slices``)."""
+    ``voxel_size``, ``lr_pairs`` (segmentation labels; absent: use the protocol's), ``multiple``,
+    ``refine`` (synthetic runs) and, for supervised and slice runs, ``normalisation`` (and ``slices``)."""
     from synthseg.nn.unet import required_multiple
     from synthseg.training.run_folder import PAIR_KINDS, read_spec, unet_options
 
@@ -279,6 +284,7 @@ def _read_run_options(path: Path) -> dict:
 
                 out["slices"] = SliceSpec.from_dict(data["slices"], path).to_dict()
         else:  # the generator's pairs, even none: they are what training swapped
+            out["refine"] = True  # trained on synthetic scans of random contrast
             gen = spec.section("generator")
             from lab2im.options import GeneratorOptions
 

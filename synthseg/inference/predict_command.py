@@ -38,7 +38,7 @@ def run(args) -> int:
     report = predict(args.input, args.output, model=args.model, vol=args.vol, post=args.post,
                      resample=args.resample, qc=args.qc, png=args.png, crop=args.crop, flip=not args.no_flip,
                      keep_native=not args.network_grid, skip_existing=args.skip_existing, threads=args.threads,
-                     cleanup=not args.no_cleanup, tile_size=args.tile)
+                     cleanup=not args.no_cleanup, tile_size=args.tile, refine=args.refine)
     # each failure was reported on stderr (one line, file and problem) as it happened
     print(report_line(report))
     return 1 if report.failed else 0

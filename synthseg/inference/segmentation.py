@@ -17,6 +17,7 @@ from lab2im.volumes import merge_stray_components
 from synthseg.inference.model import SegmentationModel, background_channel
 from synthseg.inference.postprocessing import clean_posteriors, structure_volumes
 from synthseg.inference.preprocessing import Prepared, parse_crop, prepare_volume
+from synthseg.inference.refinement import refine_posteriors
 from synthseg.inference.tiling import (
     DEFAULT_TILE,
     DEFAULT_TILE_OVERLAP,
@@ -165,22 +166,25 @@ class Segmentation:
 
 
 def segment_volume(volume: Volume, model: SegmentationModel, flip: bool = True, crop=None, cleanup: bool = True,
-                   tile_size=DEFAULT_TILE, tile_overlap: int = DEFAULT_TILE_OVERLAP) -> Segmentation:
+                   tile_size=DEFAULT_TILE, tile_overlap: int = DEFAULT_TILE_OVERLAP,
+                   refine: bool | None = None) -> Segmentation:
     """Segment one scan held in memory (steps 2-8 of the module docstring).
 
     Args:
         volume: 3D (or 4D: first volume) :class:`~lab2im.io.Volume` with its affine.
         model: from :func:`load_model`.
-        flip, crop, cleanup, tile_size, tile_overlap: as in :func:`predict`.
+        flip, crop, cleanup, tile_size, tile_overlap, refine: as in :func:`predict`.
 
     Returns:
         A :class:`Segmentation` (map to the input's grid with its ``native_*`` methods).
     """
-    return segment_prepared(prepare_volume(volume, model, parse_crop(crop)), model, flip, cleanup, tile_size, tile_overlap)
+    return segment_prepared(prepare_volume(volume, model, parse_crop(crop)), model, flip, cleanup, tile_size, tile_overlap,
+                            refine)
 
 
 def segment_prepared(prep: Prepared, model: SegmentationModel, flip: bool, cleanup: bool, tile_size,
-             tile_overlap: int) -> Segmentation:
+                     tile_overlap: int, refine: bool | None = None) -> Segmentation:
+    """Steps 6-8 on a prepared scan; ``refine`` ``None``: the model's default (:attr:`SegmentationModel.refine`)."""
     image = prep.window.apply(prep.image, 0.0)
     if model.slices is not None:
         from synthseg.training.slices import slice_posteriors
@@ -188,6 +192,8 @@ def segment_prepared(prep: Prepared, model: SegmentationModel, flip: bool, clean
         post = slice_posteriors(model, image, flip, prep.window)
     else:
         post = tiled_posteriors(model, image, prep.window, flip, tile_size, tile_overlap)
+    if model.refine if refine is None else refine:
+        post = refine_posteriors(prep.image, post, model.background_channel)
     raw = np.bincount(np.argmax(post, axis=-1).ravel(), minlength=post.shape[-1])
     if cleanup:
         channels = clean_posteriors(post, model.background_channel)

@@ -109,6 +109,14 @@ RECIPES = {r.name: r for r in [
            generator=dict(resolution_prob=0.5, nonlin_scale=0.08, nonlin_std=3.0),
            training=dict(steps=6_000, steps_per_checkpoint=250, learning_rate=3e-4, warmup_steps=0,
                          ce_after_warmup=0.5, ce_weighting="uniform", lr_schedule="cosine", keep_checkpoints=0)),
+    Recipe("cpu5c", "issue 12, the partial-volume test: cpu5b from its step-1250 weights, every sample also "
+           "blurred by U(0, 1) voxels per axis (SynthSeg blurs >= 0.5 voxel even at full resolution; without it "
+           "the network never sees the partial-volume intensities of real 2 mm scans)",
+           voxel_mm=2.0, crop=64, unet=dict(n_levels=5, base_features=16),
+           init_weights="models/continue/cpu5b_step1250_fp16.keras",
+           generator=dict(resolution_prob=0.5, nonlin_scale=0.08, nonlin_std=3.0, blur_sigma=1.0),
+           training=dict(steps=4_750, steps_per_checkpoint=250, learning_rate=2.8e-4, warmup_steps=0,
+                         ce_after_warmup=0.5, ce_weighting="uniform", lr_schedule="cosine", keep_checkpoints=0)),
     Recipe("synthseg", "the reference configuration (SynthSeg 1.0's network and crop), for a GPU",
            voxel_mm=1.0, crop=160, unet=dict(n_levels=5, base_features=24),
            training=dict(steps=300_000, steps_per_checkpoint=1000, learning_rate=1e-4, warmup_steps=1000,

@@ -1,0 +1,74 @@
+"""The network's posteriors refined by the scan's intensities (synthseg.inference.refinement)."""
+import numpy as np
+import pytest
+
+from synthseg.inference.refinement import refine_posteriors
+
+
+def two_tissue_scan(contrast: float = 0.6, noise: float = 0.05, seed: int = 0):
+    """A 'brain' of two tissues (left half of the box 1, right half 2) inside background 0,
+    with the true boundary at x = 12; and posteriors of a network that is sure of the brain
+    but puts the boundary 4 voxels off (x = 16), with soft edges."""
+    rng = np.random.default_rng(seed)
+    shape = (24, 16, 16)
+    truth = np.zeros(shape, int)
+    truth[4:20, 4:12, 4:12] = 1
+    truth[12:20, 4:12, 4:12] = 2
+    image = np.where(truth == 1, 0.3, np.where(truth == 2, 0.3 + contrast, 0.0)) + rng.normal(0, noise, shape)
+    post = np.zeros(shape + (3,), np.float32)
+    post[..., 0] = 1.0
+    brain = truth > 0
+    x = np.arange(shape[0])[:, None, None] * np.ones(shape)
+    p2 = 1.0 / (1.0 + np.exp(-(x - 16.0) / 1.5))  # the network's (wrong) boundary
+    post[brain, 0] = 0.02
+    post[brain, 1] = 0.98 * (1 - p2[brain])
+    post[brain, 2] = 0.98 * p2[brain]
+    return image.astype(np.float32), post, truth
+
+
+def dice(a, b):
+    return 2 * np.sum(a & b) / (np.sum(a) + np.sum(b))
+
+
+def test_clear_intensities_move_the_boundary_to_the_image():
+    image, post, truth = two_tissue_scan()
+    before = np.argmax(post, -1)
+    refined = refine_posteriors(image, post, background_channel=0)
+    after = np.argmax(refined, -1)
+    assert dice(before == 2, truth == 2) < 0.75
+    assert dice(after == 2, truth == 2) > 0.97 and dice(after == 1, truth == 1) > 0.97
+    np.testing.assert_allclose(refined.sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(refined[..., 0], post[..., 0])  # background untouched
+    outside = truth == 0
+    np.testing.assert_array_equal(refined[outside], post[outside])  # only brain voxels change
+
+
+def test_without_contrast_the_network_decides():
+    """Two tissues of one intensity: the likelihoods are equal, the prior wins."""
+    image, post, truth = two_tissue_scan(contrast=0.0)
+    refined = refine_posteriors(image, post, background_channel=0)
+    brain = truth > 0
+    agree = np.mean(np.argmax(refined, -1)[brain] == np.argmax(post, -1)[brain])
+    assert agree > 0.95
+
+
+def test_a_structure_the_network_does_not_find_does_not_appear():
+    """A fourth channel with (almost) no probability anywhere stays empty, even where the image
+    would fit it: no structure appears from nothing."""
+    image, post, truth = two_tissue_scan()
+    post4 = np.concatenate([post, np.zeros(post.shape[:-1] + (1,), np.float32)], -1)
+    post4[..., 3] = 1e-7
+    post4 /= post4.sum(-1, keepdims=True)
+    image = image.copy()
+    image[truth == 1] = 0.95  # now intensities fit no tissue the network found as well
+    refined = refine_posteriors(image, post4, background_channel=0)
+    assert np.all(refined[truth > 0, 3] == 0) and not np.any(np.argmax(refined, -1) == 3)
+
+
+def test_nothing_to_refine_and_bad_input():
+    image, post, _ = two_tissue_scan()
+    empty = np.zeros_like(post)
+    empty[..., 0] = 1.0
+    np.testing.assert_array_equal(refine_posteriors(image, empty, 0), empty)  # no brain
+    with pytest.raises(ValueError, match="not on one grid"):
+        refine_posteriors(image[:-1], post, 0)
