@@ -2,10 +2,14 @@
 
     python scripts/ship_model.py runs/cpu_2mm synthseg_2mm \\
         --accuracy benchmarks/results/accuracy.json --reproduce "python scripts/train_synthseg.py RUN --preset cpu"
+    python scripts/ship_model.py runs/cpu5b synthseg_2mm --average 4   # the mean of the last 4 checkpoints
 
 What is copied is exactly what :func:`synthseg.inference.model.load_model` reads from a run folder
 (``unet_best.keras`` or else ``unet_last.keras``, ``labels.npy``, ``options.json``), so the
-shipped folder is itself a valid ``--model``. ``MODEL_CARD.md`` is written from the run's own
+shipped folder is itself a valid ``--model``; with ``--average K`` the network's weights are the
+mean of the run's last K checkpoints instead (stochastic weight averaging: consecutive
+checkpoints of a run with batch size 1 differ by a few hundredths of Dice, and their mean is
+chosen without looking at any test scan, unlike the best of them). ``MODEL_CARD.md`` is written from the run's own
 files: options, the step log (steps done, wall time, loss/Dice of the last steps), the Dice per
 label at the last checkpoint, and, with ``--accuracy``, the tissue Dice measured by
 ``benchmarks/accuracy.py`` for this network. ``training_curve.png`` plots loss and
@@ -82,7 +86,9 @@ def last_dice_per_label(path: Path) -> tuple[int, dict[str, float]] | None:
 
 
 def card(name: str, run: Path, options: dict, log: list[dict], network: str, params: int, n_labels: int,
-         accuracy: dict | None, reproduce: str, where: str, history: str = "") -> str:
+         accuracy: dict | None, reproduce: str, where: str, history: str = "", averaged=(), dest: Path | None = None
+         ) -> str:
+    dest = dest or ROOT / "models" / name
     from synthseg.training.callbacks import cumulative_seconds
 
     g, u, t = options["generator"], options["unet"], options["training"]
@@ -100,7 +106,10 @@ def card(name: str, run: Path, options: dict, log: list[dict], network: str, par
              "(FreeSurfer IDs, `labels.npy` in channel order; background 0); the names are in "
              "`synthseg.data.labels.label_names()`.",
              f"- Works at {voxel} mm voxels: `synthseg predict` resamples any scan to that size, and maps "
-             "the result back to the scan's own grid (posteriors interpolated linearly).", "",
+             "the result back to the scan's own grid (posteriors interpolated linearly).",
+             "- Prediction refines the network's posteriors with the scan's own intensities (a Gaussian "
+             "mixture per scan with the network's posteriors as the spatial prior, "
+             "`synthseg.inference.refinement`; `--no-refine` turns it off). The accuracy below is with it.", "",
              "## Training", "",
              f"- Steps: **{steps:,}** of {t['steps']:,} planned, batch {t['batch_size']}, "
              f"{hours:.1f} h wall time on {where}.",
@@ -112,6 +121,8 @@ def card(name: str, run: Path, options: dict, log: list[dict], network: str, par
              *([f"- Started from the weights of `{Path(t['init_weights']).parent.name}/{Path(t['init_weights']).name}`"
                 + (f" ({history})" if history else "") + "; the steps above are this run's."]
                if t.get("init_weights") else []),
+             *([f"- Weights: the mean of the checkpoints at steps {', '.join(f'{s:,}' for s in averaged)} "
+                "(stochastic weight averaging, `scripts/ship_model.py --average`)."] if averaged else []),
              f"- Mean over the last {len(tail)} steps: loss {mean_loss:.3f}, soft Dice on the synthetic "
              f"training crops {mean_dice:.3f}. Curve: `training_curve.png`.",
              f"- Reproduce: `{reproduce}` (exact resume after a stop: add `--resume`).", "",
@@ -138,7 +149,7 @@ def card(name: str, run: Path, options: dict, log: list[dict], network: str, par
                           "(ground truth resampled to the model's grid and back). The development scans are "
                           "MNI-space templates, like the training label maps' anatomy: this is a contrast "
                           "test, not a test on unseen anatomy.", ""]
-    if (ROOT / "models" / name / "learning_curve.png").is_file():
+    if (dest / "learning_curve.png").is_file():
         lines += ["## Learning curve (`benchmarks/learning_curve.py`)", "",
                   "Mean tissue Dice on development scans against training steps and CPU minutes, for this "
                   "recipe and the one it was compared with at equal budget: `learning_curve.png`.", ""]
@@ -160,6 +171,10 @@ def main(argv=None) -> int:
     parser.add_argument("--reproduce", default=None, help="the card's 'Reproduce' command (default: the recipe's)")
     parser.add_argument("--where", default="2 CPU cores (TensorFlow)", help="what it was trained on, for the card")
     parser.add_argument("--history", default="", help="what the initial weights had been trained for, for the card")
+    parser.add_argument("--models-dir", type=Path, default=ROOT / "models",
+                        help="where the model folder NAME is written (default: the repository's models/)")
+    parser.add_argument("--average", type=int, default=0, metavar="K",
+                        help="ship the mean weights of the run's last K checkpoints (default: its network file)")
     parser.add_argument("--curve", type=Path, default=None,
                         help="learning-curve PNG (benchmarks/learning_curve.py) to ship as learning_curve.png")
     args = parser.parse_args(argv)
@@ -172,24 +187,45 @@ def main(argv=None) -> int:
         print(f"error: {args.run}: no unet_best.keras or unet_last.keras", file=sys.stderr)
         return 1
     model = load_model(args.run)  # refuse a run that prediction could not use
-    dest = ROOT / "models" / args.name
+    saved = sorted((int(p.stem.split("-")[-1]), p) for p in (args.run / "checkpoints").glob("step-*.npz"))
+    averaged = []
+    if args.average:
+        from lab2im.errors import InputError
+        from synthseg.training.checkpoints import average_network_weights
+
+        if args.average < 2 or len(saved) < args.average:
+            print(f"error: --average {args.average}: needs 2 or more, and the run has {len(saved)} checkpoint(s)",
+                  file=sys.stderr)
+            return 1
+        try:
+            averaged = average_network_weights([p for _, p in saved[-args.average:]], model.network)
+        except InputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    dest = args.models_dir / args.name
     dest.mkdir(parents=True, exist_ok=True)
     for stale in dest.glob("unet_*.keras"):
         stale.unlink()
-    shutil.copyfile(network, dest / network.name)
+    if averaged or any(layer.dtype_policy.name != "float32" for layer in model.network.layers):
+        from synthseg.training.checkpoints import network_in_dtype
+
+        # float32: a network trained in mixed bfloat16 would run slowly on CPUs without bfloat16 units
+        network = dest / "unet_last.keras"
+        network_in_dtype(model.network, "float32").save(network)
+    else:
+        shutil.copyfile(network, dest / network.name)
     for f in ("labels.npy", "options.json"):
         shutil.copyfile(args.run / f, dest / f)
     spec = read_spec(args.run).require("synthetic", hint=": the model card describes synthetic training")
     options = spec.sections
     log = read_log(args.run / "training_log.csv")
-    saved = sorted(int(p.stem.split("-")[-1]) for p in (args.run / "checkpoints").glob("step-*.npz"))
     if saved:  # the network is the one of the last checkpoint: steps logged after it are not in it
-        log = [r for r in log if r["step"] <= saved[-1]]
+        log = [r for r in log if r["step"] <= saved[-1][0]]
     accuracy = json.loads(args.accuracy.read_text()) if args.accuracy else None
     if args.curve:
         shutil.copyfile(args.curve, dest / "learning_curve.png")
     text = card(args.name, args.run, options, log, network.name, int(model.network.count_params()),
-                int(model.labels.size), accuracy, args.reproduce, args.where, args.history)
+                int(model.labels.size), accuracy, args.reproduce, args.where, args.history, averaged, dest)
     per_label = last_dice_per_label(args.run / "dice_per_label.csv")
     if per_label:
         step, dice = per_label

@@ -401,3 +401,36 @@ def test_every_recipe_is_valid_options_and_its_start_weights_are_committed():
         if r.init_weights:
             assert Path(options.init_weights).is_file(), r.name
     assert RECIPES["cpu5b"].generator["resolution_prob"] == 0.5
+
+
+@pytest.mark.slow
+def test_ship_model_averages_the_last_checkpoints_into_a_float32_network(label_dir, tmp_path):
+    """``scripts/ship_model.py --average K``: the shipped network holds the mean of the run's last
+    K checkpoints, in float32 even when the run trained in mixed bfloat16, and the card says so."""
+    import keras
+
+    from lab2im.model import load_keras_model
+    from synthseg.training.checkpoints import load_network_weights
+
+    kw = dict(flip_prob=0.0, randomise_resolution=False, generation_labels=[0, 2, 3, 41, 42],
+              lr_pairs=[(2, 41), (3, 42)])
+    run = tmp_path / "run"
+    training(label_dir, run, unet=TINY, options=quiet(steps=6, steps_per_checkpoint=2, mixed_precision=True,
+                                                        keep_checkpoints=0, learning_rate=1e-2), **kw)
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "ship_model.py"), str(run), "tiny", "--average", "2",
+                        "--models-dir", str(tmp_path / "models")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    shipped = load_keras_model(tmp_path / "models" / "tiny" / "unet_last.keras", "shipped")
+    assert {layer.dtype_policy.name for layer in shipped.layers} == {"float32"}
+    expected = []
+    for step in (4, 6):
+        net = load_keras_model(run / "unet_last.keras", "run")
+        load_network_weights(run / "checkpoints" / f"step-{step:07d}.npz", net)
+        expected.append([np.asarray(keras.ops.convert_to_numpy(v), np.float64) for v in net.variables])
+    for got, a, b in zip(shipped.variables, *expected):
+        np.testing.assert_allclose(np.asarray(keras.ops.convert_to_numpy(got)), (a + b) / 2, rtol=1e-5, atol=1e-6)
+    card = (tmp_path / "models" / "tiny" / "MODEL_CARD.md").read_text()
+    assert "mean of the checkpoints at steps 4, 6" in card and "--no-refine" in card
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "ship_model.py"), str(run), "tiny", "--average", "9",
+                        "--models-dir", str(tmp_path / "models")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1 and "--average 9" in r.stderr
