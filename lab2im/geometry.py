@@ -263,6 +263,16 @@ def argmax_on_grid(scores: np.ndarray, source_affine: np.ndarray, target_shape, 
             inside = _inside_mask(t2s @ shift, part.shape[:3], scores.shape[:3])
             out[start:stop] = np.where(inside, np.argmax(part, axis=-1), fill)
         return out
+    for sl, part, inside in _separable_slabs(scores, t2s, target_shape, slab):
+        channels = np.argmax(part, axis=-1).astype(np.int32)
+        channels[~inside] = fill
+        out[sl] = channels
+    return out
+
+
+def _separable_slabs(scores, t2s, target_shape, slab: int):
+    """``(slice, values, inside)`` per slab of the target's first axis: ``scores`` interpolated
+    linearly (two taps per axis; ``t2s`` maps target to source voxels and must be diagonal)."""
     taps = [_linear_taps(scores.shape[d], t2s[d, d] * np.arange(target_shape[d]) + t2s[d, 3]) for d in range(3)]
     work = scores.astype(np.result_type(scores.dtype, np.float32), copy=False)
     (y0, y1, wy, iny), (z0, z1, wz, inz) = taps[1], taps[2]
@@ -275,10 +285,43 @@ def argmax_on_grid(scores: np.ndarray, source_affine: np.ndarray, target_shape, 
         part = work[x0[sl]] * (1 - w) + work[x1[sl]] * w
         part = part[:, y0] * (1 - wy) + part[:, y1] * wy
         part = part[:, :, z0] * (1 - wz) + part[:, :, z1] * wz
-        channels = np.argmax(part, axis=-1).astype(np.int32)
-        channels[~(inx[sl, None, None] & inside_yz[None])] = fill
-        out[sl] = channels
-    return out
+        yield sl, part, inx[sl, None, None] & inside_yz[None]
+
+
+def interpolate_at(scores: np.ndarray, source_affine: np.ndarray, target_affine: np.ndarray, mask: np.ndarray,
+                   slab: int = 16) -> np.ndarray:
+    """``scores`` interpolated linearly at the target voxels where ``mask`` is true.
+
+    Equal to ``resample_to_grid(scores, source_affine, mask.shape, target_affine, order=1)[mask]``
+    without the whole resampled ``(X, Y, Z, C)`` array (slabs, and the separable two-tap path of
+    :func:`argmax_on_grid` when the grids' axes are parallel).
+
+    Args:
+        scores: ``(X, Y, Z, C)`` on the grid of ``source_affine``.
+        mask: bool array of the target grid's shape (the grid of ``target_affine``).
+
+    Returns:
+        ``(M, C)`` values of the ``M`` masked voxels, in ``np.argwhere(mask)`` order.
+    """
+    scores = np.asarray(scores)
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return np.zeros((0, scores.shape[-1]), scores.dtype)
+    # only the mask's bounding box (same raster order of the masked voxels)
+    lo = [int(np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != d)))[0]) for d in range(3)]
+    hi = [int(np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != d)))[-1]) + 1 for d in range(3)]
+    mask = mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    shift = np.eye(4)
+    shift[:3, 3] = lo
+    target_affine = np.asarray(target_affine, np.float64) @ shift
+    t2s = np.linalg.solve(np.asarray(source_affine, np.float64), target_affine)
+    if not np.allclose(t2s[:3, :3], np.diag(np.diag(t2s[:3, :3])), rtol=0, atol=1e-9):
+        return resample_to_grid(scores, source_affine, mask.shape, target_affine, order=1, fill=0)[mask]
+    parts = []
+    for sl, part, inside in _separable_slabs(scores, t2s, mask.shape, slab):
+        part[~inside] = 0
+        parts.append(part[mask[sl]])
+    return np.concatenate(parts, axis=0) if parts else np.zeros((0, scores.shape[-1]), scores.dtype)
 
 
 def _linear_taps(n: int, coords: np.ndarray):

@@ -40,6 +40,10 @@ ITERATIONS = 4
 MIN_BRAIN = 0.5
 #: a structure with less total posterior mass (voxels) than this is left out
 MIN_VOXELS = 10.0
+#: at most this many voxels estimate the means and variances (see :func:`refine_mixture`)
+FIT_VOXELS = 250_000
+#: voxels per chunk of the last pass over all voxels (memory)
+CHUNK = 250_000
 
 
 def refine_posteriors(image, posteriors, background_channel: int, prior_floor: float = PRIOR_FLOOR,
@@ -73,22 +77,90 @@ def refine_posteriors(image, posteriors, background_channel: int, prior_floor: f
     if found.sum() < 2:
         return post
     kept = [k for k, f in zip(brain, found) if f]
-    prior = share[:, found]
-    prior /= prior.sum(axis=1, keepdims=True)
-    prior = (prior + prior_floor) / (1.0 + prior.shape[1] * prior_floor)
-    log_prior = np.log(prior)
-    intensity = image[mask].astype(np.float64)
-    q = prior
-    for _ in range(int(iterations)):
-        weight = q.sum(axis=0) + 1e-6
-        mean = (intensity @ q) / weight
-        var = ((intensity ** 2) @ q) / weight - mean ** 2
-        var = np.maximum(var, 1e-4 + 0.01 * var.max())
-        log_q = log_prior - 0.5 * np.log(var) - 0.5 * (intensity[:, None] - mean) ** 2 / var
-        log_q -= log_q.max(axis=1, keepdims=True)
-        q = np.exp(log_q)
-        q /= q.sum(axis=1, keepdims=True)
+    q = refine_mixture(image[mask], share[:, found], prior_floor, iterations)
     inside[:, brain] = 0.0
-    inside[:, kept] = (q * brain_p[mask][:, None]).astype(np.float32)
+    inside[:, kept] = q * brain_p[mask][:, None]
     post[mask] = inside
     return post
+
+
+def refine_mixture(intensity, prior, prior_floor: float = PRIOR_FLOOR, iterations: int = ITERATIONS,
+                   fit_voxels: int = FIT_VOXELS) -> np.ndarray:
+    """The EM of :func:`refine_posteriors` on voxels given as a list.
+
+    The means and variances are estimated on at most ``fit_voxels`` voxels (every n-th one,
+    spread over the whole list); the responsibilities of all voxels are then computed once
+    from them, in chunks, so a 1 mm brain (two million voxels) costs about one pass.
+
+    Args:
+        intensity: ``(M,)`` intensities of the voxels.
+        prior: ``(M, K)`` the network's probabilities of the ``K`` structures taking part
+            (each row is renormalised, then mixed with the flat ``prior_floor``).
+
+    Returns:
+        ``(M, K)`` float32 responsibilities (rows sum to 1).
+    """
+    intensity = np.asarray(intensity, dtype=np.float64)
+    prior = np.asarray(prior, dtype=np.float32)
+
+    def log_prior(rows):
+        p = rows.astype(np.float64)
+        p /= np.maximum(p.sum(axis=1, keepdims=True), 1e-12)
+        return np.log((p + prior_floor) / (1.0 + p.shape[1] * prior_floor))
+
+    def responsibilities(values, log_p, mean, var):
+        log_q = log_p - 0.5 * np.log(var) - 0.5 * (values[:, None] - mean) ** 2 / var
+        log_q -= log_q.max(axis=1, keepdims=True)
+        q = np.exp(log_q)
+        return q / q.sum(axis=1, keepdims=True)
+
+    step = max(1, -(-len(intensity) // int(fit_voxels)))
+    fit_values, fit_log_prior = intensity[::step], log_prior(prior[::step])
+    q = np.exp(fit_log_prior)
+    mean = var = None
+    for _ in range(int(iterations)):
+        weight = q.sum(axis=0) + 1e-6
+        mean = (fit_values @ q) / weight
+        var = ((fit_values ** 2) @ q) / weight - mean ** 2
+        var = np.maximum(var, 1e-4 + 0.01 * var.max())
+        q = responsibilities(fit_values, fit_log_prior, mean, var)
+    if step == 1:
+        return q.astype(np.float32)
+    out = np.empty(prior.shape, np.float32)
+    for i in range(0, len(intensity), CHUNK):
+        out[i:i + CHUNK] = responsibilities(intensity[i:i + CHUNK], log_prior(prior[i:i + CHUNK]), mean, var)
+    return out
+
+
+def refine_on_finer_grid(posteriors, affine, background_channel: int, image, image_affine,
+                         min_brain: float = MIN_BRAIN, min_voxels: float = MIN_VOXELS, **settings):
+    """Refine on a finer grid than the posteriors' (a 1 mm scan segmented by a 2 mm network).
+
+    The posteriors are interpolated linearly at the centres of ``image``'s voxels that the
+    network gives to the brain (more than ``min_brain``), and refined there with ``image``'s
+    own intensities (:func:`refine_mixture`), so boundaries follow the scan at its resolution.
+
+    Args:
+        posteriors: ``(X, Y, Z, K)`` on the grid of ``affine`` (the network grid).
+        image: ``(x, y, z)`` intensities on the grid of ``image_affine`` (the scan's own voxels).
+        settings: ``prior_floor``, ``iterations`` (see :func:`refine_mixture`).
+
+    Returns:
+        ``(mask, channels)``: the refined voxels of ``image``'s grid (bool ``(x, y, z)``) and their
+        most likely channel (int32 ``(M,)``); ``None`` when there is nothing to refine.
+    """
+    from lab2im.geometry import interpolate_at, resample_to_grid
+
+    post = np.asarray(posteriors, dtype=np.float32)
+    background = resample_to_grid(post[..., background_channel], affine, image.shape, image_affine, order=1, fill=1.0)
+    mask = background < 1.0 - min_brain
+    if not mask.any():
+        return None
+    brain = [k for k in range(post.shape[-1]) if k != background_channel]
+    sampled = interpolate_at(post[..., brain], affine, image_affine, mask)
+    found = sampled.sum(axis=0) >= min_voxels
+    if found.sum() < 2:
+        return None
+    q = refine_mixture(np.asarray(image, np.float32)[mask], sampled[:, found], **settings)
+    kept = np.asarray(brain)[found]
+    return mask, kept[np.argmax(q, axis=1)].astype(np.int32)

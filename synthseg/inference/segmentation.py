@@ -17,7 +17,7 @@ from lab2im.volumes import merge_stray_components
 from synthseg.inference.model import SegmentationModel, background_channel
 from synthseg.inference.postprocessing import clean_posteriors, structure_volumes
 from synthseg.inference.preprocessing import Prepared, parse_crop, prepare_volume
-from synthseg.inference.refinement import refine_posteriors
+from synthseg.inference.refinement import refine_on_finer_grid, refine_posteriors
 from synthseg.inference.tiling import (
     DEFAULT_TILE,
     DEFAULT_TILE_OVERLAP,
@@ -44,6 +44,9 @@ class Segmentation:
             cleaned too.
         raw_counts: ``(K,)`` voxels of each channel in the network's argmax before the clean-up
             (for :meth:`qc_scores`; ``None``: as after it).
+        refined: the posteriors were refined by the scan's intensities
+            (:mod:`synthseg.inference.refinement`); on a scan with finer voxels than the
+            network's, the native-grid labels are then refined again at the scan's resolution.
     """
 
     prepared: Prepared
@@ -52,6 +55,10 @@ class Segmentation:
     labels: np.ndarray
     cleaned: bool = True
     raw_counts: np.ndarray | None = None
+    refined: bool = False
+
+    def __post_init__(self):
+        self._canonical = None
 
     @property
     def affine(self) -> np.ndarray:
@@ -80,16 +87,39 @@ class Segmentation:
         (so the result is the argmax of :meth:`native_posteriors`): a model coarser than the
         scan gives smooth, sub-voxel boundaries instead of blocks of network voxels. Computed in
         slabs of :data:`NATIVE_SLAB` voxels (:func:`lab2im.geometry.argmax_on_grid`) to bound memory.
+        When the posteriors were :attr:`refined` and the scan's voxels are finer than the
+        network's, the brain voxels are then refined at the scan's own resolution with its own
+        intensities (:func:`synthseg.inference.refinement.refine_on_finer_grid`).
         """
         prep = self.prepared
         if not prep.resampled:
             return self.segmentation
-        reo = prep.reorientation
-        channels = argmax_on_grid(self.posteriors, prep.affine, reo.canonical_shape, reo.canonical_affine,
-                                  fill=self.background_channel, slab=NATIVE_SLAB)
-        if self.cleaned:  # interpolation leaves islands at boundaries: one piece per structure here too
-            channels = merge_stray_components(channels, self.background_channel)
-        return self.labels[channels]
+        if self._canonical is None:
+            reo = prep.reorientation
+            channels = argmax_on_grid(self.posteriors, prep.affine, reo.canonical_shape, reo.canonical_affine,
+                                      fill=self.background_channel, slab=NATIVE_SLAB)
+            if self.native_refined:
+                from lab2im.normalisation import normalise_intensities
+
+                image = normalise_intensities(np.asarray(prep.canonical_image, np.float32))
+                found = refine_on_finer_grid(self.posteriors, prep.affine, self.background_channel, image,
+                                             reo.canonical_affine)
+                if found is not None:
+                    channels[found[0]] = found[1]
+            if self.cleaned:  # interpolation leaves islands at boundaries: one piece per structure here too
+                channels = merge_stray_components(channels, self.background_channel)
+            self._canonical = channels
+        return self.labels[self._canonical]
+
+    @property
+    def native_refined(self) -> bool:
+        """The native-grid labels are refined at the scan's resolution (see :meth:`canonical_segmentation`):
+        refined posteriors, a resampled scan, and some axis of the scan finer than the network's."""
+        prep = self.prepared
+        if not (self.refined and prep.resampled and prep.canonical_image is not None):
+            return False
+        native = voxel_size_of(prep.reorientation.canonical_affine)
+        return bool(np.any(native < 0.95 * voxel_size_of(prep.affine)))
 
     def native_posteriors(self) -> np.ndarray:
         """Posteriors on the input's own grid (linear interpolation when it was resampled)."""
@@ -120,7 +150,16 @@ class Segmentation:
         those structures, so it contributes exactly one voxel volume: the structures' volumes
         sum to the segmented volume, and each is its voxel count give or take the partial
         volume at its boundary. The background's entry is its voxel count.
+
+        When the labels are refined at the scan's own, finer resolution (:attr:`native_refined`),
+        the volumes are instead the voxel counts of :meth:`canonical_segmentation` times the
+        scan's voxel volume, so that they stay those of the segmentation the user gets.
         """
+        if self.native_refined:
+            self.canonical_segmentation()  # computed once, kept
+            counts = np.bincount(self._canonical.ravel(), minlength=self.labels.size)
+            voxel = float(np.prod(voxel_size_of(self.prepared.reorientation.canonical_affine)))
+            return {int(label): float(c) * voxel for label, c in zip(self.labels, counts)}
         sums = structure_volumes(self.posteriors, self.channels, self.background_channel)
         return {int(label): float(s) * self.voxel_volume for label, s in zip(self.labels, sums)}
 
@@ -192,7 +231,8 @@ def segment_prepared(prep: Prepared, model: SegmentationModel, flip: bool, clean
         post = slice_posteriors(model, image, flip, prep.window)
     else:
         post = tiled_posteriors(model, image, prep.window, flip, tile_size, tile_overlap)
-    if model.refine if refine is None else refine:
+    refined = bool(model.refine if refine is None else refine)
+    if refined:
         post = refine_posteriors(prep.image, post, model.background_channel)
     raw = np.bincount(np.argmax(post, axis=-1).ravel(), minlength=post.shape[-1])
     if cleanup:
@@ -200,4 +240,4 @@ def segment_prepared(prep: Prepared, model: SegmentationModel, flip: bool, clean
     else:
         channels = np.argmax(post, axis=-1).astype(np.int32)
     return Segmentation(prepared=prep, channels=channels, posteriors=post, labels=model.labels, cleaned=cleanup,
-                        raw_counts=raw)
+                        raw_counts=raw, refined=refined)

@@ -72,3 +72,35 @@ def test_nothing_to_refine_and_bad_input():
     np.testing.assert_array_equal(refine_posteriors(image, empty, 0), empty)  # no brain
     with pytest.raises(ValueError, match="not on one grid"):
         refine_posteriors(image[:-1], post, 0)
+
+
+def test_on_a_finer_scan_the_boundary_follows_the_scan_between_network_voxels():
+    """A 1 mm scan segmented by a 2 mm network: the network's posteriors put the boundary on its
+    own 2 mm grid and 2 mm off; refined at the scan's resolution, the 1 mm labels follow the scan
+    (the true boundary falls between two network voxels)."""
+    from lab2im.geometry import argmax_on_grid
+    from synthseg.inference.refinement import refine_on_finer_grid
+
+    rng = np.random.default_rng(1)
+    fine_shape = (40, 24, 24)
+    truth = np.zeros(fine_shape, int)
+    truth[6:34, 6:18, 6:18] = 1
+    truth[21:34, 6:18, 6:18] = 2  # boundary at x = 21 mm (odd: inside a 2 mm voxel)
+    image = np.where(truth == 1, 0.3, np.where(truth == 2, 0.8, 0.0)) + rng.normal(0, 0.04, fine_shape)
+    coarse = np.zeros((20, 12, 12, 3), np.float32)
+    coarse[..., 0] = 1
+    brain = np.zeros((20, 12, 12), bool)
+    brain[3:17, 3:9, 3:9] = True
+    x = (np.arange(20) * 2 + 0.5)[:, None, None] * np.ones((20, 12, 12))
+    p2 = 1 / (1 + np.exp(-(x - 25.0) / 2.0))  # the network's boundary at 25 mm
+    coarse[brain] = np.stack([np.full(brain.sum(), 0.01), 0.99 * (1 - p2[brain]), 0.99 * p2[brain]], -1)
+    coarse_affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    coarse_affine[:3, 3] = 0.5  # 2 mm voxel centres at 0.5, 2.5, ... mm: fine voxels 0-1, 2-3, ...
+    fine_affine = np.eye(4)
+    plain = argmax_on_grid(coarse, coarse_affine, fine_shape, fine_affine)
+    mask, channels = refine_on_finer_grid(coarse, coarse_affine, 0, image.astype(np.float32), fine_affine)
+    refined = plain.copy()
+    refined[mask] = channels
+    assert dice(plain == 2, truth == 2) < 0.85
+    assert dice(refined == 2, truth == 2) > 0.97 and dice(refined == 1, truth == 1) > 0.97
+    assert not np.any(mask & (truth == 0) & (plain == 0))  # background stays the network's

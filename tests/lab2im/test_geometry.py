@@ -192,3 +192,24 @@ def test_canonical_affine_is_the_affine_of_the_reoriented_volume():
     canonical, reo = reorient_to_canonical(Volume(rng.random((5, 6, 7)), affine))
     np.testing.assert_allclose(reo.canonical_affine, canonical.affine)
     assert reo.canonical_shape == canonical.shape
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_interpolate_at_equals_resampling_then_masking(parallel):
+    """``interpolate_at``: the masked voxels of the linear resampling, without the whole array
+    (separable path for parallel axes, general resampling otherwise)."""
+    from lab2im.geometry import interpolate_at, resample_to_grid
+
+    rng = np.random.default_rng(3)
+    scores = rng.random((10, 12, 9, 3)).astype(np.float32)
+    source = np.diag([2.0, 2.0, 2.0, 1.0])
+    source[:3, 3] = [1, -2, 3]
+    target = np.diag([1.0, 1.0, 1.0, 1.0]) if parallel else \
+        np.array([[0, 1.0, 0, 0], [1.0, 0, 0, 0], [0, 0, 1.5, 0], [0, 0, 0, 1]])
+    mask = rng.random((20, 24, 14)) > 0.6
+    mask[:3] = False  # the bounding box is not the grid
+    got = interpolate_at(scores, source, target, mask)
+    want = resample_to_grid(scores, source, mask.shape, target, order=1, fill=0)[mask]
+    assert got.shape == (mask.sum(), 3)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert interpolate_at(scores, source, target, np.zeros_like(mask)).shape == (0, 3)
