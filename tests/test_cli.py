@@ -124,6 +124,12 @@ def test_train_preset_fills_what_flags_do_not_say():
         TRAIN_DEFAULTS["steps"], TRAIN_DEFAULTS["learning_rate"], TRAIN_DEFAULTS["base_features"], None)
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "run", "--preset", "no-such-recipe"])
+    # a recipe's generator settings reach the run, beside the crop
+    from synthseg.training.train_command import generator_overrides
+
+    args = parser.parse_args(["train", "maps/", "run", "--preset", "cpu5b", "--crop", "32"])
+    assert generator_overrides(args, settings(args)[3]) == {**recipe("cpu5b").generator, "output_shape": (32, 32, 32)}
+    assert generator_overrides(parser.parse_args(["train", "maps/", "run"]), None) == {}
 
 
 @pytest.mark.slow

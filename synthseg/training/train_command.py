@@ -154,6 +154,17 @@ def generator_options(args):
     return GeneratorOptions.from_dict(fields, source=str(args.options or args.priors))
 
 
+def generator_overrides(args, crop) -> dict:
+    """Generator fields of a new run besides its options: the ``--preset`` recipe's own
+    (e.g. ``resolution_prob``) and the crop."""
+    from synthseg.training.recipes import recipe
+
+    overrides = dict(recipe(args.preset).generator) if args.preset else {}
+    if crop:
+        overrides["output_shape"] = (crop,) * 3
+    return overrides
+
+
 def _plain_training_options(**fields):
     from synthseg.training.synthetic import TrainingOptions
 
@@ -181,11 +192,7 @@ def run(args) -> int:
     else:
         labels, options, unet, crop = settings(args)
         generator = generator_options(args)
-        overrides = {"output_shape": (crop,) * 3} if crop else {}
-        if args.preset:
-            from synthseg.training.recipes import recipe
-
-            overrides = {**recipe(args.preset).generator, **overrides}
-        result = training(labels, args.model_dir, generator=generator, unet=unet, options=options, **overrides)
+        result = training(labels, args.model_dir, generator=generator, unet=unet, options=options,
+                          **generator_overrides(args, crop))
     print(f"trained to step {result.step} (last loss {result.last_loss}); model: {result.model_dir / 'unet_last.keras'}")
     return 0
