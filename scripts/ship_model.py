@@ -43,6 +43,10 @@ learns that non-brain tissue can look like anything. Because one training map is
 """
 
 
+#: labels under this Dice on their own synthetic crops are listed as weak on the card
+WEAK_DICE = 0.3
+
+
 def read_log(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
@@ -86,8 +90,8 @@ def last_dice_per_label(path: Path) -> tuple[int, dict[str, float]] | None:
 
 
 def card(name: str, run: Path, options: dict, log: list[dict], network: str, params: int, n_labels: int,
-         accuracy: dict | None, reproduce: str, where: str, history: str = "", averaged=(), dest: Path | None = None
-         ) -> str:
+         accuracy: dict | None, reproduce: str, where: str, history: str = "", averaged=(), dest: Path | None = None,
+         limits=()) -> str:
     dest = dest or ROOT / "models" / name
     from synthseg.training.callbacks import cumulative_seconds
 
@@ -117,7 +121,9 @@ def card(name: str, run: Path, options: dict, log: list[dict], network: str, par
              f"features, batch norm {u.get('batch_norm')}.",
              f"- Optimiser: Adam, learning rate {t['learning_rate']:g} ({t['lr_schedule']} schedule), "
              f"{t['warmup_steps']} steps of weighted cross-entropy, then soft Dice"
-             + (f" with {t['ce_after_warmup']:g} of cross-entropy kept" if t.get("ce_after_warmup") else "") + ".",
+             + (f" with {t['ce_after_warmup']:g} of "
+                + ("voxel-wise (uniform) " if t.get("ce_weighting") == "uniform" else "")
+                + "cross-entropy kept" if t.get("ce_after_warmup") else "") + ".",
              *([f"- Started from the weights of `{Path(t['init_weights']).parent.name}/{Path(t['init_weights']).name}`"
                 + (f" ({history})" if history else "") + "; the steps above are this run's."]
                if t.get("init_weights") else []),
@@ -157,7 +163,8 @@ def card(name: str, run: Path, options: dict, log: list[dict], network: str, par
               "- Trained on two label maps of two brains (both MNI templates), so anatomical variability "
               "comes only from the synthetic deformations.",
               "- Trained for far fewer steps than SynthSeg (300,000 on a GPU); small structures are the "
-              "least accurate. Retrain on a GPU with `--preset synthseg` for a 1 mm model.", ""]
+              "least accurate. Retrain on a GPU with `--preset synthseg` for a 1 mm model.",
+              *(f"- {text}" for text in limits), ""]
     return "\n".join(lines)
 
 
@@ -175,6 +182,8 @@ def main(argv=None) -> int:
                         help="where the model folder NAME is written (default: the repository's models/)")
     parser.add_argument("--average", type=int, default=0, metavar="K",
                         help="ship the mean weights of the run's last K checkpoints (default: its network file)")
+    parser.add_argument("--limit", action="append", default=[], metavar="TEXT",
+                        help="a known limit of this network for the card (repeat for several)")
     parser.add_argument("--curve", type=Path, default=None,
                         help="learning-curve PNG (benchmarks/learning_curve.py) to ship as learning_curve.png")
     args = parser.parse_args(argv)
@@ -225,17 +234,22 @@ def main(argv=None) -> int:
     if args.curve:
         shutil.copyfile(args.curve, dest / "learning_curve.png")
     text = card(args.name, args.run, options, log, network.name, int(model.network.count_params()),
-                int(model.labels.size), accuracy, args.reproduce, args.where, args.history, averaged, dest)
+                int(model.labels.size), accuracy, args.reproduce, args.where, args.history, averaged, dest,
+                args.limit)
     per_label = last_dice_per_label(args.run / "dice_per_label.csv")
     if per_label:
         step, dice = per_label
         from synthseg.training.callbacks import DEAD_DICE
 
         dead = [k for k, v in dice.items() if v < DEAD_DICE]
+        weak = [k for k, v in dice.items() if DEAD_DICE <= v < WEAK_DICE]
         if dead:  # present in the training crops (absent labels score 1) but not predicted
             text = text.replace("## Limits\n\n", "## Limits\n\n- **Never predicted:** "
                                 + ", ".join(dead) + f" (Dice < {DEAD_DICE} on the synthetic training crops at "
                                 f"step {step:,}): the network assigns those voxels to other labels.\n", 1)
+        if weak:
+            text = text.replace("## Limits\n\n", "## Limits\n\n- **Weak:** " + ", ".join(weak)
+                                + f" (Dice < {WEAK_DICE} on the synthetic training crops at step {step:,}).\n", 1)
         text += (f"\n## Dice per label on synthetic crops (checkpoint at step {step:,})\n\n"
                  + "| label | Dice |\n| --- | --- |\n" + "".join(f"| {k} | {v:.3f} |\n" for k, v in dice.items()))
     (dest / "MODEL_CARD.md").write_text(text)

@@ -123,7 +123,7 @@ RECIPES = {r.name: r for r in [
                          lr_schedule="constant")),
 ]}
 #: the recipe of the model shipped in ``models/synthseg_2mm``
-SHIPPED = "cpu"
+SHIPPED = "cpu5b"
 
 
 def recipe(name: str) -> Recipe:

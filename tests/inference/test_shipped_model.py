@@ -17,8 +17,8 @@ from synthseg.inference.model import MODELS_DIR, default_model_path, load_model
 
 ROOT = Path(__file__).resolve().parents[2]
 # floors well under the measured values in models/*/MODEL_CARD.md: a regression, not a target
-MIN_TISSUE_DICE_2MM_T1 = 0.5  # measured 0.584 (MODEL_CARD.md)
-MAX_OUTSIDE_BRAIN_ML_2MM_T1 = 10.0  # brain labels > 10 mm outside the brain mask: measured 4.7 mL
+MIN_TISSUE_DICE_2MM_T1 = 0.65  # measured 0.707 with the refinement, 0.611 without (MODEL_CARD.md)
+MAX_OUTSIDE_BRAIN_ML_2MM_T1 = 5.0  # brain labels > 10 mm outside the brain mask: measured 0.9 mL
 
 
 def test_shipped_model_folder_is_complete_and_small():
