@@ -223,8 +223,12 @@ def main(argv=None) -> int:
         network_in_dtype(model.network, "float32").save(network)
     else:
         shutil.copyfile(network, dest / network.name)
-    for f in ("labels.npy", "options.json"):
-        shutil.copyfile(args.run / f, dest / f)
+    shutil.copyfile(args.run / "labels.npy", dest / "labels.npy")
+    spec_text = json.loads((args.run / "options.json").read_text())
+    init = (spec_text.get("training") or {}).get("init_weights")
+    if init and Path(init).is_absolute() and Path(init).resolve().is_relative_to(ROOT):
+        spec_text["training"]["init_weights"] = str(Path(init).resolve().relative_to(ROOT))  # no machine's path
+    (dest / "options.json").write_text(json.dumps(spec_text, indent=2) + "\n")
     spec = read_spec(args.run).require("synthetic", hint=": the model card describes synthetic training")
     options = spec.sections
     log = read_log(args.run / "training_log.csv")
