@@ -84,7 +84,7 @@ class Segmentation:
 
         When nothing was resampled the labels are only moved (exact). Otherwise each native
         voxel gets the most likely label of the posteriors interpolated linearly at its centre
-        (so the result is the argmax of :meth:`native_posteriors`): a model coarser than the
+        (so, unless refined again as below, the result is the argmax of :meth:`native_posteriors`): a model coarser than the
         scan gives smooth, sub-voxel boundaries instead of blocks of network voxels. Computed in
         slabs of :data:`NATIVE_SLAB` voxels (:func:`lab2im.geometry.argmax_on_grid`) to bound memory.
         When the posteriors were :attr:`refined` and the scan's voxels are finer than the
