@@ -73,11 +73,11 @@ def refine_posteriors(image, posteriors, background_channel: int, prior_floor: f
         return post
     inside = post[mask]
     found = inside[:, brain].sum(axis=0) >= min_voxels
-    share = inside[:, brain] / brain_p[mask][:, None]  # (M, K-1): the network's prior among brain structures
     if found.sum() < 2:
         return post
     kept = [k for k, f in zip(brain, found) if f]
-    q = refine_mixture(image[mask], share[:, found], prior_floor, iterations)
+    # the prior among brain structures (refine_mixture renormalises each voxel's row)
+    q = refine_mixture(image[mask], inside[:, kept], prior_floor, iterations)
     inside[:, brain] = 0.0
     inside[:, kept] = q * brain_p[mask][:, None]
     post[mask] = inside
