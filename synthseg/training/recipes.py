@@ -69,6 +69,14 @@ class Recipe:
         return f"python scripts/train_synthseg.py {run_dir} --preset {self.name}"
 
 
+#: what the cpu5 family shares: the 2 mm network, Dice + 0.5 voxel-wise cross-entropy from the
+#: start, cosine decay, every checkpoint kept (learning curves, weight averaging)
+_CPU_UNET = dict(n_levels=5, base_features=16)
+_CPU5_TRAINING = dict(steps_per_checkpoint=250, warmup_steps=0, ce_after_warmup=0.5, ce_weighting="uniform",
+                      lr_schedule="cosine", keep_checkpoints=0)
+#: cpu5b's milder degradation: half the samples at full resolution, a finer, smaller deformation
+_CPU5B_GENERATOR = dict(resolution_prob=0.5, nonlin_scale=0.08, nonlin_std=3.0)
+
 RECIPES = {r.name: r for r in [
     Recipe("small", "visible progress on 2 CPU cores in minutes (docs/training.md has the measured curve)",
            voxel_mm=2.0, crop=64, unet=dict(n_levels=4, base_features=8),
@@ -98,32 +106,22 @@ RECIPES = {r.name: r for r in [
                          ce_after_warmup=0.1, lr_schedule="cosine", keep_checkpoints=0)),
     Recipe("cpu5", "issue 12, the loss test: cpu3's last committed weights, half soft Dice and half voxel-wise "
            "(uniform) cross-entropy as nnU-Net, so cortex and white matter weigh by their volume",
-           voxel_mm=2.0, crop=64, unet=dict(n_levels=5, base_features=16),
-           init_weights="models/continue/cpu3_step2000_fp16.keras",
-           training=dict(steps=6_000, steps_per_checkpoint=250, learning_rate=3e-4, warmup_steps=0,
-                         ce_after_warmup=0.5, ce_weighting="uniform", lr_schedule="cosine", keep_checkpoints=0)),
+           voxel_mm=2.0, crop=64, unet=_CPU_UNET, init_weights="models/continue/cpu3_step2000_fp16.keras",
+           training=dict(_CPU5_TRAINING, steps=6_000, learning_rate=3e-4)),
     Recipe("cpu5b", "issue 12, the augmentation test: cpu5, with half the samples at full resolution and a "
            "finer, smaller nonlinear deformation (grid 0.08 x the crop, std up to 3 voxels)",
-           voxel_mm=2.0, crop=64, unet=dict(n_levels=5, base_features=16),
-           init_weights="models/continue/cpu3_step2000_fp16.keras",
-           generator=dict(resolution_prob=0.5, nonlin_scale=0.08, nonlin_std=3.0),
-           training=dict(steps=6_000, steps_per_checkpoint=250, learning_rate=3e-4, warmup_steps=0,
-                         ce_after_warmup=0.5, ce_weighting="uniform", lr_schedule="cosine", keep_checkpoints=0)),
+           voxel_mm=2.0, crop=64, unet=_CPU_UNET, init_weights="models/continue/cpu3_step2000_fp16.keras",
+           generator=_CPU5B_GENERATOR, training=dict(_CPU5_TRAINING, steps=6_000, learning_rate=3e-4)),
     Recipe("cpu5c", "issue 12, the partial-volume test: cpu5b from its step-1250 weights, every sample also "
            "blurred by U(0, 1) voxels per axis (SynthSeg blurs >= 0.5 voxel even at full resolution; without it "
            "the network never sees the partial-volume intensities of real 2 mm scans)",
-           voxel_mm=2.0, crop=64, unet=dict(n_levels=5, base_features=16),
-           init_weights="models/continue/cpu5b_step1250_fp16.keras",
-           generator=dict(resolution_prob=0.5, nonlin_scale=0.08, nonlin_std=3.0, blur_sigma=1.0),
-           training=dict(steps=4_750, steps_per_checkpoint=250, learning_rate=2.8e-4, warmup_steps=0,
-                         ce_after_warmup=0.5, ce_weighting="uniform", lr_schedule="cosine", keep_checkpoints=0)),
+           voxel_mm=2.0, crop=64, unet=_CPU_UNET, init_weights="models/continue/cpu5b_step1250_fp16.keras",
+           generator=dict(_CPU5B_GENERATOR, blur_sigma=1.0),
+           training=dict(_CPU5_TRAINING, steps=4_750, learning_rate=2.8e-4)),
     Recipe("cpu6", "issue 12, the next step: cpu5b's settings continued from the shipped network (its learning curve "
            "was still rising, 0.52 -> 0.59 for the network alone over its last 3,000 steps), 10,000 steps",
-           voxel_mm=2.0, crop=64, unet=dict(n_levels=5, base_features=16),
-           init_weights="models/synthseg_2mm/unet_last.keras",
-           generator=dict(resolution_prob=0.5, nonlin_scale=0.08, nonlin_std=3.0),
-           training=dict(steps=10_000, steps_per_checkpoint=250, learning_rate=2e-4, warmup_steps=0,
-                         ce_after_warmup=0.5, ce_weighting="uniform", lr_schedule="cosine", keep_checkpoints=8)),
+           voxel_mm=2.0, crop=64, unet=_CPU_UNET, init_weights="models/synthseg_2mm/unet_last.keras",
+           generator=_CPU5B_GENERATOR, training=dict(_CPU5_TRAINING, steps=10_000, learning_rate=2e-4, keep_checkpoints=8)),
     Recipe("synthseg", "the reference configuration (SynthSeg 1.0's network and crop), for a GPU",
            voxel_mm=1.0, crop=160, unet=dict(n_levels=5, base_features=24),
            training=dict(steps=300_000, steps_per_checkpoint=1000, learning_rate=1e-4, warmup_steps=1000,
