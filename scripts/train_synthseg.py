@@ -23,6 +23,7 @@ from synthseg.backend_choice import BACKENDS  # noqa: E402  (imports no Keras)
 from synthseg.training.recipes import RECIPES, recipe  # noqa: E402  (nor this)
 
 BACKEND_FILE = "BACKEND"  # the Keras backend a run trains on, so that a resume keeps it
+PRESET_FILE = "PRESET"  # the recipe a run trains, so that a resume keeps its label maps
 
 
 def choose_backend(args) -> tuple[str, bool]:
@@ -54,13 +55,29 @@ def choose_backend(args) -> tuple[str, bool]:
     return backend, mixed
 
 
-def RecordBackend(run_dir: Path, backend: str):
-    """A Keras callback writing ``run_dir/BACKEND`` when training starts (the folder exists then)."""
+def resolve_preset(args) -> str:
+    """``--preset``, else for ``--resume`` the recipe recorded in ``RUN_DIR/PRESET`` (so a resumed
+    run keeps its label maps), else ``small``."""
+    if args.preset is not None:
+        return args.preset
+    recorded = args.run_dir / PRESET_FILE
+    if not (args.resume and recorded.is_file()):
+        return "small"
+    name = recorded.read_text().strip()
+    if name not in RECIPES:
+        raise ValueError(f"{recorded}: unknown recipe {name!r}")
+    return name
+
+
+def RecordBackend(run_dir: Path, backend: str, preset: str):
+    """A Keras callback writing ``run_dir/BACKEND`` and ``run_dir/PRESET`` when training starts
+    (the folder exists then)."""
     import keras
 
     class _Record(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
             (run_dir / BACKEND_FILE).write_text(backend + "\n")
+            (run_dir / PRESET_FILE).write_text(preset + "\n")
 
     return _Record()
 
@@ -68,8 +85,9 @@ def RecordBackend(run_dir: Path, backend: str):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--preset", choices=sorted(RECIPES), default="small",
-                        help="training recipe (synthseg.training.recipes; default: small)")
+    parser.add_argument("--preset", choices=sorted(RECIPES), default=None,
+                        help="training recipe (synthseg.training.recipes; default: small, or with --resume the "
+                             "run's own, from RUN_DIR/PRESET)")
     parser.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
@@ -90,30 +108,34 @@ def main(argv=None) -> int:
                              "backend is timed, else float32; a resumed run keeps its own)")
     parser.add_argument("--cache-dir", type=Path, default=None)
     args = parser.parse_args(argv)
+    try:
+        args.preset = resolve_preset(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     backend, mixed = choose_backend(args)
 
     from lab2im.errors import InputError
-    from synthseg.data.training_labels import training_label_maps
     from synthseg.training.synthetic import TrainingOptions, training
 
     preset = recipe(args.preset)
     try:
-        labels = training_label_maps(preset.voxel_mm, args.cache_dir)
+        labels = preset.label_maps(args.cache_dir)
         if args.maps:
-            missing = [m for m in args.maps if not (labels / f"{m}.nii.gz").is_file()]
+            stems = sorted({p.name[:-7] for p in labels})
+            missing = [m for m in args.maps if m not in stems]
             if missing:
-                raise InputError(f"no training label map named {missing} (have "
-                                 f"{sorted(p.name[:-7] for p in labels.glob('*.nii.gz'))})", labels)
-            labels = [labels / f"{m}.nii.gz" for m in args.maps]
+                raise InputError(f"no training label map named {missing} (have {stems})", labels[0].parent)
+            labels = [p for p in labels if p.name[:-7] in args.maps]
         if args.resume:
             options = TrainingOptions(steps=args.steps) if args.steps else None
             result = training(labels, args.run_dir, options=options, resume=True,
-                              callbacks=[RecordBackend(args.run_dir, backend)])
+                              callbacks=[RecordBackend(args.run_dir, backend, preset.name)])
         else:
             options = preset.training_options(seed=args.seed, steps=args.steps, ce_after_warmup=args.ce_after_warmup,
                                               init_weights=args.init_weights, mixed_precision=mixed or None)
             result = training(labels, args.run_dir, unet=preset.unet_options(), options=options,
-                              output_shape=(preset.crop,) * 3, callbacks=[RecordBackend(args.run_dir, backend)],
+                              output_shape=(preset.crop,) * 3, callbacks=[RecordBackend(args.run_dir, backend, preset.name)],
                               **preset.generator)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -369,6 +369,38 @@ def bound_csf(labels: np.ndarray, voxel_mm, max_mm: float = MAX_CSF_MM) -> tuple
     return out, int(far.sum())
 
 
+def thin_csf(labels: np.ndarray, voxel_mm, remove_mm: float) -> tuple[np.ndarray, int]:
+    """Move the skull and scalp ``remove_mm`` closer to the brain, over the CSF between them.
+
+    Every extra-cerebral CSF (24) voxel within ``remove_mm`` of a non-brain voxel (skull,
+    soft tissue or background) takes that nearest voxel's label; CSF deeper in, in the sulci
+    and next to the brain, is kept. The subarachnoid space is thin in young adults and wide
+    in atrophied brains, and in T1 it is as dark as the skull: maps with several layer
+    thicknesses make a network read where the CSF ends instead of assuming one thickness.
+
+    Args:
+        labels: protocol label map ``(X, Y, Z)``.
+        voxel_mm: voxel size (mm), scalar or per axis.
+        remove_mm: how far (mm) the outer boundary of the CSF moves in; 0 changes nothing.
+
+    Returns:
+        ``(labels, number of voxels changed)`` (a copy when any changed).
+    """
+    if remove_mm <= 0:
+        return labels, 0
+    outside = np.isin(labels, (protocol.BACKGROUND, protocol.SKULL, protocol.SOFT_TISSUE))
+    csf = labels == protocol.CSF
+    if not outside.any() or not csf.any():
+        return labels, 0
+    distance, index = ndimage.distance_transform_edt(~outside, sampling=voxel_mm, return_indices=True)
+    near = csf & (distance <= remove_mm + 1e-6)
+    if not near.any():
+        return labels, 0
+    out = labels.copy()
+    out[near] = labels[tuple(i[near] for i in index)]
+    return out, int(near.sum())
+
+
 # ----------------------------------------------------------------------------- checks
 def check_sides(labels: np.ndarray, affine: np.ndarray, what: str) -> None:
     """Every left structure must lie at world x < 0 and every right one at x > 0 (centroids).
@@ -465,16 +497,18 @@ def build_training_labels(out_dir, cache_dir=None) -> list[Path]:
     return written
 
 
-def training_label_maps(voxel_mm: float = 1.0, cache_dir=None) -> Path:
+def training_label_maps(voxel_mm: float = 1.0, cache_dir=None, thin_csf_mm: float = 0.0) -> Path:
     """Folder of the training label maps at ``voxel_mm`` mm, built and cached on first use.
 
     The 1 mm maps are :func:`build_training_labels`' output in ``<cache>/training_labels``;
-    other voxel sizes are resampled from them (nearest neighbour, so no new labels) into
-    ``<cache>/training_labels_<voxel_mm>mm``.
+    with ``thin_csf_mm`` > 0 their CSF layer is thinned by :func:`thin_csf` into
+    ``<cache>/training_labels_thin<thin_csf_mm>mm``. Other voxel sizes are resampled from the
+    1 mm maps (nearest neighbour, so no new labels) into a folder named with ``_<voxel_mm>mm``.
     """
     from lab2im.geometry import resample_volume
 
-    base = datasets.cache_root(cache_dir) / "training_labels"
+    root = datasets.cache_root(cache_dir)
+    base = root / "training_labels"
     stamp = base / "VERSION"
     current = stamp.read_text().strip() if stamp.exists() else ""
     if len(list(base.glob("*.nii.gz"))) < 2 or current != MAPS_VERSION:
@@ -482,9 +516,18 @@ def training_label_maps(voxel_mm: float = 1.0, cache_dir=None) -> Path:
             old.unlink()  # maps of an older build: rebuilt, and their resampled copies too
         build_training_labels(base, cache_dir)
         stamp.write_text(MAPS_VERSION + "\n")
+    if thin_csf_mm > 0:
+        thin = root / f"training_labels_thin{thin_csf_mm:g}mm"
+        thin.mkdir(parents=True, exist_ok=True)
+        for f in sorted(base.glob("*.nii.gz")):
+            if not (thin / f.name).exists():
+                vol = load_volume(f)
+                labels, _ = thin_csf(np.asarray(vol.data, OUTPUT_DTYPE), VOXEL_MM, thin_csf_mm)
+                save_volume(labels, thin / f.name, affine=vol.affine, dtype=OUTPUT_DTYPE)
+        base = thin
     if voxel_mm == VOXEL_MM:
         return base
-    folder = datasets.cache_root(cache_dir) / f"training_labels_{voxel_mm:g}mm"
+    folder = base.parent / f"{base.name}_{voxel_mm:g}mm"
     folder.mkdir(parents=True, exist_ok=True)
     for f in sorted(base.glob("*.nii.gz")):
         out = folder / f.name

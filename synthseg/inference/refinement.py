@@ -149,6 +149,24 @@ def refine_on_finer_grid(posteriors, affine, background_channel: int, image, ima
         ``(mask, channels)``: the refined voxels of ``image``'s grid (bool ``(x, y, z)``) and their
         most likely channel (int32 ``(M,)``); ``None`` when there is nothing to refine.
     """
+    found = refined_rows_on_finer_grid(posteriors, affine, background_channel, image, image_affine,
+                                       min_brain, min_voxels, **settings)
+    if found is None:
+        return None
+    mask, channels, rows = found
+    return mask, channels[np.argmax(rows, axis=1)].astype(np.int32)
+
+
+def refined_rows_on_finer_grid(posteriors, affine, background_channel: int, image, image_affine,
+                               min_brain: float = MIN_BRAIN, min_voxels: float = MIN_VOXELS, **settings):
+    """:func:`refine_on_finer_grid`'s refined posteriors themselves.
+
+    Returns:
+        ``(mask, channels, rows)``: the refined voxels of ``image``'s grid (bool ``(x, y, z)``), the
+        channels taking part (int ``(C,)``) and their posteriors there (float32 ``(M, C)``; each
+        row sums to the voxel's interpolated brain probability, the rest being background);
+        ``None`` when there is nothing to refine.
+    """
     from lab2im.geometry import interpolate_at, resample_to_grid
 
     post = np.asarray(posteriors, dtype=np.float32)
@@ -162,5 +180,5 @@ def refine_on_finer_grid(posteriors, affine, background_channel: int, image, ima
     if found.sum() < 2:
         return None
     q = refine_mixture(np.asarray(image, np.float32)[mask], sampled[:, found], **settings)
-    kept = np.asarray(brain)[found]
-    return mask, kept[np.argmax(q, axis=1)].astype(np.int32)
+    q *= np.clip(1.0 - background[mask], 0.0, 1.0)[:, None]
+    return mask, np.asarray(brain)[found], q

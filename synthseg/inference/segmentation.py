@@ -17,7 +17,7 @@ from lab2im.volumes import merge_stray_components
 from synthseg.inference.model import SegmentationModel, background_channel
 from synthseg.inference.postprocessing import clean_posteriors, structure_volumes
 from synthseg.inference.preprocessing import Prepared, parse_crop, prepare_volume
-from synthseg.inference.refinement import refine_on_finer_grid, refine_posteriors
+from synthseg.inference.refinement import refine_on_finer_grid, refine_posteriors, refined_rows_on_finer_grid
 from synthseg.inference.tiling import (
     DEFAULT_TILE,
     DEFAULT_TILE_OVERLAP,
@@ -122,12 +122,33 @@ class Segmentation:
         return bool(np.any(native < 0.95 * voxel_size_of(prep.affine)))
 
     def native_posteriors(self) -> np.ndarray:
-        """Posteriors on the input's own grid (linear interpolation when it was resampled)."""
-        out = self._to_native(self.posteriors, order=1)
-        if self.prepared.resampled:
-            outside = out.sum(axis=-1) <= 0
-            out[outside, self.background_channel] = 1
-        return out
+        """Posteriors on the input's own grid (linear interpolation when it was resampled).
+
+        When the labels are refined at the scan's resolution (:attr:`native_refined`), so are
+        these, by the same refinement: in the brain voxels it refines, each structure's
+        posterior is its share of the interpolated brain probability."""
+        if not self.native_refined:
+            out = self._to_native(self.posteriors, order=1)
+            if self.prepared.resampled:
+                outside = out.sum(axis=-1) <= 0
+                out[outside, self.background_channel] = 1
+            return out
+        from lab2im.normalisation import normalise_intensities
+
+        prep, reo = self.prepared, self.prepared.reorientation
+        out = resample_to_grid(self.posteriors, prep.affine, reo.canonical_shape, reo.canonical_affine, order=1, fill=0)
+        outside = out.sum(axis=-1) <= 0
+        out[outside, self.background_channel] = 1
+        image = normalise_intensities(np.asarray(prep.canonical_image, np.float32))
+        found = refined_rows_on_finer_grid(self.posteriors, prep.affine, self.background_channel, image,
+                                           reo.canonical_affine)
+        if found is not None:
+            mask, channels, rows = found
+            inside = out[mask]
+            inside[:, [k for k in range(out.shape[-1]) if k != self.background_channel]] = 0.0
+            inside[:, channels] = rows
+            out[mask] = inside
+        return reo.undo(out)
 
     def _to_native(self, data: np.ndarray, order: int) -> np.ndarray:
         prep = self.prepared

@@ -37,6 +37,8 @@ class Recipe:
             :func:`synthseg.brain_options`' defaults.
         init_weights: U-Net weights (``.keras``) the run starts from, relative to the
             repository; ``None``: random initialisation.
+        thin_csf_mm: the public training maps are used once per entry, with their CSF layer
+            thinned by that many mm (:func:`synthseg.data.training_labels.thin_csf`; 0: as built).
     """
 
     name: str
@@ -47,6 +49,15 @@ class Recipe:
     training: dict = field(default_factory=dict)
     generator: dict = field(default_factory=dict)
     init_weights: str | None = None
+    thin_csf_mm: tuple[float, ...] = (0.0,)
+
+    def label_maps(self, cache_dir=None) -> list:
+        """Paths of the public training label maps this recipe trains on (built and cached on
+        first use, at :attr:`voxel_mm`)."""
+        from synthseg.data.training_labels import training_label_maps
+
+        return [path for mm in self.thin_csf_mm
+                for path in sorted(training_label_maps(self.voxel_mm, cache_dir, thin_csf_mm=mm).glob("*.nii.gz"))]
 
     def unet_options(self):
         from synthseg.nn.unet import UNetOptions
@@ -122,6 +133,12 @@ RECIPES = {r.name: r for r in [
            "was still rising, 0.52 -> 0.59 for the network alone over its last 3,000 steps), 10,000 steps",
            voxel_mm=2.0, crop=64, unet=_CPU_UNET, init_weights="models/synthseg_2mm/unet_last.keras",
            generator=_CPU5B_GENERATOR, training=dict(_CPU5_TRAINING, steps=10_000, learning_rate=2e-4, keep_checkpoints=8)),
+    Recipe("cpu7", "issue 12, the CSF-layer test: cpu6, on the public maps as built and with their extra-cerebral "
+           "CSF thinned by 1 and 2 mm (thin_csf: the skull moves in), so the layer's thickness must be read from the "
+           "image instead of assumed",
+           voxel_mm=2.0, crop=64, unet=_CPU_UNET, init_weights="models/synthseg_2mm/unet_last.keras",
+           generator=_CPU5B_GENERATOR, thin_csf_mm=(0.0, 1.0, 2.0),
+           training=dict(_CPU5_TRAINING, steps=10_000, learning_rate=2e-4, keep_checkpoints=8)),
     Recipe("synthseg", "the reference configuration (SynthSeg 1.0's network and crop), for a GPU",
            voxel_mm=1.0, crop=160, unet=dict(n_levels=5, base_features=24),
            training=dict(steps=300_000, steps_per_checkpoint=1000, learning_rate=1e-4, warmup_steps=1000,

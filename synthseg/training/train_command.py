@@ -96,9 +96,9 @@ def settings(args):
     if labels is None:
         if r is None:
             raise InputError("give the training label maps (LABELS), or a --preset to train on the public ones")
-        from synthseg.data.training_labels import training_label_maps
+        from dataclasses import replace
 
-        labels = training_label_maps(args.voxel_size or r.voxel_mm)
+        labels = replace(r, voxel_mm=args.voxel_size or r.voxel_mm).label_maps()
     elif args.voxel_size:
         labels = resampled_label_maps(labels, args.voxel_size, Path(args.model_dir) / RESAMPLED_MAPS)
     return labels, options, unet, crop

@@ -305,6 +305,23 @@ def test_bound_csf_keeps_a_thin_layer_around_the_brain():
     assert script.bound_csf(labels, 2.0, max_mm=3.0)[1] > changed
 
 
+def test_thin_csf_moves_the_skull_in_and_keeps_the_csf_next_to_the_brain():
+    script = _load_script()
+    labels = np.full((40, 40, 40), 165, np.int32)  # skull ...
+    labels[8:32, 8:32, 8:32] = 24  # ... over a 4 mm CSF layer ...
+    labels[12:28, 12:28, 12:28] = 3  # ... around a cortex block
+    labels[12:28, 12:28, 19:21] = 24  # with a sulcus in it, far from the skull
+    out, changed = script.thin_csf(labels, 1.0, remove_mm=2.0)
+    gone = (labels == 24) & (out != 24)
+    assert changed == int(gone.sum()) > 0 and np.all(out[gone] == 165)
+    assert np.all(out[8:10, 12:28, 12:28] == 165) and np.all(out[10:12, 12:28, 12:28] == 24)  # 4 mm -> 2 mm
+    assert np.all(out[12:28, 12:28, 19:21] == 24)  # the sulcus stays
+    np.testing.assert_array_equal(out[labels != 24], labels[labels != 24])
+    # 2 mm voxels: 2 mm is one voxel; nothing to remove: unchanged, no copy
+    assert script.thin_csf(labels, 2.0, remove_mm=2.0)[1] < changed
+    assert script.thin_csf(labels, 1.0, remove_mm=0.0) == (labels, 0)
+
+
 # ----------------------------------------------------------------------------- network
 @pytest.fixture(scope="session")
 def network_cache(tmp_path_factory):

@@ -104,3 +104,65 @@ def test_on_a_finer_scan_the_boundary_follows_the_scan_between_network_voxels():
     assert dice(plain == 2, truth == 2) < 0.85
     assert dice(refined == 2, truth == 2) > 0.97 and dice(refined == 1, truth == 1) > 0.97
     assert not np.any(mask & (truth == 0) & (plain == 0))  # background stays the network's
+
+
+def test_refined_rows_on_a_finer_grid_share_the_brain_probability():
+    """The refined posteriors themselves: each row sums to the interpolated brain probability,
+    and their argmax is refine_on_finer_grid's labels."""
+    from synthseg.inference.refinement import refine_on_finer_grid, refined_rows_on_finer_grid
+
+    rng = np.random.default_rng(2)
+    shape = (20, 12, 12)
+    coarse = np.zeros(shape + (3,), np.float32)
+    coarse[..., 0] = 1
+    coarse[4:16, 3:9, 3:9] = (0.1, 0.5, 0.4)
+    fine = rng.normal(0.5, 0.2, (40, 24, 24)).astype(np.float32)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    mask, channels, rows = refined_rows_on_finer_grid(coarse, affine, 0, fine, np.eye(4))
+    assert list(channels) == [1, 2] and rows.shape == (mask.sum(), 2) and mask.sum() > 1000
+    assert np.all((rows.sum(1) > 0.5) & (rows.sum(1) <= 1.0 + 1e-5))
+    assert np.allclose(rows.sum(1)[rows.sum(1) > 0.89], 0.9, atol=1e-4)  # inside: 1 - background
+    mask2, labels = refine_on_finer_grid(coarse, affine, 0, fine, np.eye(4))
+    np.testing.assert_array_equal(mask2, mask)
+    np.testing.assert_array_equal(labels, channels[np.argmax(rows, 1)])
+
+
+def test_a_finer_scans_native_posteriors_are_refined_like_its_labels():
+    """A 1 mm (LAS) scan and a 2 mm model: the labels are refined at 1 mm, and the posteriors
+    written beside them (--post) are the same refinement, not the interpolated network output."""
+    import keras
+
+    from lab2im.io import Volume
+    from synthseg.inference.model import SegmentationModel
+    from synthseg.inference.segmentation import segment_volume
+
+    inp = keras.Input((None, None, None, 1))
+    conv = keras.layers.Conv3D(3, 1)
+    net = keras.Model(inp, keras.layers.Activation("softmax")(conv(inp)))
+    # background where the normalised intensity is low; labels 5 (mid) and 6 (bright), both unsure
+    conv.set_weights([np.array([0.0, 10.0, 12.0], np.float32).reshape(1, 1, 1, 1, 3),
+                      np.array([0.0, -2.0, -3.5], np.float32)])
+    model = SegmentationModel(net, labels=[0, 5, 6], voxel_size=2.0, refine=True)
+    rng = np.random.default_rng(0)
+    shape = (40, 36, 38)
+    x, y, z = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    ball = (x - 20) ** 2 + (y - 18) ** 2 + (z - 19) ** 2 <= 14 ** 2
+    data = rng.normal(5, 1, shape).astype(np.float32)
+    data[ball] = np.where(x[ball] < 17, 40.0, 90.0) + rng.normal(0, 2, ball.sum())
+    affine = np.array([[-1.0, 0, 0, 40], [0, 1, 0, -20], [0, 0, 1, 5], [0, 0, 0, 1]])
+    seg = segment_volume(Volume(data, affine), model, flip=False, cleanup=False)
+    assert seg.refined and seg.native_refined
+    labels = seg.native_segmentation()
+    post = seg.native_posteriors()
+    assert post.shape == shape + (3,)
+    np.testing.assert_allclose(post.sum(-1), 1.0, atol=1e-4)
+    brain = labels != 0
+    argmax = np.asarray(model.labels)[np.argmax(post, -1)]
+    assert brain.sum() > 5000 and np.mean(argmax[brain] == labels[brain]) > 0.99
+    truth = np.where(ball, np.where(x < 17, 5, 6), 0)
+    assert np.mean(argmax[ball] == truth[ball]) > 0.95
+    # refined, not the interpolated network output: the background's share is the network's, the
+    # brain's is redistributed between the two tissues by the scan's intensities
+    plain = seg._to_native(seg.posteriors, order=1)
+    np.testing.assert_allclose(post[brain, 0], plain[brain, 0], atol=1e-4)
+    assert np.abs(post[brain, 1:] - plain[brain, 1:]).max(-1).mean() > 0.05

@@ -48,6 +48,22 @@ def test_train_script_backend_flag_environment_and_recorded_run(tmp_path, monkey
 
 
 @pytest.mark.slow
+def test_a_resumed_run_keeps_its_recipe(tmp_path):
+    """``--resume`` without ``--preset`` trains the recipe recorded in the run (its label maps)."""
+    script = _script()
+    args = Namespace(run_dir=tmp_path, resume=True, preset=None)
+    assert script.resolve_preset(args) == "small"  # nothing recorded
+    (tmp_path / script.PRESET_FILE).write_text("cpu7\n")
+    assert script.resolve_preset(args) == "cpu7"
+    args.resume = False
+    assert script.resolve_preset(args) == "small"  # a new run does not read it
+    args.preset = "cpu6"
+    assert script.resolve_preset(args) == "cpu6"
+    (tmp_path / script.PRESET_FILE).write_text("nonsense\n")
+    with pytest.raises(ValueError, match="unknown recipe 'nonsense'"):
+        script.resolve_preset(Namespace(run_dir=tmp_path, resume=True, preset=None))
+
+
 def test_precision_is_timed_too_and_the_fastest_pair_wins():
     lines = []
     backend, mixed = backend_choice.fastest_setting(2, 4, 16, candidates=["tensorflow"], report=lines.append)

@@ -403,6 +403,32 @@ def test_every_recipe_is_valid_options_and_its_start_weights_are_committed():
     assert RECIPES["cpu5b"].generator["resolution_prob"] == 0.5
 
 
+def test_a_recipe_with_thinned_csf_trains_on_every_variant_of_the_maps(tmp_path, monkeypatch):
+    """``thin_csf_mm``: the public maps once per entry, the thinned ones built from the cached 1 mm
+    maps (no download: a fake cache of the right version) and resampled to the recipe's voxels."""
+    import nibabel as nib
+
+    from synthseg.data import training_labels
+    from synthseg.training.recipes import recipe
+
+    base = tmp_path / "training_labels"
+    base.mkdir()
+    labels = np.full((24, 24, 24), 165, np.int32)
+    labels[4:20, 4:20, 4:20] = 24
+    labels[8:16, 8:16, 8:16] = 3
+    for name in ("a", "b"):
+        nib.save(nib.Nifti1Image(labels, np.eye(4)), base / f"{name}.nii.gz")
+    (base / "VERSION").write_text(training_labels.MAPS_VERSION + "\n")
+    monkeypatch.setenv("SYNTHSEG_DATA", str(tmp_path))
+    paths = recipe("cpu7").label_maps()
+    assert [p.parent.name for p in paths] == ["training_labels_2mm"] * 2 + ["training_labels_thin1mm_2mm"] * 2 + [
+        "training_labels_thin2mm_2mm"] * 2
+    csf = [int((np.asarray(nib.load(p).dataobj) == 24).sum()) for p in paths[::2]]
+    assert csf[0] > csf[1] > csf[2] > 0
+    assert nib.load(paths[-1]).shape == (12, 12, 12)
+    assert len(recipe("cpu6").label_maps()) == 2
+
+
 @pytest.mark.slow
 def test_ship_model_averages_the_last_checkpoints_into_a_float32_network(label_dir, tmp_path):
     """``scripts/ship_model.py --average K``: the shipped network holds the mean of the run's last
