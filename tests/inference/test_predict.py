@@ -297,6 +297,32 @@ def test_qc_scores_confidence_times_coherence_per_group():
     assert per["cerebral cortex"] == 0.0 and per["hippocampus+amygdala"] == 0.0  # segmented by the model, not found
     assert per["thalamus"] is None  # not a label of this model
     assert overall == pytest.approx(per["white matter"] / 3)
+    # refined posteriors: the confidence is the network's own margin, not theirs
+    margin = np.full(channels.shape, 0.5, np.float32)
+    refined = P.Segmentation(prepared=prep, channels=channels, posteriors=post, labels=labels, raw_counts=raw,
+                             refined=True, network_margin=margin)
+    assert refined.qc_scores()[1]["white matter"] == pytest.approx(0.5 * (216 / 324))
+
+
+def test_qc_of_a_refined_segmentation_is_the_networks_confidence():
+    """segment_volume keeps the margin of the network's posteriors from before the refinement."""
+    from synthseg.inference.segmentation import posterior_margin
+
+    inp = keras.Input((None, None, None, 1))
+    conv = keras.layers.Conv3D(3, 1)
+    net = keras.Model(inp, keras.layers.Activation("softmax")(conv(inp)))
+    conv.set_weights([np.array([0.0, 4.0, 5.0], np.float32).reshape(1, 1, 1, 1, 3),
+                      np.array([0.0, -1.0, -2.5], np.float32)])
+    model = P.SegmentationModel(net, labels=[0, 2, 41], voxel_size=1.0, refine=True)
+    rng = np.random.default_rng(0)
+    data = rng.normal(5, 1, (24, 24, 24)).astype(np.float32)
+    data[4:20, 4:20, 4:12] = 50 + rng.normal(0, 2, (16, 16, 8))
+    data[4:20, 4:20, 12:20] = 90 + rng.normal(0, 2, (16, 16, 8))
+    seg = P.segment_volume(Volume(data, np.eye(4)), model, flip=False)
+    plain = P.segment_volume(Volume(data, np.eye(4)), model, flip=False, refine=False)
+    assert seg.refined and not plain.refined and plain.network_margin is None
+    np.testing.assert_allclose(seg.network_margin, posterior_margin(plain.posteriors), atol=1e-5)
+    assert not np.allclose(seg.posteriors, plain.posteriors, atol=0.05)  # the refinement changed them
 
 
 def test_native_labels_are_one_piece_per_structure():
