@@ -148,6 +148,8 @@ def plot(curves: dict[str, list[dict]], path: Path) -> Path:
     from synthseg.evaluation.plots import plt, save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+    for ax in axes:  # more curves than the default ten colours
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)
     for name, points in curves.items():
         for ax, key in zip(axes, ("step", "cpu_minutes")):
             xy = ([p[key] for p in points], [p["mean_dice"] for p in points])
