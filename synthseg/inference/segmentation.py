@@ -17,7 +17,7 @@ from lab2im.volumes import merge_stray_components
 from synthseg.inference.model import SegmentationModel, background_channel
 from synthseg.inference.postprocessing import clean_posteriors, structure_volumes
 from synthseg.inference.preprocessing import Prepared, parse_crop, prepare_volume
-from synthseg.inference.refinement import refine_on_finer_grid, refine_posteriors, refined_rows_on_finer_grid
+from synthseg.inference.refinement import refine_posteriors, refined_rows_on_finer_grid
 from synthseg.inference.tiling import (
     DEFAULT_TILE,
     DEFAULT_TILE_OVERLAP,
@@ -63,6 +63,7 @@ class Segmentation:
 
     def __post_init__(self):
         self._canonical = None
+        self._native_rows = None  # (result of _native_refinement,) once computed
 
     @property
     def affine(self) -> np.ndarray:
@@ -93,7 +94,7 @@ class Segmentation:
         slabs of :data:`NATIVE_SLAB` voxels (:func:`lab2im.geometry.argmax_on_grid`) to bound memory.
         When the posteriors were :attr:`refined` and the scan's voxels are finer than the
         network's, the brain voxels are then refined at the scan's own resolution with its own
-        intensities (:func:`synthseg.inference.refinement.refine_on_finer_grid`).
+        intensities (:func:`synthseg.inference.refinement.refined_rows_on_finer_grid`).
         """
         prep = self.prepared
         if not prep.resampled:
@@ -102,14 +103,10 @@ class Segmentation:
             reo = prep.reorientation
             channels = argmax_on_grid(self.posteriors, prep.affine, reo.canonical_shape, reo.canonical_affine,
                                       fill=self.background_channel, slab=NATIVE_SLAB)
-            if self.native_refined:
-                from lab2im.normalisation import normalise_intensities
-
-                image = normalise_intensities(np.asarray(prep.canonical_image, np.float32))
-                found = refine_on_finer_grid(self.posteriors, prep.affine, self.background_channel, image,
-                                             reo.canonical_affine)
-                if found is not None:
-                    channels[found[0]] = found[1]
+            found = self._native_refinement()
+            if found is not None:
+                mask, refined, rows = found
+                channels[mask] = refined[np.argmax(rows, axis=1)]
             if self.cleaned:  # interpolation leaves islands at boundaries: one piece per structure here too
                 channels = merge_stray_components(channels, self.background_channel)
             self._canonical = channels
@@ -137,15 +134,11 @@ class Segmentation:
                 outside = out.sum(axis=-1) <= 0
                 out[outside, self.background_channel] = 1
             return out
-        from lab2im.normalisation import normalise_intensities
-
         prep, reo = self.prepared, self.prepared.reorientation
         out = resample_to_grid(self.posteriors, prep.affine, reo.canonical_shape, reo.canonical_affine, order=1, fill=0)
         outside = out.sum(axis=-1) <= 0
         out[outside, self.background_channel] = 1
-        image = normalise_intensities(np.asarray(prep.canonical_image, np.float32))
-        found = refined_rows_on_finer_grid(self.posteriors, prep.affine, self.background_channel, image,
-                                           reo.canonical_affine)
+        found = self._native_refinement()
         if found is not None:
             mask, channels, rows = found
             inside = out[mask]
@@ -153,6 +146,22 @@ class Segmentation:
             inside[:, channels] = rows
             out[mask] = inside
         return reo.undo(out)
+
+    def _native_refinement(self):
+        """The refinement at the scan's resolution, computed once for the labels and the
+        posteriors: ``(mask, channels, rows)`` of :func:`refined_rows_on_finer_grid` on the
+        canonical grid, or ``None`` (not :attr:`native_refined`, or nothing to refine)."""
+        if not self.native_refined:
+            return None
+        if self._native_rows is None:
+            from lab2im.normalisation import normalise_intensities
+
+            prep = self.prepared
+            image = normalise_intensities(np.asarray(prep.canonical_image, np.float32))
+            found = refined_rows_on_finer_grid(self.posteriors, prep.affine, self.background_channel, image,
+                                               prep.reorientation.canonical_affine)
+            self._native_rows = (found,)
+        return self._native_rows[0]
 
     def _to_native(self, data: np.ndarray, order: int) -> np.ndarray:
         prep = self.prepared

@@ -308,11 +308,7 @@ def test_qc_of_a_refined_segmentation_is_the_networks_confidence():
     """segment_volume keeps the margin of the network's posteriors from before the refinement."""
     from synthseg.inference.segmentation import posterior_margin
 
-    inp = keras.Input((None, None, None, 1))
-    conv = keras.layers.Conv3D(3, 1)
-    net = keras.Model(inp, keras.layers.Activation("softmax")(conv(inp)))
-    conv.set_weights([np.array([0.0, 4.0, 5.0], np.float32).reshape(1, 1, 1, 1, 3),
-                      np.array([0.0, -1.0, -2.5], np.float32)])
+    net = conv_network(np.reshape([0.0, 4.0, 5.0], (1, 1, 1, 1, 3)), [0.0, -1.0, -2.5])
     model = P.SegmentationModel(net, labels=[0, 2, 41], voxel_size=1.0, refine=True)
     rng = np.random.default_rng(0)
     data = rng.normal(5, 1, (24, 24, 24)).astype(np.float32)

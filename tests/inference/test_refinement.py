@@ -130,18 +130,13 @@ def test_refined_rows_on_a_finer_grid_share_the_brain_probability():
 def test_a_finer_scans_native_posteriors_are_refined_like_its_labels():
     """A 1 mm (LAS) scan and a 2 mm model: the labels are refined at 1 mm, and the posteriors
     written beside them (--post) are the same refinement, not the interpolated network output."""
-    import keras
-
     from lab2im.io import Volume
     from synthseg.inference.model import SegmentationModel
     from synthseg.inference.segmentation import segment_volume
+    from tests.inference.test_predict import conv_network
 
-    inp = keras.Input((None, None, None, 1))
-    conv = keras.layers.Conv3D(3, 1)
-    net = keras.Model(inp, keras.layers.Activation("softmax")(conv(inp)))
     # background where the normalised intensity is low; labels 5 (mid) and 6 (bright), both unsure
-    conv.set_weights([np.array([0.0, 10.0, 12.0], np.float32).reshape(1, 1, 1, 1, 3),
-                      np.array([0.0, -2.0, -3.5], np.float32)])
+    net = conv_network(np.reshape([0.0, 10.0, 12.0], (1, 1, 1, 1, 3)), [0.0, -2.0, -3.5])
     model = SegmentationModel(net, labels=[0, 5, 6], voxel_size=2.0, refine=True)
     rng = np.random.default_rng(0)
     shape = (40, 36, 38)
