@@ -26,6 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from lab2im.io import atomic_output, atomic_write_text  # noqa: E402
 from synthseg.training.recipes import RECIPES, SHIPPED, recipe  # noqa: E402
 from synthseg.training.run_folder import read_spec  # noqa: E402
 
@@ -213,22 +214,26 @@ def main(argv=None) -> int:
             return 1
     dest = args.models_dir / args.name
     dest.mkdir(parents=True, exist_ok=True)
-    for stale in dest.glob("unet_*.keras"):
-        stale.unlink()
     if averaged or any(layer.dtype_policy.name != "float32" for layer in model.network.layers):
         from synthseg.training.checkpoints import network_in_dtype
 
         # float32: a network trained in mixed bfloat16 would run slowly on CPUs without bfloat16 units
         network = dest / "unet_last.keras"
-        network_in_dtype(model.network, "float32").save(network)
+        with atomic_output(network, ".keras") as tmp:
+            network_in_dtype(model.network, "float32").save(tmp)
     else:
-        shutil.copyfile(network, dest / network.name)
-    shutil.copyfile(args.run / "labels.npy", dest / "labels.npy")
+        with atomic_output(dest / network.name, ".keras") as tmp:
+            shutil.copyfile(network, tmp)
+    for stale in dest.glob("unet_*.keras"):  # the model folder never lacks a network, even if this fails
+        if stale.name != network.name:
+            stale.unlink()
+    with atomic_output(dest / "labels.npy", ".npy") as tmp:
+        shutil.copyfile(args.run / "labels.npy", tmp)
     spec_text = json.loads((args.run / "options.json").read_text())
     init = (spec_text.get("training") or {}).get("init_weights")
     if init and Path(init).is_absolute() and Path(init).resolve().is_relative_to(ROOT):
         spec_text["training"]["init_weights"] = str(Path(init).resolve().relative_to(ROOT))  # no machine's path
-    (dest / "options.json").write_text(json.dumps(spec_text, indent=2) + "\n")
+    atomic_write_text(dest / "options.json", json.dumps(spec_text, indent=2) + "\n")
     spec = read_spec(args.run).require("synthetic", hint=": the model card describes synthetic training")
     options = spec.sections
     log = read_log(args.run / "training_log.csv")
@@ -256,7 +261,7 @@ def main(argv=None) -> int:
                                 + f" (Dice < {WEAK_DICE} on the synthetic training crops at step {step:,}).\n", 1)
         text += (f"\n## Dice per label on synthetic crops (checkpoint at step {step:,})\n\n"
                  + "| label | Dice |\n| --- | --- |\n" + "".join(f"| {k} | {v:.3f} |\n" for k, v in dice.items()))
-    (dest / "MODEL_CARD.md").write_text(text)
+    atomic_write_text(dest / "MODEL_CARD.md", text)
     if log:
         curve(log, dest / "training_curve.png", f"{args.name}: training on synthetic scans")
     size = sum(p.stat().st_size for p in dest.iterdir()) / 2**20

@@ -443,9 +443,13 @@ def test_ship_model_averages_the_last_checkpoints_into_a_float32_network(label_d
     run = tmp_path / "run"
     training(label_dir, run, unet=TINY, options=quiet(steps=6, steps_per_checkpoint=2, mixed_precision=True,
                                                         keep_checkpoints=0, learning_rate=1e-2), **kw)
+    (tmp_path / "models" / "tiny").mkdir(parents=True)
+    (tmp_path / "models" / "tiny" / "unet_best.keras").write_bytes(b"an older network")  # replaced, not kept
     r = subprocess.run([sys.executable, str(REPO / "scripts" / "ship_model.py"), str(run), "tiny", "--average", "2",
                         "--models-dir", str(tmp_path / "models")], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "models" / "tiny").iterdir()) == [
+        "MODEL_CARD.md", "labels.npy", "options.json", "training_curve.png", "unet_last.keras"]  # no temporary files
     shipped = load_keras_model(tmp_path / "models" / "tiny" / "unet_last.keras", "shipped")
     assert {layer.dtype_policy.name for layer in shipped.layers} == {"float32"}
     expected = []
