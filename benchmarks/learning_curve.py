@@ -4,6 +4,7 @@
     python benchmarks/learning_curve.py runs/a=runs/a_kept --every 200    # checkpoints kept elsewhere
     python benchmarks/learning_curve.py runs/a --init models/synthseg_2mm/unet_last.keras
     python benchmarks/learning_curve.py runs/b --keep --after ab_dk:600   # b continued ab_dk's step 600
+    python benchmarks/learning_curve.py runs/b=new_ckpts --keep --extend  # add b's newer checkpoints
 
 Recipes are compared at equal budget: each run's checkpoints (``step-*.npz``) are restored and
 scored on development scans with the accuracy benchmark's measure (whole prediction pipeline,
@@ -14,6 +15,7 @@ and the training time to reach each checkpoint is read from the run's ``training
 keeps the curves already in the output file for runs not scored now (their folders may be
 gone), and ``--after NAME:STEP`` places the runs scored now after step STEP of the kept curve
 NAME (they started from its weights there): their steps and CPU minutes are counted from it.
+``--extend`` (with ``--keep``) adds the points to the run's kept curve instead of replacing it.
 ``--average K ...`` also scores, for each run, the mean weights of its last K scored
 checkpoints (stochastic weight averaging: no training cost), as a curve ``NAME+avg``.
 
@@ -144,6 +146,15 @@ def start_point(curves: dict[str, list[dict]], after: str | None) -> dict:
     return {k: v for k, v in points[0].items() if k != "continued"}
 
 
+def extended(kept: list[dict], new: list[dict]) -> list[dict]:
+    """``kept`` points with ``new`` added, in step order; a new point replaces a kept one at the
+    same step (``--extend``: score a run's latest checkpoints without scoring its earlier ones
+    again, or after they were deleted)."""
+    by_step = {p["step"]: p for p in kept}
+    by_step.update({p["step"]: p for p in new})
+    return [by_step[step] for step in sorted(by_step)]
+
+
 def plot(curves: dict[str, list[dict]], path: Path) -> Path:
     from synthseg.evaluation.plots import plt, save_figure
 
@@ -179,6 +190,9 @@ def main(argv=None) -> int:
                              "default: the networks alone, so that recipes are compared, not the pipeline")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "learning_curve.json")
     parser.add_argument("--keep", action="store_true", help="keep the output file's curves of other runs")
+    parser.add_argument("--extend", action="store_true",
+                        help="add the points to the run's kept curves (needs --keep) instead of replacing them: "
+                             "kept points at other steps stay")
     parser.add_argument("--after", default=None, metavar="NAME:STEP",
                         help="the runs continue the kept curve NAME from its step STEP (needs --keep)")
     parser.add_argument("--average", type=int, nargs="+", default=[], metavar="K",
@@ -188,6 +202,9 @@ def main(argv=None) -> int:
 
     from lab2im.errors import InputError
 
+    if args.extend and not args.keep:
+        print("error: --extend adds to the kept curves: it needs --keep", file=sys.stderr)
+        return 1
     curves = kept_curves(args.out) if args.keep else {}
     try:
         start = start_point(curves, args.after)
@@ -201,9 +218,11 @@ def main(argv=None) -> int:
                 point["cpu_minutes"] += start["cpu_minutes"]
                 if "averaged_steps" in point:
                     point["averaged_steps"] = [s + start["step"] for s in point["averaged_steps"]]
-            curves[run_dir.name] = ([dict(start, continued=args.after)] if args.after else []) + points
+            new = {run_dir.name: ([dict(start, continued=args.after)] if args.after else []) + points}
             if averaged:
-                curves[run_dir.name + "+avg"] = averaged
+                new[run_dir.name + "+avg"] = averaged
+            for name, points_of in new.items():
+                curves[name] = extended(curves.get(name, []), points_of) if args.extend else points_of
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

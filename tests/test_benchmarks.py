@@ -130,6 +130,19 @@ def test_generation_training_benchmark_quick(tmp_path, blocks_labels):
     assert "generation share" in r.stdout and data["settings"]["gpu"]["note"] in r.stdout
 
 
+def test_learning_curve_extend_keeps_earlier_points(tmp_path):
+    """benchmarks/learning_curve.py --extend: a run's new points join its kept curve in step order,
+    a point at a step already kept replaces it; without --keep it is refused (exit 1)."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.learning_curve import extended, main
+
+    kept = [{"step": 250, "mean_dice": 0.5}, {"step": 500, "mean_dice": 0.55}]
+    new = [{"step": 750, "mean_dice": 0.6}, {"step": 500, "mean_dice": 0.56}]
+    assert [(p["step"], p["mean_dice"]) for p in extended(kept, new)] == [(250, 0.5), (500, 0.56), (750, 0.6)]
+    assert extended([], new) == sorted(new, key=lambda p: p["step"])
+    assert main([str(tmp_path / "run"), "--extend", "--out", str(tmp_path / "lc.json")]) == 1
+
+
 def test_accuracy_tissue_helpers():
     """benchmarks/accuracy.py: ground truth = most likely class above 0.5; structures merge into
     GM/WM/CSF as synthseg.data.labels.tissue_groups says; Dice per tissue from hand-made maps."""
