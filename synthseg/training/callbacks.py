@@ -162,12 +162,43 @@ class Checkpointer(keras.callbacks.Callback):
         super().__init__()
         self.dir, self.train_model, self.unet = Path(model_dir), train_model, unet
         self.spc, self.keep = steps_per_checkpoint, keep
+        self.last_step = None  # the step of the last checkpoint written by this run
 
     def on_epoch_end(self, epoch, logs=None):
         step = (epoch + 1) * self.spc
         meta = {k: float(v) for k, v in (logs or {}).items()}
         save_periodic_checkpoint(self.dir, self.train_model, step, meta, self.keep)
         save_network(self.dir, self.unet, "unet_last.keras")
+        self.last_step = step
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """End training at the checkpoint after which another checkpoint interval (as long as the
+    last one) would overrun ``minutes`` of wall time, counted from the start of ``fit``; at
+    least one interval is trained. A run on a machine lent for a fixed time so stops with a
+    checkpoint to resume from exactly. Put it after the
+    :class:`Checkpointer` (``training(callbacks=...)`` does): the checkpoint is written first.
+
+    Attributes:
+        stopped: whether the budget ended the run.
+    """
+
+    def __init__(self, minutes: float):
+        super().__init__()
+        if not minutes > 0:
+            from lab2im.errors import InputError
+
+            raise InputError(f"the time budget must be > 0 minutes, got {minutes}")
+        self.seconds, self.stopped = 60.0 * minutes, False
+
+    def on_train_begin(self, logs=None):
+        self.start = self.last = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.monotonic()
+        interval, self.last = now - self.last, now
+        if now - self.start + interval > self.seconds:  # the next interval would likely overrun
+            self.model.stop_training, self.stopped = True, True
 
 
 class ProgressBar(keras.callbacks.Callback):

@@ -298,4 +298,5 @@ def training(labels_dir, model_dir, generator: GeneratorOptions | None = None, u
     model.fit(label_map_batches(data.maps, batch, options.seed, step), steps_per_epoch=spc,
               epochs=options.n_chunks, initial_epoch=start_chunk, callbacks=callbacks, verbose=0)
     raise_if_stopped(dead, model_dir)
-    return TrainingResult(model_dir, options.n_chunks * spc, log.last_loss)
+    # fewer steps than asked for when a callback (e.g. a TimeBudget) ended the run early
+    return TrainingResult(model_dir, keeper.last_step or start_chunk * spc, log.last_loss)

@@ -71,3 +71,8 @@ def test_precision_is_timed_too_and_the_fastest_pair_wins():
     assert len(lines) == 2 and any("mixed_bfloat16" in line for line in lines)
     assert not any("failed" in line for line in lines), lines  # both precisions run
     assert all(f == f.lower() for f in backend_choice.cpu_flags())
+
+
+def test_train_script_refuses_a_time_budget_of_no_minutes(tmp_path, capsys):
+    assert _script().main([str(tmp_path / "run"), "--minutes", "0"]) == 1
+    assert "--minutes 0" in capsys.readouterr().err and not (tmp_path / "run").exists()

@@ -95,6 +95,26 @@ def test_kill_and_resume_continues_the_same_curve(label_dir, tmp_path):
     np.testing.assert_allclose([r["dice"] for r in b], [r["dice"] for r in a], rtol=1e-4, atol=1e-6)
 
 
+def test_a_time_budget_stops_at_a_checkpoint_and_the_run_resumes(label_dir, tmp_path):
+    """TimeBudget: a budget shorter than one checkpoint interval ends the run at its first
+    checkpoint (the result says that step, not the total asked for); a resume trains to the end,
+    each step logged once. A budget of 0 minutes is refused."""
+    from synthseg.training.callbacks import TimeBudget
+
+    kw = dict(flip_prob=0.0, randomise_resolution=False, generation_labels=[0, 2, 3, 41, 42],
+              lr_pairs=[(2, 41), (3, 42)])
+    budget = TimeBudget(1e-6)
+    result = training(label_dir, tmp_path / "run", unet=TINY, callbacks=[budget],
+                      options=quiet(steps=6, steps_per_checkpoint=2, keep_checkpoints=0), **kw)
+    assert budget.stopped and result.step == 2
+    assert [r["step"] for r in read_log(tmp_path / "run")] == [1, 2]
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").glob("*.npz")] == ["step-0000002.npz"]
+    result = training(label_dir, tmp_path / "run", resume=True)
+    assert result.step == 6 and [r["step"] for r in read_log(tmp_path / "run")] == list(range(1, 7))
+    with pytest.raises(InputError, match="> 0 minutes"):
+        TimeBudget(0)
+
+
 @pytest.mark.slow
 def test_two_replicas_mirrored_strategy_on_cpu(label_dir, tmp_path):
     r = worker(label_dir, tmp_path / "run", 4, "--replicas", 2, "--strategy", "mirrored")
