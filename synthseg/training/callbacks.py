@@ -197,7 +197,8 @@ class TimeBudget(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         now = time.monotonic()
         interval, self.last = now - self.last, now
-        if now - self.start + interval > self.seconds:  # the next interval would likely overrun
+        last = epoch + 1 >= (self.params or {}).get("epochs", float("inf"))  # the run ends here anyway
+        if not last and now - self.start + interval > self.seconds:  # the next interval would likely overrun
             self.model.stop_training, self.stopped = True, True
 
 

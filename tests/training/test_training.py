@@ -97,8 +97,9 @@ def test_kill_and_resume_continues_the_same_curve(label_dir, tmp_path):
 
 def test_a_time_budget_stops_at_a_checkpoint_and_the_run_resumes(label_dir, tmp_path):
     """TimeBudget: a budget shorter than one checkpoint interval ends the run at its first
-    checkpoint (the result says that step, not the total asked for); a resume trains to the end,
-    each step logged once. A budget of 0 minutes is refused."""
+    checkpoint (the result says that step, not the total asked for); resumes go on one interval
+    at a time, and the one that reaches the end is not reported as stopped; each step is logged
+    once. A budget of 0 minutes is refused."""
     from synthseg.training.callbacks import TimeBudget
 
     kw = dict(flip_prob=0.0, randomise_resolution=False, generation_labels=[0, 2, 3, 41, 42],
@@ -109,8 +110,13 @@ def test_a_time_budget_stops_at_a_checkpoint_and_the_run_resumes(label_dir, tmp_
     assert budget.stopped and result.step == 2
     assert [r["step"] for r in read_log(tmp_path / "run")] == [1, 2]
     assert [p.name for p in (tmp_path / "run" / "checkpoints").glob("*.npz")] == ["step-0000002.npz"]
-    result = training(label_dir, tmp_path / "run", resume=True)
-    assert result.step == 6 and [r["step"] for r in read_log(tmp_path / "run")] == list(range(1, 7))
+    budget = TimeBudget(1e-6)  # over budget at every checkpoint, but the last one ends the run anyway
+    result = training(label_dir, tmp_path / "run", resume=True, callbacks=[budget])
+    assert result.step == 4 and budget.stopped
+    budget = TimeBudget(1e-6)
+    result = training(label_dir, tmp_path / "run", resume=True, callbacks=[budget])
+    assert result.step == 6 and not budget.stopped
+    assert [r["step"] for r in read_log(tmp_path / "run")] == list(range(1, 7))
     with pytest.raises(InputError, match="> 0 minutes"):
         TimeBudget(0)
 
