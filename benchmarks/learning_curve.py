@@ -148,11 +148,16 @@ def start_point(curves: dict[str, list[dict]], after: str | None) -> dict:
 
 def extended(kept: list[dict], new: list[dict]) -> list[dict]:
     """``kept`` points with ``new`` added, in step order; a new point replaces a kept one at the
-    same step (``--extend``: score a run's latest checkpoints without scoring its earlier ones
-    again, or after they were deleted)."""
-    by_step = {p["step"]: p for p in kept}
-    by_step.update({p["step"]: p for p in new})
-    return [by_step[step] for step in sorted(by_step)]
+    same step and of the same kind (``--extend``: score a run's latest checkpoints without
+    scoring its earlier ones again, or after they were deleted). The point a run continues from
+    (``--after``, marked ``continued``) and its initial weights scored at the same step
+    (``--init``) are different points: neither replaces the other."""
+    def key(p):
+        return p["step"], "continued" in p
+
+    by_key = {key(p): p for p in kept}
+    by_key.update({key(p): p for p in new})
+    return [by_key[k] for k in sorted(by_key, key=lambda k: (k[0], not k[1]))]
 
 
 def plot(curves: dict[str, list[dict]], path: Path) -> Path:

@@ -140,6 +140,9 @@ def test_learning_curve_extend_keeps_earlier_points(tmp_path):
     new = [{"step": 750, "mean_dice": 0.6}, {"step": 500, "mean_dice": 0.56}]
     assert [(p["step"], p["mean_dice"]) for p in extended(kept, new)] == [(250, 0.5), (500, 0.56), (750, 0.6)]
     assert extended([], new) == sorted(new, key=lambda p: p["step"])
+    start = {"step": 250, "mean_dice": 0.5, "continued": "a:250"}  # --after a:250, then --init at the same step
+    init = {"step": 250, "mean_dice": 0.4}
+    assert extended([start, init], [start, new[0]]) == [start, init, new[0]]
     assert main([str(tmp_path / "run"), "--extend", "--out", str(tmp_path / "lc.json")]) == 1
 
 
