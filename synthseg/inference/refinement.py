@@ -8,8 +8,13 @@ other half of the problem well: given a spatial prior, they fit one Gaussian per
 the scan's intensities and let each voxel's intensity move it across a boundary.
 
 :func:`refine_posteriors` does that with the network's posteriors as the prior, inside the brain
-(voxels the network gives to brain structures with probability above ``min_brain``; the
-brain/background decision stays the network's):
+(the voxels whose most likely label is a brain structure), and leaves the brain/background
+decision to the network: the background's posterior is never changed, and a voxel refined into
+one the background would win keeps the network's posteriors. (Refining every voxel whose brain
+posteriors *sum* above one half, as an earlier version did, handed background-argmax voxels at
+the head's edge to whichever structure their intensity fitted best: measured on the development
+set, that put 5.7 mL of extracerebral CSF in the neck of the 2 mm MNI T1 with the 1.5 mm network
+``cpu8``.)
 
 * **prior** ``pi_k(x)``: the network's posterior of structure ``k`` among brain structures,
   mixed with a floor (``(p + floor) / (1 + K floor)``) so that clear image evidence can move a
@@ -36,8 +41,6 @@ import numpy as np
 PRIOR_FLOOR = 0.01
 #: EM iterations
 ITERATIONS = 4
-#: voxels whose brain structures' posteriors sum to more than this are refined
-MIN_BRAIN = 0.5
 #: a structure with less total posterior mass (voxels) than this is left out
 MIN_VOXELS = 10.0
 #: at most this many voxels estimate the means and variances (see :func:`refine_mixture`)
@@ -47,28 +50,27 @@ CHUNK = 250_000
 
 
 def refine_posteriors(image, posteriors, background_channel: int, prior_floor: float = PRIOR_FLOOR,
-                      iterations: int = ITERATIONS, min_brain: float = MIN_BRAIN,
-                      min_voxels: float = MIN_VOXELS) -> np.ndarray:
+                      iterations: int = ITERATIONS, min_voxels: float = MIN_VOXELS) -> np.ndarray:
     """Posteriors refined by a Gaussian mixture of the scan's intensities (module docstring).
 
     Args:
         image: ``(X, Y, Z)`` intensities on the posteriors' grid (the network input).
         posteriors: ``(X, Y, Z, K)`` probabilities (summing to 1 over ``K``).
         background_channel: the channel of label 0; its posterior is never changed.
-        prior_floor, iterations, min_brain, min_voxels: see the module docstring.
+        prior_floor, iterations, min_voxels: see the module docstring.
 
     Returns:
         A new ``(X, Y, Z, K)`` float32 array: outside the refined voxels equal to
         ``posteriors``; inside, the background posterior unchanged and the brain structures'
-        share redistributed (rows still sum to 1).
+        share redistributed (rows still sum to 1). Its argmax is background exactly where
+        ``posteriors``' is.
     """
     post = np.array(posteriors, dtype=np.float32, copy=True)
     image = np.asarray(image, dtype=np.float32)
     if image.shape != post.shape[:-1]:
         raise ValueError(f"image {image.shape} and posteriors {post.shape} are not on one grid")
     brain = [k for k in range(post.shape[-1]) if k != background_channel]
-    brain_p = post[..., brain].sum(axis=-1)
-    mask = brain_p > min_brain
+    mask = brain_argmax(post[..., brain], post[..., background_channel])
     if not mask.any():
         return post
     inside = post[mask]
@@ -78,10 +80,24 @@ def refine_posteriors(image, posteriors, background_channel: int, prior_floor: f
     kept = [k for k, f in zip(brain, found) if f]
     # the prior among brain structures (refine_mixture renormalises each voxel's row)
     q = refine_mixture(image[mask], inside[:, kept], prior_floor, iterations)
-    inside[:, brain] = 0.0
-    inside[:, kept] = q * brain_p[mask][:, None]
+    q *= inside[:, brain].sum(axis=1)[:, None]
+    stays = brain_argmax(q, inside[:, background_channel])  # else the network's posteriors stay
+    refined = inside[stays]
+    refined[:, brain] = 0.0
+    refined[:, kept] = q[stays]
+    inside[stays] = refined
     post[mask] = inside
     return post
+
+
+def brain_argmax(brain, background) -> np.ndarray:
+    """Where the most likely label is a brain structure: bool, ``brain``'s shape less its last axis.
+
+    Args:
+        brain: ``(..., K)`` the brain structures' posteriors.
+        background: ``(...)`` the background's posterior (it wins ties, as label 0 does in an argmax).
+    """
+    return np.max(brain, axis=-1) > background
 
 
 def refine_mixture(intensity, prior, prior_floor: float = PRIOR_FLOOR, iterations: int = ITERATIONS,
@@ -133,12 +149,13 @@ def refine_mixture(intensity, prior, prior_floor: float = PRIOR_FLOOR, iteration
 
 
 def refine_on_finer_grid(posteriors, affine, background_channel: int, image, image_affine,
-                         min_brain: float = MIN_BRAIN, min_voxels: float = MIN_VOXELS, **settings):
+                         min_voxels: float = MIN_VOXELS, **settings):
     """Refine on a finer grid than the posteriors' (a 1 mm scan segmented by a 2 mm network).
 
-    The posteriors are interpolated linearly at the centres of ``image``'s voxels that the
-    network gives to the brain (more than ``min_brain``), and refined there with ``image``'s
-    own intensities (:func:`refine_mixture`), so boundaries follow the scan at its resolution.
+    The posteriors are interpolated linearly at the centres of ``image``'s voxels, and where
+    their most likely label is a brain structure they are refined with ``image``'s own
+    intensities (:func:`refine_mixture`), so boundaries follow the scan at its resolution. As in
+    :func:`refine_posteriors`, a voxel refined into one the background would win is left out.
 
     Args:
         posteriors: ``(X, Y, Z, K)`` on the grid of ``affine`` (the network grid).
@@ -150,7 +167,7 @@ def refine_on_finer_grid(posteriors, affine, background_channel: int, image, ima
         most likely channel (int32 ``(M,)``); ``None`` when there is nothing to refine.
     """
     found = refined_rows_on_finer_grid(posteriors, affine, background_channel, image, image_affine,
-                                       min_brain, min_voxels, **settings)
+                                       min_voxels, **settings)
     if found is None:
         return None
     mask, channels, rows = found
@@ -158,7 +175,7 @@ def refine_on_finer_grid(posteriors, affine, background_channel: int, image, ima
 
 
 def refined_rows_on_finer_grid(posteriors, affine, background_channel: int, image, image_affine,
-                               min_brain: float = MIN_BRAIN, min_voxels: float = MIN_VOXELS, **settings):
+                               min_voxels: float = MIN_VOXELS, **settings):
     """:func:`refine_on_finer_grid`'s refined posteriors themselves.
 
     Returns:
@@ -171,14 +188,21 @@ def refined_rows_on_finer_grid(posteriors, affine, background_channel: int, imag
 
     post = np.asarray(posteriors, dtype=np.float32)
     background = resample_to_grid(post[..., background_channel], affine, image.shape, image_affine, order=1, fill=1.0)
-    mask = background < 1.0 - min_brain
+    mask = background < 0.5  # a brain structure can be the most likely label only here
     if not mask.any():
         return None
     brain = [k for k in range(post.shape[-1]) if k != background_channel]
     sampled = interpolate_at(post[..., brain], affine, image_affine, mask)
+    argmax_brain = brain_argmax(sampled, background[mask])
+    mask[mask] = argmax_brain
+    sampled = sampled[argmax_brain]
     found = sampled.sum(axis=0) >= min_voxels
-    if found.sum() < 2:
+    if found.sum() < 2 or not mask.any():
         return None
     q = refine_mixture(np.asarray(image, np.float32)[mask], sampled[:, found], **settings)
     q *= np.clip(1.0 - background[mask], 0.0, 1.0)[:, None]
-    return mask, np.asarray(brain)[found], q
+    stays = brain_argmax(q, background[mask])  # else the interpolated network posteriors stay
+    mask[mask] = stays
+    if not mask.any():
+        return None
+    return mask, np.asarray(brain)[found], q[stays]

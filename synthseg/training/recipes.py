@@ -144,6 +144,11 @@ RECIPES = {r.name: r for r in [
            "near 0.85 on a 1 mm subject, through 1.5 mm near 0.95",
            voxel_mm=1.5, crop=80, unet=_CPU_UNET, init_weights="models/continue/cpu6_avg4_fp16.keras",
            generator=_CPU5B_GENERATOR, training=dict(_CPU5_TRAINING, steps=3_750, learning_rate=2e-4)),
+    Recipe("cpu9", "issue 12, train it longer: cpu8's averaged weights, a second 1.5 mm cosine cycle from a lower "
+           "peak (cpu8 was flat at 0.62 over its last 2,250 steps; a warm restart tests whether that was the "
+           "schedule or the network)",
+           voxel_mm=1.5, crop=80, unet=_CPU_UNET, init_weights="models/continue/cpu8_avg4_fp16.keras",
+           generator=_CPU5B_GENERATOR, training=dict(_CPU5_TRAINING, steps=4_000, learning_rate=1.2e-4)),
     Recipe("synthseg", "the reference configuration (SynthSeg 1.0's network and crop), for a GPU",
            voxel_mm=1.0, crop=160, unet=dict(n_levels=5, base_features=24),
            training=dict(steps=300_000, steps_per_checkpoint=1000, learning_rate=1e-4, warmup_steps=1000,
