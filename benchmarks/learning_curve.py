@@ -2,7 +2,7 @@
 
     python benchmarks/learning_curve.py runs/a runs/b                     # every checkpoint of each run
     python benchmarks/learning_curve.py runs/a=runs/a_kept --every 200    # checkpoints kept elsewhere
-    python benchmarks/learning_curve.py runs/a --init models/synthseg_2mm/unet_last.keras
+    python benchmarks/learning_curve.py runs/a --init models/synthseg_1.5mm/unet_last.keras
     python benchmarks/learning_curve.py runs/b --keep --after ab_dk:600   # b continued ab_dk's step 600
     python benchmarks/learning_curve.py runs/b=new_ckpts --keep --extend  # add b's newer checkpoints
 

@@ -2,7 +2,7 @@
 
     python scripts/ship_model.py runs/cpu_2mm synthseg_2mm \\
         --accuracy benchmarks/results/accuracy.json --reproduce "python scripts/train_synthseg.py RUN --preset cpu"
-    python scripts/ship_model.py runs/cpu5b synthseg_2mm --average 4   # the mean of the last 4 checkpoints
+    python scripts/ship_model.py runs/cpu8 synthseg_1.5mm --average 4 --recipe cpu8   # the mean of the last 4 checkpoints
 
 What is copied is exactly what :func:`synthseg.inference.model.load_model` reads from a run folder
 (``unet_best.keras`` or else ``unet_last.keras``, ``labels.npy``, ``options.json``), so the

@@ -235,3 +235,45 @@ def test_allocator_benchmark_quick(tmp_path):
     assert rows["glibc"]["speedup_over_system"] == pytest.approx(
         rows["system"]["seconds_per_step"] / rows["glibc"]["seconds_per_step"])
     assert "GLIBC_TUNABLES" in rows["glibc"]["environment"] and "speed-up over system" in r.stdout
+
+
+def test_sharp_subjects_region_dice():
+    """benchmarks/sharp_subjects.py: cortex is labels 3/42, the tissues merge as tissue_groups
+    says, the brain is every label but 0; a region in neither volume scores 1."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.sharp_subjects import region_dice
+
+    truth = np.array([3, 42, 2, 24, 0, 0])
+    pred = np.array([3, 17, 2, 0, 0, 41])
+    d = region_dice(truth, pred)
+    assert d["cortex"] == pytest.approx(2 / 3)  # 17 (hippocampus) is GM but not cortex
+    assert d["GM"] == pytest.approx(1.0) and d["WM"] == pytest.approx(2 / 3) and d["CSF"] == 0.0
+    assert d["brain"] == pytest.approx(2 * 3 / 8)
+    assert region_dice(np.zeros(3, int), np.zeros(3, int))["cortex"] == 1.0
+
+
+@pytest.mark.slow
+def test_sharp_subjects_benchmark_quick(tmp_path, blocks_labels):
+    """``benchmarks/sharp_subjects.py --quick`` segments a synthetic subject with each model,
+    refined and not, and compares every model with the first scan by scan (a model against
+    itself is never better)."""
+    args = _small_labels_args(tmp_path, blocks_labels)
+    out = tmp_path / "sharp.json"
+    from synthseg.inference.model import default_model_path
+
+    shipped = str(default_model_path())
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sharp_subjects.py"), "--quick", "--shape",
+                        "64", "64", "64", "--model", shipped, "--model", shipped, "--out", str(out), *args],
+                       capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    results = json.loads(out.read_text())["results"]
+    assert [x["refined"] for x in results] == [False, True, False, True]
+    for x in results:
+        assert len(x["per_scan"]) == 1 and all(0.0 <= v <= 1.0 for v in x["mean"].values())
+    assert "better_than_first" not in results[0] and results[2]["better_than_first"] == {"cortex": 0, "brain": 0}
+    assert results[2]["mean"] == pytest.approx(results[0]["mean"])  # same model, same subject
+    assert "cortex better than first" in r.stdout
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sharp_subjects.py"), "--quick",
+                        "--model", str(tmp_path / "missing"), "--out", str(out), *args],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 1 and "error:" in r.stderr and "Traceback" not in r.stderr

@@ -93,14 +93,14 @@ RECIPES = {r.name: r for r in [
            voxel_mm=2.0, crop=64, unet=dict(n_levels=4, base_features=8),
            training=dict(steps=600, steps_per_checkpoint=50, learning_rate=1e-3, warmup_steps=50,
                          lr_schedule="constant")),
-    Recipe("cpu", "the shipped model (models/synthseg_2mm): 2 mm, 5-level U-Net, about two hours on 2 CPU cores",
+    Recipe("cpu", "the first shipped model (9,000 steps; its weights are in git history only): 2 mm, 5-level U-Net, about two hours on 2 CPU cores",
            voxel_mm=2.0, crop=64, unet=dict(n_levels=5, base_features=16),
            training=dict(steps=10_000, steps_per_checkpoint=250, learning_rate=1e-3, warmup_steps=500,
                          lr_schedule="cosine")),
     Recipe("cpu2", "issue 12 (not shipped, docs/accuracy.md): the 'cpu' network continued from the shipped weights "
            "on maps with carved sulci and a random patchwork outside the brain, cross-entropy kept beside Dice",
            voxel_mm=2.0, crop=64, unet=dict(n_levels=5, base_features=16),
-           init_weights="models/synthseg_2mm/unet_last.keras",
+           init_weights="models/continue/cpu5b_avg4_fp16.keras",  # it started from the first shipped model's
            training=dict(steps=20_000, steps_per_checkpoint=100, learning_rate=3e-4, warmup_steps=0,
                          ce_after_warmup=0.1, lr_schedule="constant")),
     Recipe("cpu3", "issue 12, the learning-rate test: cpu2's network and data (both maps, version 3) from its latest "
@@ -129,14 +129,14 @@ RECIPES = {r.name: r for r in [
            voxel_mm=2.0, crop=64, unet=_CPU_UNET, init_weights="models/continue/cpu5b_step1250_fp16.keras",
            generator=dict(_CPU5B_GENERATOR, blur_sigma=1.0),
            training=dict(_CPU5_TRAINING, steps=4_750, learning_rate=2.8e-4)),
-    Recipe("cpu6", "issue 12, the next step: cpu5b's settings continued from the shipped network (its learning curve "
+    Recipe("cpu6", "issue 12, the next step: cpu5b's settings continued from cpu5b's shipped 2 mm network (its learning curve "
            "was still rising, 0.52 -> 0.59 for the network alone over its last 3,000 steps), 10,000 steps",
-           voxel_mm=2.0, crop=64, unet=_CPU_UNET, init_weights="models/synthseg_2mm/unet_last.keras",
+           voxel_mm=2.0, crop=64, unet=_CPU_UNET, init_weights="models/continue/cpu5b_avg4_fp16.keras",
            generator=_CPU5B_GENERATOR, training=dict(_CPU5_TRAINING, steps=10_000, learning_rate=2e-4, keep_checkpoints=8)),
     Recipe("cpu7", "issue 12, the CSF-layer test: cpu6, on the public maps as built and with their extra-cerebral "
            "CSF thinned by 1 and 2 mm (thin_csf: the skull moves in), so the layer's thickness must be read from the "
            "image instead of assumed",
-           voxel_mm=2.0, crop=64, unet=_CPU_UNET, init_weights="models/synthseg_2mm/unet_last.keras",
+           voxel_mm=2.0, crop=64, unet=_CPU_UNET, init_weights="models/continue/cpu5b_avg4_fp16.keras",
            generator=_CPU5B_GENERATOR, thin_csf_mm=(0.0, 1.0, 2.0),
            training=dict(_CPU5_TRAINING, steps=10_000, learning_rate=2e-4, keep_checkpoints=8)),
     Recipe("cpu8", "issue 12, the resolution test: cpu6's averaged weights at 1.5 mm (80^3 crops, 120 mm, about "
@@ -154,8 +154,8 @@ RECIPES = {r.name: r for r in [
            training=dict(steps=300_000, steps_per_checkpoint=1000, learning_rate=1e-4, warmup_steps=1000,
                          lr_schedule="constant")),
 ]}
-#: the recipe of the model shipped in ``models/synthseg_2mm``
-SHIPPED = "cpu5b"
+#: the recipe of the model shipped in ``models/synthseg_1.5mm``
+SHIPPED = "cpu8"
 
 
 def recipe(name: str) -> Recipe:

@@ -17,8 +17,8 @@ from synthseg.inference.model import MODELS_DIR, default_model_path, load_model
 
 ROOT = Path(__file__).resolve().parents[2]
 # floors well under the measured values in models/*/MODEL_CARD.md: a regression, not a target
-MIN_TISSUE_DICE_2MM_T1 = 0.65  # measured 0.707 with the refinement, 0.611 without (MODEL_CARD.md)
-MAX_OUTSIDE_BRAIN_ML_2MM_T1 = 5.0  # brain labels > 10 mm outside the brain mask: measured 0.9 mL
+MIN_TISSUE_DICE_2MM_T1 = 0.65  # measured 0.696 with the refinement, 0.653 without (MODEL_CARD.md)
+MAX_OUTSIDE_BRAIN_ML_2MM_T1 = 5.0  # brain labels > 10 mm outside the brain mask: measured 2.5 mL
 
 
 def test_shipped_model_folder_is_complete_and_small():
@@ -90,7 +90,10 @@ def test_accuracy_benchmark_on_the_shipped_model(tmp_path):
     (row,) = data["results"]
     assert row["status"] == "ok" and set(row["dice"]) == {"GM", "WM", "CSF"}
     assert row["mean_dice"] >= MIN_TISSUE_DICE_2MM_T1, row["dice"]
-    assert row["ceiling"] is None  # the 2 mm scan is at the model's voxel size
+    at_model_size = np.allclose(load_model(default_model_path()).voxel_size, 2.0)
+    assert (row["ceiling"] is None) == at_model_size  # a ceiling only where the scan is resampled
+    if not at_model_size:
+        assert all(row["dice"][t] <= row["ceiling"][t] + 0.02 for t in ("GM", "WM")), row["ceiling"]
     assert data["summary"]["mean_dice"] == pytest.approx(row["mean_dice"])
     assert 0 <= row["outside_brain_ml"] < MAX_OUTSIDE_BRAIN_ML_2MM_T1
     assert data["summary"]["max_outside_brain_ml"] == pytest.approx(row["outside_brain_ml"])

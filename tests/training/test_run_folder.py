@@ -19,7 +19,7 @@ from synthseg.training.synthetic import TrainingOptions, load_options, training
 from tests.training.test_supervised import block_map, write_pairs
 
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = ROOT / "models" / "synthseg_2mm" / "options.json"
+SHIPPED = ROOT / "models" / "synthseg_1.5mm" / "options.json"
 TINY = UNetOptions(n_levels=2, base_features=4)
 NO_AUGMENTATION = AugmentationOptions(prob=0.0, flip_prob=0.0)
 
@@ -88,7 +88,7 @@ def test_the_shipped_models_options_without_kind_load_as_a_synthetic_run(tmp_pat
     spec = read_spec(tmp_path)
     assert (spec.kind, spec.schema_version) == ("synthetic", 1)
     generator, unet, options = load_options(tmp_path)
-    assert unet.n_levels == 5 and generator.voxel_size == 2.0 and options.steps > 0
+    assert unet.n_levels == 5 and generator.voxel_size == 1.5 and options.steps > 0
     with pytest.raises(InputError, match="a synthetic training run, not a supervised or slices one"):
         load_supervised_options(tmp_path)
 

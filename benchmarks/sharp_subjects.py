@@ -1,0 +1,147 @@
+"""Accuracy on sharp 1 mm synthetic subjects, with the whole prediction pipeline, for several models.
+
+    python benchmarks/sharp_subjects.py --model models/synthseg_1.5mm --model models/continue/...
+    python benchmarks/sharp_subjects.py --quick      # one small scan, the shipped model
+
+The development set (``benchmarks/accuracy.py``) is made of templates: averages of many brains,
+blurry, with a CSF ring whose thickness is a convention of each template. The scans a model is
+finally judged on are real subjects at 1 mm, sharp, with CSF in the sulci. This benchmark
+measures the other side: the generator (:class:`synthseg.generation.BrainGenerator`) makes whole
+heads at 1 mm from the training label maps with a held-out seed (``--seed``) and **no resolution
+loss or blur** (``resolution_prob=0``), random contrast, bias field and deformation as in
+training; each is segmented like a user's scan (:func:`synthseg.inference.segmentation.segment_volume`:
+resampled to the model's voxel size, flip averaging, refined by the scan's intensities, back to 1
+mm), with and without the refinement. Dice of the cortex (labels 3/42), of GM/WM/CSF
+(:func:`synthseg.data.labels.tissue_groups`) and of the brain (every label but 0), per scan and
+on average; each model is also compared with the first, scan by scan.
+
+The anatomy is the training maps' own (deformed), so this measures how well a network reads sharp
+1 mm contrast, not how it generalises to new brains. The generator's intensities are one Gaussian
+per label, which is the refinement's own model: the refinement's gain here is an upper bound.
+
+Writes a table and ``benchmarks/results/sharp_subjects.json`` (``--out``).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import common  # noqa: E402
+
+PACKAGES = ("synthseg", "keras", "numpy")
+REGIONS = ("cortex", "GM", "WM", "CSF", "brain")
+#: FreeSurfer labels of the cerebral cortex
+CORTEX = (3, 42)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", action="append", default=None,
+                   help="model folder (repeat for several; the first is the reference; default: the shipped model)")
+    p.add_argument("--scans", type=int, default=None, help="synthetic subjects (default 6; --quick: 1)")
+    p.add_argument("--seed", type=int, default=24680, help="generator seed (not one used in training)")
+    p.add_argument("--shape", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                   help="subject size in 1 mm voxels (default 160 192 160; --quick: 96 112 96)")
+    p.add_argument("--labels", type=Path, default=None,
+                   help="folder or file of 1 mm label maps (default: the training label maps)")
+    p.add_argument("--quick", action="store_true", help="smoke run: one small subject")
+    p.add_argument("--out", type=Path, default=common.RESULTS_DIR / "sharp_subjects.json")
+    return p.parse_args(argv)
+
+
+def region_dice(truth, predicted) -> dict[str, float]:
+    """Dice of :data:`REGIONS` between two FreeSurfer-label volumes of one shape (1.0 when a
+    region is in neither)."""
+    import numpy as np
+
+    from synthseg.data.labels import tissue_groups
+
+    groups = tissue_groups()
+    masks = {"cortex": list(CORTEX), "GM": groups["GM"], "WM": groups["WM"], "CSF": groups["CSF"]}
+    out = {}
+    for name in REGIONS:
+        a = truth > 0 if name == "brain" else np.isin(truth, masks[name])
+        b = predicted > 0 if name == "brain" else np.isin(predicted, masks[name])
+        total = int(a.sum()) + int(b.sum())
+        out[name] = 1.0 if total == 0 else 2.0 * float(np.logical_and(a, b).sum()) / total
+    return out
+
+
+def subjects(labels, n: int, seed: int, shape):
+    """``n`` sharp 1 mm synthetic subjects: a list of ``(image (X, Y, Z) float32, labels (X, Y, Z) int32)``."""
+    from synthseg.generation.brain_generator import BrainGenerator
+
+    generator = BrainGenerator(labels, seed=seed, output_shape=tuple(shape), resolution_prob=0.0, voxel_size=1.0)
+    return [generator.generate_image() for _ in range(n)]
+
+
+def measure(model, scans, refine: bool) -> dict:
+    """Per-scan :func:`region_dice` of ``model`` on ``scans`` and the seconds it took."""
+    import numpy as np
+
+    from lab2im.io import Volume
+    from synthseg.inference.segmentation import segment_volume
+
+    per_scan, t0 = [], time.perf_counter()
+    for image, truth in scans:
+        seg = segment_volume(Volume(image, np.eye(4)), model, flip=True, refine=refine)
+        per_scan.append(region_dice(truth, seg.native_segmentation()))
+    return {"per_scan": per_scan, "mean": {r: float(np.mean([s[r] for s in per_scan])) for r in REGIONS},
+            "seconds": time.perf_counter() - t0}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import numpy as np
+
+    from synthseg.inference.model import load_model
+    from lab2im.errors import InputError
+    from synthseg.inference.model import default_model_path
+
+    n = args.scans or (1 if args.quick else 6)
+    shape = args.shape or ((96, 112, 96) if args.quick else (160, 192, 160))
+    try:
+        paths = args.model or [str(default_model_path())]
+        if args.labels is None:
+            from synthseg.data.training_labels import training_label_maps
+
+            args.labels = training_label_maps(1.0)
+        scans = subjects(args.labels, n, args.seed, shape)
+        models = [(p, load_model(p)) for p in paths]
+    except (InputError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    results, rows, first = [], [], {}
+    for path, model in models:
+        for refine in (False, True):
+            r = measure(model, scans, refine)
+            r.update(model=str(path), voxel_mm=float(np.mean(model.voxel_size)), refined=refine)
+            if refine in first:  # scan by scan against the first model, refined or not alike
+                r["better_than_first"] = {reg: int(sum(a[reg] > b[reg] for a, b in zip(r["per_scan"],
+                                                                                       first[refine]["per_scan"])))
+                                          for reg in ("cortex", "brain")}
+            else:
+                first[refine] = r
+            results.append(r)
+            wins = r.get("better_than_first")
+            rows.append([Path(path).name, r["voxel_mm"], "yes" if refine else "no",
+                         *(round(r["mean"][reg], 3) for reg in REGIONS),
+                         round(float(np.mean([r["mean"][t] for t in ("GM", "WM", "CSF")])), 3),
+                         "-" if wins is None else f"{wins['cortex']}/{n}", f"{r['seconds']:.0f} s"])
+    print(f"{n} sharp 1 mm synthetic subjects {list(shape)}, seed {args.seed}, flip averaging")
+    print(common.format_table(["model", "voxel mm", "refined", *REGIONS, "tissue mean",
+                               "cortex better than first", "time"], rows))
+    out = common.write_results(args.out, "sharp_subjects",
+                               {"scans": n, "shape": list(shape), "seed": args.seed, "labels": str(args.labels)},
+                               results, PACKAGES)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
