@@ -1,15 +1,18 @@
 """Accuracy on sharp 1 mm synthetic subjects, with the whole prediction pipeline, for several models.
 
-    python benchmarks/sharp_subjects.py --model models/synthseg_1.5mm --model models/continue/...
+    python benchmarks/sharp_subjects.py --model models/synthseg_1.5mm --model /tmp/models/synthseg_2mm
     python benchmarks/sharp_subjects.py --quick      # one small scan, the shipped model
+
+(``--model`` takes model folders, as ``benchmarks/accuracy.py``; the 2 mm model shipped until
+2026-12-06 comes back with ``git archive ba1473e models/synthseg_2mm | tar -x -C /tmp``.)
 
 The development set (``benchmarks/accuracy.py``) is made of templates: averages of many brains,
 blurry, with a CSF ring whose thickness is a convention of each template. The scans a model is
 finally judged on are real subjects at 1 mm, sharp, with CSF in the sulci. This benchmark
 measures the other side: the generator (:class:`synthseg.generation.BrainGenerator`) makes whole
 heads at 1 mm from the training label maps with a held-out seed (``--seed``) and **no resolution
-loss or blur** (``resolution_prob=0``), random contrast, bias field and deformation as in
-training; each is segmented like a user's scan (:func:`synthseg.inference.segmentation.segment_volume`:
+loss or blur** (``resolution_prob=0``), random contrast, bias field and deformation (the
+generator's defaults); each is segmented like a user's scan (:func:`synthseg.inference.segmentation.segment_volume`:
 resampled to the model's voxel size, flip averaging, refined by the scan's intensities, back to 1
 mm), with and without the refinement. Dice of the cortex (labels 3/42), of GM/WM/CSF
 (:func:`synthseg.data.labels.tissue_groups`) and of the brain (every label but 0), per scan and
@@ -111,8 +114,8 @@ def main(argv=None) -> int:
             from synthseg.data.training_labels import training_label_maps
 
             args.labels = training_label_maps(1.0)
-        scans = subjects(args.labels, n, args.seed, shape)
         models = [(p, load_model(p)) for p in paths]
+        scans = subjects(args.labels, n, args.seed, shape)
     except (InputError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

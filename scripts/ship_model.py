@@ -1,8 +1,10 @@
 """Copy a training run's network into ``models/<name>/`` with a model card and a training curve.
 
-    python scripts/ship_model.py runs/cpu_2mm synthseg_2mm \\
-        --accuracy benchmarks/results/accuracy.json --reproduce "python scripts/train_synthseg.py RUN --preset cpu"
-    python scripts/ship_model.py runs/cpu8 synthseg_1.5mm --average 4 --recipe cpu8   # the mean of the last 4 checkpoints
+    python scripts/ship_model.py runs/cpu8 synthseg_1.5mm --average 4 --recipe cpu8 \\
+        --accuracy benchmarks/results/accuracy.json     # the mean of the last 4 checkpoints
+
+One model is shipped at a time (prediction will not guess between several): move the old
+folder out first, e.g. into float16 continue weights with ``scripts/save_continue_weights.py``.
 
 What is copied is exactly what :func:`synthseg.inference.model.load_model` reads from a run folder
 (``unet_best.keras`` or else ``unet_last.keras``, ``labels.npy``, ``options.json``), so the

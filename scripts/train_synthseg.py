@@ -93,8 +93,8 @@ def main(argv=None) -> int:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ce-after-warmup", type=float, default=None,
-                        help="share of cross-entropy kept after the warm-up (new runs; the presets use 0, "
-                             "as the shipped model did; 0.1 keeps labels from dying under Dice)")
+                        help="share of cross-entropy kept after the warm-up (new runs; the recipes say their own: 0 for "
+                             "the first shipped model, 0.5 for cpu5b and cpu8; 0.1 keeps labels from dying under Dice)")
     parser.add_argument("--maps", nargs="+", default=None, metavar="NAME",
                         help="train on these training label maps only (file stems, e.g. desikan_killiany); "
                              "default: all")

@@ -5,7 +5,7 @@ serves allocations that large with ``mmap`` and returns them with ``munmap`` at 
 step faults its memory in again page by page: on a 2-core AMD EPYC without AVX-512
 (2026-12-02) the 2 mm model's training step spent as much time in the kernel as in the
 computation (about 250,000 page faults per second). Measured there (``benchmarks/allocator.py``,
-the shipped recipe's U-Net step, median of 2 interleaved runs): system allocator 5.4 s; glibc
+the shipped recipe's U-Net step, then 2 mm and a 64³ crop, median of 2 interleaved runs): system allocator 5.4 s; glibc
 kept from returning memory, on transparent huge pages (``GLIBC_TUNABLES``, nothing to
 install) 3.9 s (1.39x); jemalloc (Debian/Ubuntu: ``apt install libjemalloc2``) without decay
 and on huge pages 3.3 s (1.64x). The price is memory kept: ``synthseg demo`` (the 1 mm MNI

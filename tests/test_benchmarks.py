@@ -270,7 +270,8 @@ def test_sharp_subjects_benchmark_quick(tmp_path, blocks_labels):
     assert [x["refined"] for x in results] == [False, True, False, True]
     for x in results:
         assert len(x["per_scan"]) == 1 and all(0.0 <= v <= 1.0 for v in x["mean"].values())
-    assert "better_than_first" not in results[0] and results[2]["better_than_first"] == {"cortex": 0, "brain": 0}
+    assert "better_than_first" not in results[0] and "better_than_first" not in results[1]
+    assert results[2]["better_than_first"] == results[3]["better_than_first"] == {"cortex": 0, "brain": 0}
     assert results[2]["mean"] == pytest.approx(results[0]["mean"])  # same model, same subject
     assert "cortex better than first" in r.stdout
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sharp_subjects.py"), "--quick",

@@ -114,7 +114,7 @@ class LabelDiceLog(keras.callbacks.Callback):
     It also warns (once per label, :class:`UserWarning`, shown on stderr) about a *dead*
     label: one scored below :data:`DEAD_DICE` for :data:`DEAD_CHECKPOINTS` checkpoints in a
     row after ``warmup_steps``. Labels absent from the targets score 1, so this is a label
-    the targets hold and the network does not predict; the shipped 2 mm model's CSF was one
+    the targets hold and the network does not predict; the first shipped 2 mm model's CSF was one
     (Dice 0.000 from step 2,250 to the end)."""
 
     def __init__(self, path: Path, metric, labels, steps_per_checkpoint: int, keep_until: int,

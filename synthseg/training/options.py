@@ -29,7 +29,7 @@ class RunOptions:
         ce_after_warmup: share of weighted cross-entropy kept in the loss after the warm-up,
             in [0, 1] (0: soft Dice only, as SynthSeg). Under Dice alone a label the network
             stops predicting cannot come back (:class:`synthseg.nn.losses.SegmentationLoss`);
-            the shipped 2 mm model lost its CSF that way.
+            the first shipped 2 mm model lost its CSF that way.
         ce_weighting: how the cross-entropy weighs voxels: ``"inverse_frequency"`` (each label
             present counts as much as any other, as SynthSeg's warm-up) or ``"uniform"`` (every
             voxel counts the same, as nnU-Net's Dice + cross-entropy: large structures and their

@@ -93,14 +93,16 @@ RECIPES = {r.name: r for r in [
            voxel_mm=2.0, crop=64, unet=dict(n_levels=4, base_features=8),
            training=dict(steps=600, steps_per_checkpoint=50, learning_rate=1e-3, warmup_steps=50,
                          lr_schedule="constant")),
-    Recipe("cpu", "the first shipped model (9,000 steps; its weights are in git history only): 2 mm, 5-level U-Net, about two hours on 2 CPU cores",
+    Recipe("cpu", "the first shipped model (9,000 steps; its weights are in git history only, commit 24b9b54): 2 mm, 5-level U-Net, about two hours on 2 CPU cores",
            voxel_mm=2.0, crop=64, unet=dict(n_levels=5, base_features=16),
            training=dict(steps=10_000, steps_per_checkpoint=250, learning_rate=1e-3, warmup_steps=500,
                          lr_schedule="cosine")),
     Recipe("cpu2", "issue 12 (not shipped, docs/accuracy.md): the 'cpu' network continued from the shipped weights "
            "on maps with carved sulci and a random patchwork outside the brain, cross-entropy kept beside Dice",
            voxel_mm=2.0, crop=64, unet=dict(n_levels=5, base_features=16),
-           init_weights="models/continue/cpu5b_avg4_fp16.keras",  # it started from the first shipped model's
+           # cpu2 started from the first shipped model (git show 24b9b54:models/synthseg_2mm/unet_last.keras),
+           # which is no longer committed: this start is the later 2 mm model, so cpu2 is not reproduced exactly
+           init_weights="models/continue/cpu5b_avg4_fp16.keras",
            training=dict(steps=20_000, steps_per_checkpoint=100, learning_rate=3e-4, warmup_steps=0,
                          ce_after_warmup=0.1, lr_schedule="constant")),
     Recipe("cpu3", "issue 12, the learning-rate test: cpu2's network and data (both maps, version 3) from its latest "
@@ -129,6 +131,7 @@ RECIPES = {r.name: r for r in [
            voxel_mm=2.0, crop=64, unet=_CPU_UNET, init_weights="models/continue/cpu5b_step1250_fp16.keras",
            generator=dict(_CPU5B_GENERATOR, blur_sigma=1.0),
            training=dict(_CPU5_TRAINING, steps=4_750, learning_rate=2.8e-4)),
+    # cpu6 and cpu7 started from that network in float32; its committed copy is float16
     Recipe("cpu6", "issue 12, the next step: cpu5b's settings continued from cpu5b's shipped 2 mm network (its learning curve "
            "was still rising, 0.52 -> 0.59 for the network alone over its last 3,000 steps), 10,000 steps",
            voxel_mm=2.0, crop=64, unet=_CPU_UNET, init_weights="models/continue/cpu5b_avg4_fp16.keras",

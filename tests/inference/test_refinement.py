@@ -199,10 +199,13 @@ def test_random_posteriors_keep_their_background_argmax():
     rng = np.random.default_rng(4)
     shape = (16, 16, 16)
     post = rng.dirichlet([1.5, 1.0, 1.0, 0.5], size=shape).astype(np.float32)
+    post[0, :, :] = (0.4, 0.4, 0.2, 0.0)  # ties between background and a structure: background
+    post[1, :, :] = (0.3, 0.3, 0.3, 0.1)
     image = rng.normal(0.5, 0.3, shape).astype(np.float32)
     refined = refine_posteriors(image, post, background_channel=0)
     assert np.mean(np.argmax(refined, -1) != np.argmax(post, -1)) > 0.002  # it does refine
     np.testing.assert_array_equal(np.argmax(refined, -1) == 0, np.argmax(post, -1) == 0)
+    np.testing.assert_array_equal(refined[:2], post[:2])  # the tied rows are background: not refined
     np.testing.assert_allclose(refined.sum(-1), 1.0, atol=1e-5)
 
 

@@ -124,7 +124,7 @@ def test_segmentation_loss_warmup_switches_from_ce_to_dice(rng):
 @pytest.mark.backends
 def test_cross_entropy_can_stay_in_the_loss_after_the_warm_up(rng):
     """``ce_after_warmup``: the blend is 1 in the warm-up, then that share of cross-entropy
-    stays (0.1 revived the shipped model's dead CSF label: Dice 0.000 -> 0.108 in 150 steps
+    stays (0.1 revived the first shipped model's dead CSF label: Dice 0.000 -> 0.108 in 150 steps
     from its step-9,000 checkpoint, where Dice alone left it at 0.000)."""
     y = one_hot(rng.integers(0, 3, size=(1, 6, 6, 6)), 3)
     p = random_probs(rng, y.shape)

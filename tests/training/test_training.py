@@ -306,7 +306,7 @@ def test_synthetic_runs_need_a_learning_rate_supervised_ones_may_measure_with_ze
 
 def test_a_label_the_network_never_predicts_is_reported_once(tmp_path):
     """dice_per_label.csv gets a row per checkpoint; a label below Dice 0.01 for 3 checkpoints
-    in a row after the warm-up (here CSF, 24, as in the shipped model's run) gets one warning;
+    in a row after the warm-up (here CSF, 24, as in the first shipped model's run) gets one warning;
     a label that recovers, or is low only during the warm-up, gets none."""
     from synthseg.training.callbacks import LabelDiceLog
 
