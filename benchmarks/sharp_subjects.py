@@ -63,16 +63,15 @@ def region_dice(truth, predicted) -> dict[str, float]:
     import numpy as np
 
     from synthseg.data.labels import tissue_groups
+    from synthseg.evaluation.metrics import dice
 
     groups = tissue_groups()
     masks = {"cortex": list(CORTEX), "GM": groups["GM"], "WM": groups["WM"], "CSF": groups["CSF"]}
-    out = {}
-    for name in REGIONS:
-        a = truth > 0 if name == "brain" else np.isin(truth, masks[name])
-        b = predicted > 0 if name == "brain" else np.isin(predicted, masks[name])
-        total = int(a.sum()) + int(b.sum())
-        out[name] = 1.0 if total == 0 else 2.0 * float(np.logical_and(a, b).sum()) / total
-    return out
+
+    def region(labels, name):
+        return (labels > 0 if name == "brain" else np.isin(labels, masks[name])).astype(np.uint8)
+
+    return {name: dice(region(truth, name), region(predicted, name), [1])[1] for name in REGIONS}
 
 
 def subjects(labels, n: int, seed: int, shape):
@@ -102,9 +101,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import numpy as np
 
-    from synthseg.inference.model import load_model
     from lab2im.errors import InputError
-    from synthseg.inference.model import default_model_path
+    from synthseg.inference.model import default_model_path, load_model
 
     n = args.scans or (1 if args.quick else 6)
     shape = args.shape or ((96, 112, 96) if args.quick else (160, 192, 160))

@@ -197,7 +197,7 @@ def refined_rows_on_finer_grid(posteriors, affine, background_channel: int, imag
     mask[mask] = argmax_brain
     sampled = sampled[argmax_brain]
     found = sampled.sum(axis=0) >= min_voxels
-    if found.sum() < 2 or not mask.any():
+    if found.sum() < 2:  # also when no voxel's most likely label is a brain structure
         return None
     q = refine_mixture(np.asarray(image, np.float32)[mask], sampled[:, found], **settings)
     q *= np.clip(1.0 - background[mask], 0.0, 1.0)[:, None]
