@@ -50,7 +50,7 @@ CHUNK = 250_000
 
 
 def refine_posteriors(image, posteriors, background_channel: int, prior_floor: float = PRIOR_FLOOR,
-                      iterations: int = ITERATIONS, min_voxels: float = MIN_VOXELS) -> np.ndarray:
+                      iterations: int = ITERATIONS, min_voxels: float = MIN_VOXELS, region=None) -> np.ndarray:
     """Posteriors refined by a Gaussian mixture of the scan's intensities (module docstring).
 
     Args:
@@ -58,6 +58,7 @@ def refine_posteriors(image, posteriors, background_channel: int, prior_floor: f
         posteriors: ``(X, Y, Z, K)`` probabilities (summing to 1 over ``K``).
         background_channel: the channel of label 0; its posterior is never changed.
         prior_floor, iterations, min_voxels: see the module docstring.
+        region: bool ``(X, Y, Z)``: only its voxels are refined (and fit the mixture); ``None``: all.
 
     Returns:
         A new ``(X, Y, Z, K)`` float32 array: outside the refined voxels equal to
@@ -71,6 +72,8 @@ def refine_posteriors(image, posteriors, background_channel: int, prior_floor: f
         raise ValueError(f"image {image.shape} and posteriors {post.shape} are not on one grid")
     brain = [k for k in range(post.shape[-1]) if k != background_channel]
     mask = brain_argmax(post[..., brain], post[..., background_channel])
+    if region is not None:
+        mask &= np.asarray(region, bool)
     if not mask.any():
         return post
     inside = post[mask]

@@ -268,17 +268,45 @@ def segment_prepared(prep: Prepared, model: SegmentationModel, flip: bool, clean
     else:
         post = tiled_posteriors(model, image, prep.window, flip, tile_size, tile_overlap)
     refined = bool(model.refine if refine is None else refine)
-    margin = None
-    if refined:
-        margin = posterior_margin(post)
-        post = refine_posteriors(prep.image, post, model.background_channel)
-    raw = np.bincount(np.argmax(post, axis=-1).ravel(), minlength=post.shape[-1])
-    if cleanup:
-        channels = clean_posteriors(post, model.background_channel)
-    else:
-        channels = np.argmax(post, axis=-1).astype(np.int32)
+    post, channels, raw, margin = refine_and_clean(prep.image, post, model.background_channel, refined, cleanup)
     return Segmentation(prepared=prep, channels=channels, posteriors=post, labels=model.labels, cleaned=cleanup,
                         raw_counts=raw, refined=refined, network_margin=margin)
+
+
+def refine_and_clean(image, post, background: int, refine: bool, cleanup: bool):
+    """The network's posteriors to labels on the network grid: refined by the scan's intensities
+    (:func:`~synthseg.inference.refinement.refine_posteriors`), then cleaned (:func:`clean_posteriors`).
+
+    The refinement relabels the brain the network found; it never grows it. With the clean-up,
+    only the voxels of the network's own cleaned brain are refined, and every other voxel is
+    background before the refined posteriors are cleaned: without this, a stray piece the
+    clean-up would remove (a structure found in the neck) could be relabelled by its intensity
+    into a structure it touches (the spinal canal's fluid into the ventricles' CSF) and kept.
+
+    Args:
+        image: ``(X, Y, Z)`` the scan's intensities on the network grid.
+        post: ``(X, Y, Z, K)`` the network's posteriors (modified in place without refinement).
+        background: the background's channel.
+
+    Returns:
+        ``(posteriors, channels, raw_counts, network_margin)`` as :class:`Segmentation`'s fields
+        (``raw_counts``: per channel, the voxels of the argmax before the final clean-up;
+        ``network_margin``: ``None`` when not refined).
+    """
+    margin = network_brain = None
+    if refine:
+        margin = posterior_margin(post)
+        if cleanup:
+            network_brain = clean_posteriors(post.copy(), background) != background
+        post = refine_posteriors(image, post, background, region=network_brain)
+    raw = np.bincount(np.argmax(post, axis=-1).ravel(), minlength=post.shape[-1])
+    if not cleanup:
+        return post, np.argmax(post, axis=-1).astype(np.int32), raw, margin
+    if network_brain is not None:
+        outside = ~network_brain
+        post[outside] = 0.0
+        post[outside, background] = 1.0
+    return post, clean_posteriors(post, background), raw, margin
 
 
 def posterior_margin(posteriors) -> np.ndarray:

@@ -226,3 +226,39 @@ def test_on_a_finer_grid_the_background_argmax_stays_too():
     assert mask.sum() > 1000 and not np.any(mask & (plain == 0))
     assert np.all(rows.max(1) > background[mask])
     assert np.sum((plain == 0) & (background < 0.5)) > 1000  # the rim: summed brain above one half, not refined
+
+
+def test_the_refinement_relabels_the_network_brain_but_never_grows_it():
+    """A stray piece of structure 1 touching structure 2 (found in the neck, say), whose intensity
+    is structure 2's: the network's clean-up removes it (its next most likely label is the
+    background). Refined alone it would become structure 2 and join it; the refinement must only
+    relabel the brain the network kept, while still moving the boundary inside it to the image's."""
+    from synthseg.inference.postprocessing import clean_posteriors
+    from synthseg.inference.segmentation import refine_and_clean
+
+    rng = np.random.default_rng(5)
+    shape = (30, 18, 18)
+    image = rng.normal(0.0, 0.02, shape)
+    post = np.zeros(shape + (3,), np.float32)
+    post[..., 0] = 1.0
+    post[4:14, 4:14, 4:14] = (0.02, 0.9, 0.08)  # the network's boundary at x = 14, the image's at 12
+    post[14:20, 4:14, 4:14] = (0.02, 0.08, 0.9)
+    image[4:12, 4:14, 4:14] += 0.3
+    image[12:20, 4:14, 4:14] += 0.8
+    post[20:26, 6:12, 6:12] = (0.4, 0.45, 0.15)  # the stray piece: structure 1, touching structure 2
+    image[20:26, 6:12, 6:12] += 0.8
+    image = image.astype(np.float32)
+
+    network = clean_posteriors(post.copy(), 0)
+    assert not network[20:26].any()  # the network's clean-up removes the stray piece
+    old = clean_posteriors(refine_posteriors(image, post, 0), 0)
+    assert (old[20:26, 6:12, 6:12] == 2).all()  # refined alone, it joins structure 2
+
+    refined, channels, raw, margin = refine_and_clean(image, post.copy(), 0, refine=True, cleanup=True)
+    np.testing.assert_array_equal(channels != 0, network != 0)  # the network's brain, no more
+    assert (channels[12:14, 4:14, 4:14] == 2).all() and (network[12:14, 4:14, 4:14] == 1).all()  # relabelled
+    np.testing.assert_array_equal(channels, np.argmax(refined, -1))
+    assert raw[1] > (channels == 1).sum() and margin.shape == shape  # the stray piece counts before the clean-up
+    plain = refine_and_clean(image, post.copy(), 0, refine=False, cleanup=True)
+    np.testing.assert_array_equal(plain[1], network)
+    assert plain[3] is None
