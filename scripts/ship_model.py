@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from lab2im.io import atomic_output, atomic_write_text  # noqa: E402
+from lab2im.io import atomic_output, atomic_write_text, short_error  # noqa: E402
 from synthseg.training.recipes import RECIPES, SHIPPED, recipe  # noqa: E402
 from synthseg.training.run_folder import read_spec  # noqa: E402
 
@@ -187,6 +187,9 @@ def main(argv=None) -> int:
                         help="ship the mean weights of the run's last K checkpoints (default: its network file)")
     parser.add_argument("--limit", action="append", default=[], metavar="TEXT",
                         help="a known limit of this network for the card (repeat for several)")
+    parser.add_argument("--qc", type=Path, default=None,
+                        help="qc.json of this network (benchmarks/qc.py): its threshold becomes the model's "
+                             "qc_threshold (options.json's prediction section)")
     parser.add_argument("--curve", type=Path, default=None,
                         help="learning-curve PNG (benchmarks/learning_curve.py) to ship as learning_curve.png")
     args = parser.parse_args(argv)
@@ -194,6 +197,18 @@ def main(argv=None) -> int:
 
     from synthseg.inference.model import NETWORK_FILES, load_model
 
+    qc = threshold = None
+    if args.qc:  # read before anything is written
+        try:
+            qc = json.loads(args.qc.read_text())["results"]
+            threshold = float(qc["threshold"])
+            qc["spearman"], qc["balanced_accuracy"], len(qc["scans"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"error: {args.qc}: not a benchmarks/qc.py result ({short_error(exc)})", file=sys.stderr)
+            return 1
+        if not 0.0 < threshold < 1.0:
+            print(f"error: {args.qc}: threshold {threshold} is not between 0 and 1", file=sys.stderr)
+            return 1
     network = next((args.run / n for n in NETWORK_FILES if (args.run / n).is_file()), None)
     if network is None:
         print(f"error: {args.run}: no unet_best.keras or unet_last.keras", file=sys.stderr)
@@ -235,6 +250,8 @@ def main(argv=None) -> int:
     init = (spec_text.get("training") or {}).get("init_weights")
     if init and Path(init).is_absolute() and Path(init).resolve().is_relative_to(ROOT):
         spec_text["training"]["init_weights"] = str(Path(init).resolve().relative_to(ROOT))  # no machine's path
+    if qc is not None:
+        spec_text["prediction"] = {"qc_threshold": round(threshold, 3)}
     atomic_write_text(dest / "options.json", json.dumps(spec_text, indent=2) + "\n")
     spec = read_spec(args.run).require("synthetic", hint=": the model card describes synthetic training")
     options = spec.sections
@@ -247,6 +264,12 @@ def main(argv=None) -> int:
     text = card(args.name, args.run, options, log, network.name, int(model.network.count_params()),
                 int(model.labels.size), accuracy, args.reproduce, args.where, args.history, averaged, dest,
                 args.limit)
+    if qc is not None:
+        text = text.replace("\n## Training\n", (
+            f"- Quality control (`--qc`): a scan whose overall score is below **{threshold:.2f}** is reported as likely "
+            f"failed (`benchmarks/qc.py`: Spearman {qc['spearman']:.2f} between score and true Dice over "
+            f"{len(qc['scans'])} good and degraded synthetic scans; the threshold separates true Dice >= 0.5 "
+            f"with balanced accuracy {qc['balanced_accuracy']:.2f}).\n\n## Training\n"), 1)
     per_label = last_dice_per_label(args.run / "dice_per_label.csv")
     if per_label:
         step, dice = per_label

@@ -65,9 +65,11 @@ Outputs (each written atomically: a killed run never leaves a half-written file)
   non-background structure) and one column per structure (FreeSurfer names), in mm³. Volumes
   are **soft**: the sum of the (cleaned) posteriors on the network grid times the voxel volume,
   as ``mri_synthseg`` reports them (more precise than counting voxels of a thick-slice grid);
-* ``qc``: CSV, one row per scan: ``qc`` (a score in [0, 1]: the mean over the structures
-  present of the mean, inside the predicted structure, of the highest posterior of each voxel,
-  i.e. how sure the network was; 0 when no structure is found) and the same score per structure;
+* ``qc``: CSV, one row per scan: ``qc`` (a score in [0, 1], the mean over groups of
+  structures of how sure the network was of each group times how much of it survived the
+  clean-up; 0 when nothing is found: :meth:`Segmentation.qc_scores`) and the score per group;
+  a scan scoring below the model's :attr:`SegmentationModel.qc_threshold` is reported as a
+  warning (likely failed);
 * ``png``: the mid sagittal, coronal and axial slices of the network's image with the labels
   in FreeSurfer colours (``<name>_synthseg.png``).
 

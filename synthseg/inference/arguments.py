@@ -16,7 +16,8 @@ def add_input_output(parser) -> None:
 def add_tables_and_figures(parser) -> None:
     """``--vol``, ``--qc`` and ``--png``."""
     parser.add_argument("--vol", default=None, help="CSV of soft volumes (mm^3) per structure and total intracranial")
-    parser.add_argument("--qc", default=None, help="CSV of quality scores in [0, 1] (below 0.5: likely failed)")
+    parser.add_argument("--qc", default=None, help="CSV of quality scores in [0, 1]; a scan scoring below the model's threshold "
+                        "(options.json qc_threshold, on its model card) is reported as likely failed")
     parser.add_argument("--png", default=None, help="overlay PNG: file (one scan) or folder")
 
 

@@ -213,6 +213,12 @@ def predict(inputs, outputs, model=None, vol=None, post=None, resample=None, qc=
                                                                     "segmentation"))))
         for path in tables.add(names[i], seg):
             _add(report.outputs, path)
+        if tables.qc is not None:
+            score = seg.qc_scores()[0]
+            if score < model.qc_threshold:
+                return [f"quality score {score:.2f} is below the model's threshold {model.qc_threshold:.2f}: "
+                        "likely a failed segmentation, check it"]
+        return []
 
     run_batch(files, todo, load, segment, report, o.progress)
     return report
@@ -265,7 +271,9 @@ def run_batch(files, todo, load, segment, report: PredictReport, progress: bool 
     """``segment(i, load(i))`` for each index in ``todo``, the next scan read in a background
     thread while one is segmented; a scan that fails is reported (file and problem, on stderr
     and in ``report.failed``) and the others go on. ``report.done`` and ``report.seconds``
-    record the others; Ctrl-C cancels the pending read and stops."""
+    record the others; the warnings of the scan's preparation and those ``segment`` returns
+    (a list of messages, or ``None``) go on stderr and into ``report.warnings``; Ctrl-C cancels
+    the pending read and stops."""
     from tqdm import tqdm
 
     bar = tqdm(total=len(files), initial=len(report.skipped), desc="segmenting", unit="scan",
@@ -281,7 +289,9 @@ def run_batch(files, todo, load, segment, report: PredictReport, progress: bool 
                 for w in prep.warnings:
                     report.warnings.append((files[i], w))
                     bar.write(f"synthseg: warning: {files[i]}: {w}", file=sys.stderr)
-                segment(i, prep)
+                for w in segment(i, prep) or ():
+                    report.warnings.append((files[i], w))
+                    bar.write(f"synthseg: warning: {files[i]}: {w}", file=sys.stderr)
                 report.done.append(files[i])
                 report.seconds[files[i]] = time.perf_counter() - t0
             except (KeyboardInterrupt, SystemExit):

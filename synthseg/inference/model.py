@@ -21,6 +21,8 @@ from synthseg.inference.tiling import (
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 
 NETWORK_FILES = ("unet_best.keras", "unet_last.keras")
+#: quality-score threshold of a model whose ``options.json`` names none (:attr:`SegmentationModel.qc_threshold`)
+DEFAULT_QC_THRESHOLD = 0.5
 
 
 @dataclass
@@ -42,6 +44,11 @@ class SegmentationModel:
             (:mod:`synthseg.inference.refinement`): true for networks trained on synthetic scans
             (contrast-agnostic), false for supervised and slice runs (trained on one kind of
             scan) and for a bare network file without its run's ``options.json``.
+        qc_threshold: overall quality score (:meth:`~synthseg.inference.segmentation.Segmentation.qc_scores`)
+            below which a segmentation is likely a failure: the ``qc_threshold`` of
+            ``options.json``'s ``prediction`` section, chosen for the network by
+            ``benchmarks/qc.py`` (each network's scores run higher or lower), else
+            :data:`DEFAULT_QC_THRESHOLD`.
     """
 
     network: object
@@ -53,8 +60,11 @@ class SegmentationModel:
     normalisation: str = "percentile"
     slices: object = None
     refine: bool = False
+    qc_threshold: float = None
 
     def __post_init__(self):
+        if self.qc_threshold is None:
+            self.qc_threshold = DEFAULT_QC_THRESHOLD
         if isinstance(self.slices, dict):
             from synthseg.training.slices import SliceSpec
 
@@ -216,6 +226,7 @@ def load_model(path=None) -> SegmentationModel:
         folder, network_file = p.parent, p
     labels = _read_labels(folder / "labels.npy")
     options = _read_run_options(folder / "options.json")
+    qc_threshold = _qc_threshold(options, network_file)
     network = load_keras_model(network_file, "the network")  # safe mode: no code in the file is run
     in_shape, out_shape = network.input_shape, network.output_shape
     slices = options.get("slices")  # a 2D network trained on slices (synthseg.training.slices)
@@ -241,7 +252,16 @@ def load_model(path=None) -> SegmentationModel:
     return SegmentationModel(network=network, labels=labels, lr_pairs=pairs,
                              voxel_size=options.get("voxel_size", 1.0), multiple=int(multiple),
                              path=network_file, normalisation=options.get("normalisation", "percentile"),
-                             slices=slices, refine=bool(options.get("refine", False)))
+                             slices=slices, refine=bool(options.get("refine", False)),
+                             qc_threshold=qc_threshold)
+
+
+def _qc_threshold(options: dict, network_file) -> float:
+    value = options.get("qc_threshold", DEFAULT_QC_THRESHOLD)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+        raise InputError(f"qc_threshold (its prediction section) must be a number between 0 and 1, not {value!r}",
+                         Path(network_file).parent / "options.json")
+    return float(value)
 
 
 def _read_labels(path: Path) -> np.ndarray:
@@ -260,7 +280,8 @@ def _read_labels(path: Path) -> np.ndarray:
 def _read_run_options(path: Path) -> dict:
     """What prediction needs from a run's ``options.json`` (``{}`` when there is none):
     ``voxel_size``, ``lr_pairs`` (segmentation labels; absent: use the protocol's), ``multiple``,
-    ``refine`` (synthetic runs) and, for supervised and slice runs, ``normalisation`` (and ``slices``)."""
+    ``refine`` (synthetic runs), ``qc_threshold`` (its ``prediction`` section) and, for supervised and
+    slice runs, ``normalisation`` (and ``slices``)."""
     from synthseg.nn.unet import required_multiple
     from synthseg.training.run_folder import PAIR_KINDS, read_spec, unet_options
 
@@ -268,6 +289,8 @@ def _read_run_options(path: Path) -> dict:
         return {}
     spec = read_spec(path.parent)
     out = {}
+    if "qc_threshold" in spec.section("prediction"):
+        out["qc_threshold"] = spec.section("prediction")["qc_threshold"]
     try:
         if "unet" in spec.sections:
             out["multiple"] = required_multiple(unet_options(spec))

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from lab2im.geometry import (
     argmax_on_grid,
@@ -14,7 +15,7 @@ from lab2im.io import (
     voxel_size_of,
 )
 from lab2im.volumes import merge_stray_components
-from synthseg.inference.model import SegmentationModel, background_channel
+from synthseg.inference.model import DEFAULT_QC_THRESHOLD, SegmentationModel, background_channel
 from synthseg.inference.postprocessing import clean_posteriors, structure_volumes
 from synthseg.inference.preprocessing import Prepared, parse_crop, prepare_volume
 from synthseg.inference.refinement import refine_posteriors, refined_rows_on_finer_grid
@@ -24,11 +25,13 @@ from synthseg.inference.tiling import (
     tiled_posteriors,
 )
 
+#: voxels (network grid) by which the refinement may grow the network's cleaned brain (:func:`refine_and_clean`)
+REFINED_GROWTH = 1
 NATIVE_SLAB = 16  # voxels per slab along the first axis when mapping posteriors back (memory)
 
-#: overall quality scores below this are likely failures (:meth:`Segmentation.qc_scores`;
-#: chosen on synthetic scans by benchmarks/qc.py)
-QC_THRESHOLD = 0.5
+#: overall quality scores below this are likely failures, for a model that names no threshold
+#: of its own (:attr:`SegmentationModel.qc_threshold`; benchmarks/qc.py chooses one per network)
+QC_THRESHOLD = DEFAULT_QC_THRESHOLD
 
 
 @dataclass
@@ -208,13 +211,14 @@ class Segmentation:
         A group's score is its *confidence* (mean over its voxels of the margin between the
         network's highest and second-highest posterior, before any refinement: how sure the
         network was, which the refinement's sharper or softer posteriors would hide; on
-        synthetic scans the refined posteriors' margins put 18% of the good scans under
-        :data:`QC_THRESHOLD`, the network's 6%) times its *coherence* (the share of the
-        voxels the network gave to the group that the clean-up kept: a scattered, fragmented
-        prediction loses much). A group the model segments but did not find scores 0. The
-        overall score is the mean over the groups the model segments; a scan scoring below
-        :data:`QC_THRESHOLD` is likely a failure (``benchmarks/qc.py`` measures how the scores
-        follow the true Dice on good and degraded scans).
+        synthetic scans the refined posteriors' margins put 18% of the good scans under 0.5,
+        the network's 6%) times its *coherence* (the share of the voxels the network gave to
+        the group that the clean-up kept: a scattered, fragmented prediction loses much). A
+        group the model segments but did not find scores 0. The overall score is the mean over
+        the groups the model segments; a scan scoring below the model's
+        :attr:`~synthseg.inference.model.SegmentationModel.qc_threshold` is likely a failure
+        (``benchmarks/qc.py`` measures how the scores follow the true Dice on good and degraded
+        scans, and chooses the threshold).
 
         Returns:
             ``(overall score, {group name: score, or None when the model has no label of it})``.
@@ -277,11 +281,15 @@ def refine_and_clean(image, post, background: int, refine: bool, cleanup: bool):
     """The network's posteriors to labels on the network grid: refined by the scan's intensities
     (:func:`~synthseg.inference.refinement.refine_posteriors`), then cleaned (:func:`clean_posteriors`).
 
-    The refinement relabels the brain the network found; it never grows it. With the clean-up,
-    only the voxels of the network's own cleaned brain are refined, and every other voxel is
-    background before the refined posteriors are cleaned: without this, a stray piece the
-    clean-up would remove (a structure found in the neck) could be relabelled by its intensity
-    into a structure it touches (the spinal canal's fluid into the ventricles' CSF) and kept.
+    The refinement relabels the brain the network found and may move its edge by
+    :data:`REFINED_GROWTH` voxels, no more. With the clean-up, only the voxels of the network's
+    own cleaned brain, grown by that many voxels (26-neighbours), are refined, and every other
+    voxel is background before the refined posteriors are cleaned. Without this, a stray piece
+    the network's clean-up removes (a structure found in the neck) could be relabelled by its
+    intensity into a structure it touches (the spinal canal's fluid into the brain's CSF) and
+    kept; with no growth at all, the refinement could move the brain's edge inwards but never
+    outwards, and fragments of a thin CSF layer the network found but its clean-up dropped
+    would stay dropped.
 
     Args:
         image: ``(X, Y, Z)`` the scan's intensities on the network grid.
@@ -298,6 +306,8 @@ def refine_and_clean(image, post, background: int, refine: bool, cleanup: bool):
         margin = posterior_margin(post)
         if cleanup:
             network_brain = clean_posteriors(post.copy(), background) != background
+            network_brain = ndimage.binary_dilation(network_brain, ndimage.generate_binary_structure(3, 3),
+                                                    iterations=REFINED_GROWTH)
         post = refine_posteriors(image, post, background, region=network_brain)
     raw = np.bincount(np.argmax(post, axis=-1).ravel(), minlength=post.shape[-1])
     if not cleanup:

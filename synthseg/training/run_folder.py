@@ -33,6 +33,9 @@ SECTIONS = {"synthetic": ("generator", "unet", "training"),
             "supervised": _SUPERVISED_SECTIONS,
             "slices": _SUPERVISED_SECTIONS}
 KINDS = tuple(SECTIONS)
+#: sections any kind may have: ``prediction``, the defaults prediction takes for this network
+#: (``qc_threshold``, chosen by ``benchmarks/qc.py``; written by ``scripts/ship_model.py --qc``)
+OPTIONAL_SECTIONS = ("prediction",)
 #: kinds trained on real image/label pairs (read by :func:`synthseg.training.supervised.load_supervised_options`)
 PAIR_KINDS = ("supervised", "slices")
 
@@ -54,9 +57,9 @@ class RunSpec:
     path: Path
 
     def section(self, name: str) -> dict:
-        """One section (``{}`` for an absent optional one: ``transfer``, ``data``)."""
+        """One section (``{}`` for an absent optional one: ``transfer``, ``data``, ``prediction``)."""
         value = self.sections.get(name)
-        if value is None and name in ("transfer", "data"):
+        if value is None and name in ("transfer", "data", *OPTIONAL_SECTIONS):
             return {}
         if not isinstance(value, dict):
             raise InputError(f"options file lacks or garbles its {name!r} section", self.path)
@@ -100,7 +103,7 @@ def read_spec(run_dir) -> RunSpec:
         raise InputError(f"unknown kind of run {kind!r} (known: {', '.join(KINDS)})", path)
     if kind == "supervised" and isinstance(d.get("data"), dict) and d["data"].get("slices") is not None:
         kind = "slices"  # slice runs were written as supervised ones before schema 2
-    unknown = sorted(set(d) - set(SECTIONS[kind]))
+    unknown = sorted(set(d) - set(SECTIONS[kind]) - set(OPTIONAL_SECTIONS))
     if unknown:
         raise InputError(f"unknown section(s) {unknown} for a {kind} run", path)
     return RunSpec(kind, version, d, path)
@@ -111,11 +114,11 @@ def write_spec(run_dir, kind: str, **sections) -> Path:
     sections (JSON-serialisable dicts) of that kind, in :data:`SECTIONS` order."""
     if kind not in SECTIONS:
         raise ValueError(f"unknown kind {kind!r}")
-    extra = sorted(set(sections) - set(SECTIONS[kind]))
+    extra = sorted(set(sections) - set(SECTIONS[kind]) - set(OPTIONAL_SECTIONS))
     if extra:
         raise ValueError(f"a {kind} run has no section(s) {extra}")
     body = {"kind": kind, "schema_version": SCHEMA_VERSION}
-    body.update({name: sections[name] for name in SECTIONS[kind] if name in sections})
+    body.update({name: sections[name] for name in SECTIONS[kind] + OPTIONAL_SECTIONS if name in sections})
     path = Path(run_dir) / OPTIONS_FILE
     atomic_write_text(path, json.dumps(body, indent=2) + "\n")
     return path

@@ -128,6 +128,16 @@ def test_load_model_from_run_folder_and_keras_file(run_dir, band_model_file, tmp
     (d / "options.json").write_text(json.dumps(opts))
     m2 = P.load_model(d)
     assert m2.path.name == "unet_best.keras" and m2.voxel_size.tolist() == [1, 1, 2]
+    assert m.qc_threshold == P.QC_THRESHOLD == 0.5  # no prediction section: the default
+    # the network's own QC threshold (scripts/ship_model.py --qc), checked before the network loads
+    opts["prediction"] = {"qc_threshold": 0.42}
+    (d / "options.json").write_text(json.dumps(opts))
+    assert P.load_model(d).qc_threshold == 0.42
+    for bad in (1.5, "high", True):
+        opts["prediction"] = {"qc_threshold": bad}
+        (d / "options.json").write_text(json.dumps(opts))
+        with pytest.raises(InputError, match=r"options.json: qc_threshold .* between 0 and 1"):
+            P.load_model(d)
 
 
 def test_lr_permutation():
@@ -425,6 +435,27 @@ def test_volumes_agree_with_the_segmentation(band_model, tmp_path, phantom, bloc
     assert tiv == pytest.approx(sum(float(row[n]) for n in names), abs=0.01)
     # the same head, measured in mm^3 (the boundary layer of the 1 mm network grid counts in full)
     assert tiv == pytest.approx(np.sum(blocks_labels > 0), rel=0.2)
+
+
+def test_a_scan_scoring_below_the_models_qc_threshold_is_reported(band_model, tmp_path, phantom):
+    """With --qc, a scan scoring below the model's threshold is a warning naming it (on stderr and
+    in the report); its outputs are still written."""
+    import dataclasses
+
+    src = save(tmp_path, "sub-02.nii.gz", phantom)
+    out = tmp_path / "out"
+    report = P.predict(src, out / "sure", band_model, qc=out / "sure.csv", flip=False, progress=False)
+    assert report.ok and not report.warnings  # it scores near 1 (see above)
+    unsure = P.SegmentationModel(band_network(scale=3.0), labels=np.asarray(LABELS))  # soft posteriors: low margins
+    assert unsure.qc_threshold == 0.5
+    report = P.predict(src, out / "unsure", unsure, qc=out / "unsure.csv", flip=False, progress=False)
+    with open(out / "unsure.csv") as f:
+        score = float(next(csv.DictReader(f))["qc"])
+    assert report.ok and (out / "unsure" / "sub-02_synthseg.nii.gz").is_file() and score < 0.5
+    assert [(p.name, "below the model's threshold 0.50" in w) for p, w in report.warnings] == [("sub-02.nii.gz", True)]
+    lenient = dataclasses.replace(unsure, qc_threshold=score / 2)  # the model's own threshold
+    assert not P.predict(src, out / "again", lenient, qc=out / "again.csv", flip=False, progress=False).warnings
+    assert not P.predict(src, out / "noqc", unsure, flip=False, progress=False).warnings  # only with --qc
 
 
 def test_crop_keeps_the_centre_only(band_model, tmp_path, phantom):

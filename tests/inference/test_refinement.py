@@ -232,9 +232,12 @@ def test_the_refinement_relabels_the_network_brain_but_never_grows_it():
     """A stray piece of structure 1 touching structure 2 (found in the neck, say), whose intensity
     is structure 2's: the network's clean-up removes it (its next most likely label is the
     background). Refined alone it would become structure 2 and join it; the refinement must only
-    relabel the brain the network kept, while still moving the boundary inside it to the image's."""
+    relabel the brain the network kept, grown by REFINED_GROWTH voxels, while still moving the
+    boundary inside it to the image's."""
+    from scipy import ndimage
+
     from synthseg.inference.postprocessing import clean_posteriors
-    from synthseg.inference.segmentation import refine_and_clean
+    from synthseg.inference.segmentation import REFINED_GROWTH, refine_and_clean
 
     rng = np.random.default_rng(5)
     shape = (30, 18, 18)
@@ -255,7 +258,11 @@ def test_the_refinement_relabels_the_network_brain_but_never_grows_it():
     assert (old[20:26, 6:12, 6:12] == 2).all()  # refined alone, it joins structure 2
 
     refined, channels, raw, margin = refine_and_clean(image, post.copy(), 0, refine=True, cleanup=True)
-    np.testing.assert_array_equal(channels != 0, network != 0)  # the network's brain, no more
+    assert REFINED_GROWTH == 1
+    grown = ndimage.binary_dilation(network != 0, np.ones((3, 3, 3), bool), iterations=REFINED_GROWTH)
+    assert not np.any((channels != 0) & ~grown)  # the network's brain and one voxel around it, no more
+    assert (channels[20, 6:12, 6:12] == 2).all() and not channels[21:].any()  # one layer of the piece, no more
+    np.testing.assert_array_equal((channels != 0)[:20], network[:20] != 0)
     assert (channels[12:14, 4:14, 4:14] == 2).all() and (network[12:14, 4:14, 4:14] == 1).all()  # relabelled
     np.testing.assert_array_equal(channels, np.argmax(refined, -1))
     assert raw[1] > (channels == 1).sum() and margin.shape == shape  # the stray piece counts before the clean-up

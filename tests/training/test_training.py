@@ -1,5 +1,6 @@
 """training(): learning, exact resume after kill -9, multi-replica, and bad input."""
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -487,6 +488,24 @@ def test_ship_model_averages_the_last_checkpoints_into_a_float32_network(label_d
         np.testing.assert_allclose(np.asarray(keras.ops.convert_to_numpy(got)), (a + b) / 2, rtol=1e-5, atol=1e-6)
     card = (tmp_path / "models" / "tiny" / "MODEL_CARD.md").read_text()
     assert "mean of the checkpoints at steps 4, 6" in card and "--no-refine" in card
+    assert "qc_threshold" not in (tmp_path / "models" / "tiny" / "options.json").read_text()
+    # --qc: benchmarks/qc.py's threshold becomes the model's, and the card says what it rests on
+    qc = tmp_path / "qc.json"
+    qc.write_text(json.dumps({"results": {"threshold": 0.4193, "spearman": 0.97, "balanced_accuracy": 0.96,
+                                          "scans": [{}] * 32}}))
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "ship_model.py"), str(run), "tiny", "--qc", str(qc),
+                        "--models-dir", str(tmp_path / "models")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / "models" / "tiny" / "options.json").read_text())["prediction"] == {"qc_threshold": 0.419}
+    from synthseg.inference.model import load_model
+
+    assert load_model(tmp_path / "models" / "tiny").qc_threshold == 0.419
+    card = (tmp_path / "models" / "tiny" / "MODEL_CARD.md").read_text()
+    assert "below **0.42** is reported as likely failed" in card and "over 32 good and degraded" in card
+    qc.write_text("{}")
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "ship_model.py"), str(run), "tiny", "--qc", str(qc),
+                        "--models-dir", str(tmp_path / "models")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1 and "not a benchmarks/qc.py result" in r.stderr
     r = subprocess.run([sys.executable, str(REPO / "scripts" / "ship_model.py"), str(run), "tiny", "--average", "9",
                         "--models-dir", str(tmp_path / "models")], capture_output=True, text=True, timeout=600)
     assert r.returncode == 1 and "--average 9" in r.stderr
