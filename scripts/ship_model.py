@@ -1,6 +1,6 @@
 """Copy a training run's network into ``models/<name>/`` with a model card and a training curve.
 
-    python scripts/ship_model.py runs/cpu8 synthseg_1.5mm --average 4 --recipe cpu8 \\
+    python scripts/ship_model.py runs/cpu9 synthseg_1.5mm --average 4 --recipe cpu9 --qc qc.json \\
         --accuracy benchmarks/results/accuracy.json     # the mean of the last 4 checkpoints
 
 One model is shipped at a time (prediction will not guess between several): move the old

@@ -2,8 +2,8 @@
 
     python scripts/train_synthseg.py RUN_DIR --preset small     # 2 mm, 64^3, minutes on 2 CPU cores
     python scripts/train_synthseg.py RUN_DIR --preset cpu       # the first shipped model: 2 mm, ~2 h on 2 CPU cores
-    python scripts/train_synthseg.py RUN_DIR --preset cpu8      # the shipped model's last 3,750 steps: 1.5 mm, 80^3 (issue 12)
-    python scripts/train_synthseg.py RUN_DIR --preset cpu9      # continues it: a second 1.5 mm cosine cycle
+    python scripts/train_synthseg.py RUN_DIR --preset cpu9      # the shipped model's last 4,000 steps: 1.5 mm, 80^3 (issue 12)
+    python scripts/train_synthseg.py RUN_DIR --preset cpu10     # continues it: a third 1.5 mm cosine cycle
     python scripts/train_synthseg.py RUN_DIR --preset synthseg  # 1 mm, 160^3, SynthSeg's U-Net (GPU)
     python scripts/train_synthseg.py RUN_DIR --resume           # continue after a stop or a kill
     python scripts/train_synthseg.py RUN_DIR --resume --minutes 8  # end at a checkpoint within 8 min

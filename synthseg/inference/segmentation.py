@@ -283,7 +283,7 @@ def refine_and_clean(image, post, background: int, refine: bool, cleanup: bool):
 
     The refinement relabels the brain the network found and may move its edge by
     :data:`REFINED_GROWTH` voxels, no more. With the clean-up, only the voxels of the network's
-    own cleaned brain, grown by that many voxels (26-neighbours), are refined, and every other
+    own cleaned brain, grown by that many voxels (6-neighbours), are refined, and every other
     voxel is background before the refined posteriors are cleaned. Without this, a stray piece
     the network's clean-up removes (a structure found in the neck) could be relabelled by its
     intensity into a structure it touches (the spinal canal's fluid into the brain's CSF) and
@@ -293,7 +293,7 @@ def refine_and_clean(image, post, background: int, refine: bool, cleanup: bool):
 
     Args:
         image: ``(X, Y, Z)`` the scan's intensities on the network grid.
-        post: ``(X, Y, Z, K)`` the network's posteriors (modified in place without refinement).
+        post: ``(X, Y, Z, K)`` the network's posteriors (may be modified in place).
         background: the background's channel.
 
     Returns:
@@ -306,8 +306,7 @@ def refine_and_clean(image, post, background: int, refine: bool, cleanup: bool):
         margin = posterior_margin(post)
         if cleanup:
             network_brain = clean_posteriors(post.copy(), background) != background
-            network_brain = ndimage.binary_dilation(network_brain, ndimage.generate_binary_structure(3, 3),
-                                                    iterations=REFINED_GROWTH)
+            network_brain = ndimage.binary_dilation(network_brain, iterations=REFINED_GROWTH)  # across faces
         post = refine_posteriors(image, post, background, region=network_brain)
     raw = np.bincount(np.argmax(post, axis=-1).ravel(), minlength=post.shape[-1])
     if not cleanup:

@@ -163,7 +163,7 @@ RECIPES = {r.name: r for r in [
                          lr_schedule="constant")),
 ]}
 #: the recipe of the model shipped in ``models/synthseg_1.5mm``
-SHIPPED = "cpu8"
+SHIPPED = "cpu9"
 
 
 def recipe(name: str) -> Recipe:

@@ -259,7 +259,7 @@ def test_the_refinement_relabels_the_network_brain_but_never_grows_it():
 
     refined, channels, raw, margin = refine_and_clean(image, post.copy(), 0, refine=True, cleanup=True)
     assert REFINED_GROWTH == 1
-    grown = ndimage.binary_dilation(network != 0, np.ones((3, 3, 3), bool), iterations=REFINED_GROWTH)
+    grown = ndimage.binary_dilation(network != 0, iterations=REFINED_GROWTH)
     assert not np.any((channels != 0) & ~grown)  # the network's brain and one voxel around it, no more
     assert (channels[20, 6:12, 6:12] == 2).all() and not channels[21:].any()  # one layer of the piece, no more
     np.testing.assert_array_equal((channels != 0)[:20], network[:20] != 0)
