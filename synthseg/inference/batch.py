@@ -213,15 +213,22 @@ def predict(inputs, outputs, model=None, vol=None, post=None, resample=None, qc=
                                                                     "segmentation"))))
         for path in tables.add(names[i], seg):
             _add(report.outputs, path)
-        if tables.qc is not None:
-            score = seg.qc_scores()[0]
-            if score < model.qc_threshold:
-                return [f"quality score {score:.2f} is below the model's threshold {model.qc_threshold:.2f}: "
-                        "likely a failed segmentation, check it"]
-        return []
+        return low_quality_warnings(tables, seg, model)
 
     run_batch(files, todo, load, segment, report, o.progress)
     return report
+
+
+def low_quality_warnings(tables: "ScanTables", seg, model: SegmentationModel) -> list[str]:
+    """With a QC table (``--qc``), a warning when ``seg``'s overall quality score is below the
+    model's :attr:`~SegmentationModel.qc_threshold`; else none."""
+    if tables.qc is None:
+        return []
+    score = seg.qc_scores()[0]
+    if score >= model.qc_threshold:
+        return []
+    return [f"quality score {score:.2f} is below the model's threshold {model.qc_threshold:.2f}: "
+            "likely a failed segmentation, check it"]
 
 
 class OutputPlan:

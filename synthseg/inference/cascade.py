@@ -54,6 +54,7 @@ from synthseg.inference.batch import (
     OutputPlan,
     PredictReport,
     ScanTables,
+    low_quality_warnings,
     output_names,
     run_batch,
 )
@@ -243,6 +244,7 @@ def cascade(inputs, outputs, coarse, fine, region_labels=None, margin_mm: float 
                 report.outputs.append(path)
         report.outputs.append(save_volume(result.segmentation, plan.path("segmentation", i), affine=scan.affine,
                                           header=scan.header, dtype=np.int32))
+        return low_quality_warnings(tables, result.fine, fine)
 
     run_batch(files, todo, load, segment, report, progress)
     return report

@@ -98,7 +98,7 @@ def test_region_box_margin_in_mm_and_minimum_size():
     assert region_box(np.zeros((4, 4, 4), bool), 1.0, 1.0) is None
 
 
-def test_cascade_files_and_command_line(tmp_path):
+def test_cascade_files_and_command_line(tmp_path, capsys):
     from synthseg.cli import main
 
     vol, ball = scan()
@@ -123,6 +123,7 @@ def test_cascade_files_and_command_line(tmp_path):
                  "--region", str(tmp_path / "region"), "--skip-existing", "--threads", "2", "--tile", "64"])
     assert code == 0 and (tmp_path / "out" / "scan_synthseg.nii.gz").stat().st_mtime_ns == stamp
     # volumes, quality scores and an overlay, as predict writes them
+    capsys.readouterr()
     code = main(["cascade", "--i", str(tmp_path / "scan.nii.gz"), "--o", str(tmp_path / "out2"),
                  "--model", str(tmp_path / "coarse" / "net.keras"), "--fine", str(tmp_path / "fine" / "net.keras"),
                  "--fine-voxel-size", "0.5", "--margin", "3", "--no-flip", "--vol", str(tmp_path / "out2" / "v.csv"),
@@ -134,5 +135,8 @@ def test_cascade_files_and_command_line(tmp_path):
         row = list(csv.DictReader(f))[0]
     assert row["subject"] == "scan" and float(row["total intracranial"]) > 0
     with open(tmp_path / "out2" / "q.csv") as f:
-        assert 0 <= float(list(csv.DictReader(f))[0]["qc"]) <= 1
+        score = float(list(csv.DictReader(f))[0]["qc"])
+    assert 0 <= score <= 1
+    # the fine model's threshold (0.5: no prediction section) decides the warning, as in predict
+    assert ("below the model's threshold 0.50" in capsys.readouterr().err) == (score < 0.5)
     assert (tmp_path / "out2" / "scan_synthseg.png").stat().st_size > 10_000
