@@ -211,24 +211,13 @@ def predict(inputs, outputs, model=None, vol=None, post=None, resample=None, qc=
         report.outputs.extend(_write_outputs(seg, o.keep_native, *(plan.path(what, i) for what in
                                                                    ("posteriors", "resampled image", "overlay",
                                                                     "segmentation"))))
-        for path in tables.add(names[i], seg):
+        written, warnings = tables.add(names[i], seg)
+        for path in written:
             _add(report.outputs, path)
-        return low_quality_warnings(tables, seg, model)
+        return warnings
 
     run_batch(files, todo, load, segment, report, o.progress)
     return report
-
-
-def low_quality_warnings(tables: "ScanTables", seg, model: SegmentationModel) -> list[str]:
-    """With a QC table (``--qc``), a warning when ``seg``'s overall quality score is below the
-    model's :attr:`~SegmentationModel.qc_threshold`; else none."""
-    if tables.qc is None:
-        return []
-    score = seg.qc_scores()[0]
-    if score >= model.qc_threshold:
-        return []
-    return [f"quality score {score:.2f} is below the model's threshold {model.qc_threshold:.2f}: "
-            "likely a failed segmentation, check it"]
 
 
 class OutputPlan:
@@ -444,11 +433,13 @@ def check_distinct(files, groups) -> None:
 
 class ScanTables:
     """The volumes and quality-score CSVs of a batch (either may be ``None``): one row per scan,
-    columns from the model's labels and QC groups, rewritten atomically after each scan."""
+    columns from the model's labels and QC groups, rewritten atomically after each scan; a scan
+    scoring below the model's :attr:`~SegmentationModel.qc_threshold` gets a warning."""
 
     def __init__(self, model: SegmentationModel, vol=None, qc=None):
         from synthseg.data.labels import QC_GROUPS
 
+        self.qc_threshold = model.qc_threshold
         names = model.label_names()
         self.structures = [(int(v), names[c]) for c, v in enumerate(model.labels) if v != 0]
         self.groups = [name for name, ids in QC_GROUPS.items() if set(ids) & set(model.labels.tolist())]
@@ -460,9 +451,14 @@ class ScanTables:
         """Every table asked for holds a row of ``subject``."""
         return all(t is None or t.has(subject) for t in (self.vol, self.qc))
 
-    def add(self, subject: str, seg: Segmentation | None) -> list[Path]:
-        """Write ``subject``'s rows (``seg`` ``None``: nothing found, volumes and scores 0); the paths written."""
-        written = []
+    def add(self, subject: str, seg: Segmentation | None) -> tuple[list[Path], list[str]]:
+        """Write ``subject``'s rows (``seg`` ``None``: nothing found, volumes and scores 0).
+
+        Returns:
+            ``(paths written, warnings)``: with the QC table, a warning when the overall score is
+            below the model's threshold (likely a failed segmentation).
+        """
+        written, warnings = [], []
         if self.vol is not None:
             volumes = seg.volumes() if seg is not None else {}
             values = [volumes.get(v, 0.0) for v, _ in self.structures]
@@ -472,7 +468,10 @@ class ScanTables:
             score, per = seg.qc_scores() if seg is not None else (0.0, {})
             self.qc.set(subject, [f"{score:.4f}"] + [f"{per.get(g) or 0.0:.4f}" for g in self.groups])
             written.append(self.qc.write())
-        return written
+            if score < self.qc_threshold:
+                warnings.append(f"quality score {score:.2f} is below the model's threshold {self.qc_threshold:.2f}: "
+                                "likely a failed segmentation, check it")
+        return written, warnings
 
 
 class _CsvTable:

@@ -54,7 +54,6 @@ from synthseg.inference.batch import (
     OutputPlan,
     PredictReport,
     ScanTables,
-    low_quality_warnings,
     output_names,
     run_batch,
 )
@@ -239,12 +238,13 @@ def cascade(inputs, outputs, coarse, fine, region_labels=None, margin_mm: float 
                                               header=scan.header, dtype=np.int32))
         if plan.path("overlay", i) is not None:
             report.outputs.append(_overlay(scan, result.segmentation, plan.path("overlay", i), names[i]))
-        for path in tables.add(names[i], result.fine):
+        written, warnings = tables.add(names[i], result.fine)
+        for path in written:
             if path not in report.outputs:
                 report.outputs.append(path)
         report.outputs.append(save_volume(result.segmentation, plan.path("segmentation", i), affine=scan.affine,
                                           header=scan.header, dtype=np.int32))
-        return low_quality_warnings(tables, result.fine, fine)
+        return warnings
 
     run_batch(files, todo, load, segment, report, progress)
     return report

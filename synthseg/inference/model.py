@@ -289,8 +289,9 @@ def _read_run_options(path: Path) -> dict:
         return {}
     spec = read_spec(path.parent)
     out = {}
-    if "qc_threshold" in spec.section("prediction"):
-        out["qc_threshold"] = spec.section("prediction")["qc_threshold"]
+    prediction = spec.section("prediction")
+    if "qc_threshold" in prediction:
+        out["qc_threshold"] = prediction["qc_threshold"]
     try:
         if "unet" in spec.sections:
             out["multiple"] = required_multiple(unet_options(spec))

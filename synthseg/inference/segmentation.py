@@ -308,9 +308,11 @@ def refine_and_clean(image, post, background: int, refine: bool, cleanup: bool):
             network_brain = clean_posteriors(post.copy(), background) != background
             network_brain = ndimage.binary_dilation(network_brain, iterations=REFINED_GROWTH)  # across faces
         post = refine_posteriors(image, post, background, region=network_brain)
-    raw = np.bincount(np.argmax(post, axis=-1).ravel(), minlength=post.shape[-1])
+    argmax = np.argmax(post, axis=-1).astype(np.int32)
+    raw = np.bincount(argmax.ravel(), minlength=post.shape[-1])
     if not cleanup:
-        return post, np.argmax(post, axis=-1).astype(np.int32), raw, margin
+        return post, argmax, raw, margin
+    del argmax
     if network_brain is not None:
         outside = ~network_brain
         post[outside] = 0.0
