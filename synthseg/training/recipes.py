@@ -180,7 +180,7 @@ RECIPES = {r.name: r for r in [
                          lr_schedule="constant")),
 ]}
 #: the recipe of the model shipped in ``models/synthseg_1.5mm``
-SHIPPED = "cpu9"
+SHIPPED = "cpu11"
 
 
 def recipe(name: str) -> Recipe:
