@@ -75,10 +75,16 @@ def pseudo_label_map(scan, out, model=None, cache_dir=None, flip: bool = True) -
 
     Returns:
         ``out``: an int32 map on the public training maps' grid (1 mm).
+
+    Raises:
+        InputError: the scan cannot be read, the output folder does not exist (checked before
+            the scan is segmented), or the labels do not fit MNI space.
     """
     from synthseg.inference.model import load_model
     from synthseg.inference.segmentation import segment_volume
 
+    if not Path(out).parent.is_dir():
+        raise InputError("the output folder does not exist", Path(out).parent)
     volume = load_volume(scan)
     seg = segment_volume(volume, load_model(model), flip=flip)
     shape, affine = training_grid(cache_dir)

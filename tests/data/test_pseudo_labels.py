@@ -87,6 +87,14 @@ def test_whole_head_map_keeps_the_brain_and_fills_the_head_as_the_public_maps():
         pseudo_labels.whole_head_map(seg[::-1], seg_affine, shape, tpm.affine, tpm)
 
 
+def test_pseudo_label_map_checks_its_paths_before_segmenting(tmp_path, capsys):
+    scan = _save(tmp_path / "scan.nii.gz", _head())
+    with pytest.raises(InputError, match="no_such_folder.*does not exist"):
+        pseudo_labels.pseudo_label_map(scan, tmp_path / "no_such_folder" / "map.nii.gz")
+    assert pseudo_labels.main([str(tmp_path / "missing.nii.gz"), str(tmp_path / "map.nii.gz")]) == 1
+    assert "missing.nii.gz" in capsys.readouterr().err and not (tmp_path / "map.nii.gz").exists()
+
+
 def test_committed_colin27_map_is_a_whole_head_training_map():
     image = nib.load(tl.COLIN27_MAP)
     labels = np.asarray(image.dataobj).astype(np.int32)
