@@ -375,7 +375,10 @@ def _deb_data(archive: Path) -> bytes:
             header = f.read(60)
             if len(header) < 60:
                 raise tarfile.TarError("no data.tar member")
-            name, size = header[:16].decode().strip().rstrip("/"), int(header[48:58].decode().strip())
+            try:
+                name, size = header[:16].decode().strip().rstrip("/"), int(header[48:58].decode().strip())
+            except (UnicodeDecodeError, ValueError):
+                raise tarfile.TarError("malformed ar member header") from None
             if name.startswith("data.tar"):
                 data = f.read(size)
                 if len(data) != size:
@@ -413,7 +416,7 @@ def _extract(archive: Path, source: Source, entries: list[DataFile], root: Path)
                 _extract_from(_TarLevel(top), jobs, root)
         else:
             raise DatasetError(f"unknown archive kind {source.kind!r}", archive)
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, ValueError) as exc:
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
         archive.unlink()
         raise DatasetError(f"archive is corrupt ({type(exc).__name__}: {exc}); it was deleted, "
                            "run again to download it anew", archive) from None
