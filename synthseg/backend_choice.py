@@ -10,8 +10,9 @@ choice is measured, not assumed: each installed backend times a few U-Net traini
 run's architecture on random data, in a child process of its own (a process can hold one
 Keras backend only), and the fastest one wins. The same holds for precision: half precision (``mixed_bfloat16`` in the
 U-Net) ran 1.35-1.5x faster on a CPU with AMX units and 1.15x faster on one with only
-``avx512_bf16`` (TensorFlow 1.29 against 1.48 s, PyTorch 7.32 against 8.47 s), and may be
-slower on one without, so
+``avx512_bf16`` (TensorFlow 1.29 against 1.48 s, PyTorch 7.32 against 8.47 s), and was
+3.0x *slower* on a 2-core Intel Xeon with AVX-512 but no bfloat16 instructions (2026-12-06,
+the 1.5 mm recipe's U-Net at 80^3: TensorFlow 4.15 against 1.37 s; JAX 13.9 s either way), so
 :func:`fastest_setting` times both precisions on each backend and picks the fastest pair
 (:func:`cpu_flags` says which bfloat16 instructions the CPU has, for the record).
 

@@ -13,7 +13,7 @@ The labels are a model's, not an expert's: errors of the model are learnt back. 
 map :data:`~synthseg.data.training_labels.COLIN27_MAP` was made this way from Colin27 (one real
 subject, 27 scans averaged: sharp, high contrast)::
 
-    python scripts/build_colin27_map.py                 # with the shipped model
+    python scripts/build_colin27_map.py --model DIR     # DIR: the model that made it (cpu9)
     python -m synthseg.data.pseudo_labels SCAN OUT.nii.gz [--model DIR]
 """
 from __future__ import annotations

@@ -168,3 +168,28 @@ def test_pseudo_label_map_of_a_scan_recovers_its_anatomy(network_cache, tmp_path
     brain = lambda m: ~np.isin(m, tl._NOT_UNDER_CORTEX)  # noqa: E731
     assert dice(brain(made), brain(truth)) > 0.9
     assert dice(np.isin(made, (3, 42)), np.isin(truth, (3, 42))) > 0.6
+
+
+def test_build_colin27_map_reports_a_bad_output_path_before_segmenting(tmp_path, monkeypatch, capsys):
+    """scripts/build_colin27_map.py: the scan is fetched, then an output folder that does not
+    exist is an error naming it (exit status 1), before the network runs."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "build_colin27_map", Path(__file__).resolve().parents[2] / "scripts" / "build_colin27_map.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    scan = _save(tmp_path / "ch2.nii.gz", _head())
+    fetched = []
+    monkeypatch.setattr(datasets, "fetch", lambda name, cache_dir=None: fetched.append(name) or scan)
+    out = tmp_path / "no_such_folder" / "colin27.nii.gz"
+    assert script.main(["--out", str(out), "--cache-dir", str(tmp_path)]) == 1
+    assert fetched == ["colin27_t1"]
+    assert "no_such_folder" in capsys.readouterr().err and not out.exists()
+
+    def offline(name, cache_dir=None):
+        raise datasets.DatasetError(f"{name}: offline")
+
+    monkeypatch.setattr(datasets, "fetch", offline)
+    assert script.main(["--out", str(tmp_path / "colin27.nii.gz")]) == 1
+    assert "colin27_t1: offline" in capsys.readouterr().err
