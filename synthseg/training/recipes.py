@@ -174,6 +174,11 @@ RECIPES = {r.name: r for r in [
            voxel_mm=1.5, crop=80, unet=_CPU_UNET, init_weights="models/continue/cpu11_avg4_fp16.keras",
            generator=_CPU5B_GENERATOR, training=dict(_CPU5_TRAINING, steps=4_000, learning_rate=8e-5),
            extra_maps=("synthseg/data/maps/colin27.nii.gz",)),
+    Recipe("cpu13", "issue 12, continue the three-anatomy network further: cpu12's averaged weights (it stopped at "
+           "step 3,000 of 4,000), another 1.5 mm cosine cycle from 6e-5 on the public maps and Colin27",
+           voxel_mm=1.5, crop=80, unet=_CPU_UNET, init_weights="models/continue/cpu12_avg4_fp16.keras",
+           generator=_CPU5B_GENERATOR, training=dict(_CPU5_TRAINING, steps=4_000, learning_rate=6e-5),
+           extra_maps=("synthseg/data/maps/colin27.nii.gz",)),
     Recipe("synthseg", "the reference configuration (SynthSeg 1.0's network and crop), for a GPU",
            voxel_mm=1.0, crop=160, unet=dict(n_levels=5, base_features=24),
            training=dict(steps=300_000, steps_per_checkpoint=1000, learning_rate=1e-4, warmup_steps=1000,
