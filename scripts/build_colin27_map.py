@@ -1,7 +1,7 @@
 """Rebuild the committed Colin27 training map (``synthseg/data/maps/colin27.nii.gz``).
 
 Fetches Colin27's whole-head T1 (Debian's ``mricron-data``) and segments it with a model
-(:func:`synthseg.data.pseudo_labels.pseudo_label_map`). The committed map was made by the 1.5 mm
+(:func:`synthseg.data.pseudo_labels.run`). The committed map was made by the 1.5 mm
 model shipped until ``cpu11`` replaced it (``cpu9``, commit f25fce5); the same map, voxel for
 voxel, comes back only from that model::
 
@@ -14,29 +14,23 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from lab2im.errors import InputError
-from lab2im.io import load_volume
 from synthseg.data import datasets, pseudo_labels
-from synthseg.data import training_labels as tl
+from synthseg.data.training_labels import COLIN27_MAP
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped one)")
-    parser.add_argument("--out", type=Path, default=tl.COLIN27_MAP, help=f"output map (default: {tl.COLIN27_MAP})")
+    parser.add_argument("--out", type=Path, default=COLIN27_MAP, help=f"output map (default: {COLIN27_MAP})")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="data cache (default: $SYNTHSEG_DATA or ~/.cache/synthseg)")
     args = parser.parse_args(argv)
     try:
         scan = datasets.fetch("colin27_t1", args.cache_dir)
-        out = pseudo_labels.pseudo_label_map(scan, args.out, args.model, args.cache_dir)
-    except (datasets.DatasetError, InputError) as exc:
+    except datasets.DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(tl.summary(out, np.asarray(load_volume(out).data)))
-    return 0
+    return pseudo_labels.run(scan, args.out, args.model, args.cache_dir)
 
 
 if __name__ == "__main__":

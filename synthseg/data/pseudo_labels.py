@@ -104,8 +104,14 @@ def main(argv=None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="data cache (default: $SYNTHSEG_DATA or ~/.cache/synthseg)")
     args = parser.parse_args(argv)
+    return run(args.scan, args.out, args.model, args.cache_dir)
+
+
+def run(scan, out, model=None, cache_dir=None) -> int:
+    """The command line's work (also ``scripts/build_colin27_map.py``'s): :func:`pseudo_label_map`,
+    then the map's summary on stdout; exit status 0, or 1 with the error on stderr."""
     try:
-        path = pseudo_label_map(args.scan, args.out, args.model, args.cache_dir)
+        path = pseudo_label_map(scan, out, model, cache_dir)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
