@@ -1,7 +1,8 @@
 """``labels_to_image_model``: the random layers composed into one Keras model.
 
 Per minibatch, in the order of :data:`STAGE_TABLE`: spatial deformation (affine +
-diffeomorphic, with random crop) -> left/right flip -> random partition of chosen labels into
+diffeomorphic, with random crop) -> left/right flip -> random one-voxel moves of chosen label
+boundaries -> random partition of chosen labels into
 parts -> per-label Gaussian intensities -> bias field -> resolution loss (and optional blur) ->
 noise, clipping, min-max normalisation to [0, 1], gamma; and generation labels converted to
 segmentation labels. Everything runs on the device Keras runs on.
@@ -29,6 +30,7 @@ from lab2im.layers import (
     RandomBiasField,
     RandomBlur,
     RandomFlip,
+    RandomLabelMorphology,
     RandomPartition,
     RandomSpatialDeformation,
     SampleConditionalGMM,
@@ -96,6 +98,13 @@ def _flip(o, seed, ctx):
     return RandomFlip(ctx.lr_pairs, axis=o.flip_axis, prob=o.flip_prob, kinds=list(ctx.kinds), seed=seed, name="flip")
 
 
+def _morphology(o, seed, ctx):
+    if not getattr(o, "morphology_rules", None) or o.morphology_prob <= 0:
+        return None
+    return RandomLabelMorphology(o.morphology_rules, o.morphology_scale, o.morphology_threshold, o.morphology_prob,
+                                 seed=seed, name="morphology")
+
+
 def _partition(o, seed, ctx):
     if not o.partitions or o.partition_prob <= 0:
         return None
@@ -136,6 +145,7 @@ STAGE_TABLE = (
     Stage("deformation", LABELS, LABELS, _deformation, pairs=True,
           gates=(("affine", "affine_prob"), ("velocity", "elastic_prob"))),
     Stage("flip", LABELS, LABELS, _flip, pairs=True),
+    Stage("morphology", LABELS, LABELS, _morphology),
     Stage("partition", LABELS, LABELS, _partition),
     Stage("gmm", LABELS, IMAGE, _gmm),
     Stage("bias_field", IMAGE, IMAGE, _bias_field, pairs=True),

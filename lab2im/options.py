@@ -44,6 +44,10 @@ class GeneratorOptions:
         integration_steps, integration_downsample: scaling-and-squaring steps and how much
             coarser than the output the field is integrated.
 
+        morphology_rules, morphology_scale, morphology_threshold, morphology_prob: boundaries
+            between label groups moved by one voxel in smooth random regions,
+            ``[(grow_labels, into_labels), ...]`` (every label must be a generation label); see
+            :class:`~lab2im.layers.RandomLabelMorphology`. Empty: no change.
         partitions, partition_scale, partition_prob: labels split at random into smooth parts,
             each painted with its own intensities: ``[[label, part_1, ...], ...]`` (every part
             must be a generation label); see :class:`~lab2im.layers.RandomPartition`. Empty:
@@ -86,6 +90,10 @@ class GeneratorOptions:
     nonlin_scale: float = 0.04
     integration_steps: int = 7
     integration_downsample: int = 4
+    morphology_rules: list = field(default_factory=list)
+    morphology_scale: float = 0.1
+    morphology_threshold: tuple[float, float] = (0.0, 1.0)
+    morphology_prob: float = 1.0
     partitions: list[list[int]] = field(default_factory=list)
     partition_scale: float = 0.125
     partition_prob: float = 1.0
@@ -129,6 +137,12 @@ class GeneratorOptions:
         missing = sorted({v for p in self.lr_pairs for v in p} - set(self.generation_labels))
         if missing:
             raise InputError(f"lr_pairs name labels that are not generation labels: {missing}")
+        self.morphology_rules = [(_int_list(g, "morphology_rules"), _int_list(i, "morphology_rules"))
+                                 for g, i in self.morphology_rules]
+        missing = sorted({v for g, i in self.morphology_rules for v in g + i} - set(self.generation_labels))
+        if missing:
+            raise InputError(f"morphology_rules name labels that are not generation labels: {missing}")
+        self.morphology_threshold = tuple(float(v) for v in self.morphology_threshold)
         self.partitions = [_int_list(p, "partitions") for p in self.partitions]
         if any(len(p) < 2 for p in self.partitions):
             raise InputError(f"each partition must be [label, part_1, ...], got {self.partitions}")
@@ -138,6 +152,11 @@ class GeneratorOptions:
         missing = sorted(set(every) - set(self.generation_labels))
         if missing:
             raise InputError(f"partitions name labels that are not generation labels: {missing}")
+        if not float(self.morphology_scale) > 0:
+            raise InputError(f"morphology_scale must be > 0, got {self.morphology_scale}")
+        t = self.morphology_threshold
+        if len(t) != 2 or not 0 <= t[0] <= t[1]:
+            raise InputError(f"morphology_threshold must be (lo, hi) with 0 <= lo <= hi, got {self.morphology_threshold}")
         if not float(self.partition_scale) > 0:
             raise InputError(f"partition_scale must be > 0, got {self.partition_scale}")
         if self.output_shape is not None:
@@ -148,7 +167,8 @@ class GeneratorOptions:
             raise InputError(f"prior_distribution must be 'uniform' or 'normal', got {self.prior_distribution!r}")
         if self.n_channels < 1:
             raise InputError("n_channels must be >= 1")
-        for name in ("flip_prob", "bias_prob", "prob_isotropic", "partition_prob", "resolution_prob"):
+        for name in ("flip_prob", "bias_prob", "prob_isotropic", "partition_prob", "resolution_prob",
+                     "morphology_prob"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise InputError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         for name in ("scaling", "rotation", "shearing", "translation", "nonlin_std", "bias_std",

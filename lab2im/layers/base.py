@@ -19,6 +19,7 @@ and two layers built with the same ``seed`` draw the same parameters.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import keras
@@ -84,6 +85,21 @@ class RandomLayer(keras.layers.Layer):
 
     def _bernoulli(self, shape, prob: float):
         return keras.random.uniform(shape, seed=self.seed_generator) < prob
+
+
+class CoarseFieldLayer(RandomLayer):
+    """A random layer that draws smooth fields on a coarse grid, ``scale`` times the input's
+    spatial shape (at least 2 per axis; ``self.scale`` set by the subclass), upsampled to the
+    input's shape when applied. Its output has the input's shape. Built: ``self.spatial`` (the
+    input's spatial shape, voxels) and ``self.coarse`` (the grid's)."""
+
+    def build(self, input_shape):
+        self.spatial = spatial_shape(input_shape)
+        self.coarse = tuple(max(2, math.ceil(n * self.scale)) for n in self.spatial)
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
 
 
 #: what a tensor given to a spatial layer holds: images are interpolated linearly, label maps

@@ -1,17 +1,15 @@
 """Smooth multiplicative bias field (intensity inhomogeneity)."""
 from __future__ import annotations
 
-import math
-
 import keras
 from keras import ops
 
 from lab2im import ops as lops
-from lab2im.layers.base import RandomLayer, spatial_shape
+from lab2im.layers.base import CoarseFieldLayer
 
 
 @keras.saving.register_keras_serializable(package="lab2im")
-class RandomBiasField(RandomLayer):
+class RandomBiasField(CoarseFieldLayer):
     """Multiply images by ``exp(f)``, ``f`` a coarse Gaussian noise field upsampled linearly.
 
     Args:
@@ -30,14 +28,6 @@ class RandomBiasField(RandomLayer):
         if std < 0 or scale <= 0 or not 0 <= prob <= 1:
             raise ValueError("std >= 0, scale > 0 and 0 <= prob <= 1 are required")
         self.std, self.scale, self.prob = float(std), float(scale), float(prob)
-
-    def build(self, input_shape):
-        self.spatial = spatial_shape(input_shape)
-        self.coarse = tuple(max(2, math.ceil(n * self.scale)) for n in self.spatial)
-        super().build(input_shape)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
 
     def get_random_transformation(self, batch_size):
         rank = (1,) * (len(self.spatial) + 1)

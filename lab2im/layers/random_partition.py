@@ -1,18 +1,16 @@
 """Random partition of chosen labels into smooth random parts (variety where labels are coarse)."""
 from __future__ import annotations
 
-import math
-
 import keras
 import numpy as np
 from keras import ops
 
 from lab2im import ops as lops
-from lab2im.layers.base import RandomLayer, spatial_shape
+from lab2im.layers.base import CoarseFieldLayer
 
 
 @keras.saving.register_keras_serializable(package="lab2im")
-class RandomPartition(RandomLayer):
+class RandomPartition(CoarseFieldLayer):
     """Split each listed label into random smooth parts, each part a label of its own.
 
     A label map's coarse classes (e.g. "soft tissue" around a head) become a random patchwork
@@ -57,14 +55,6 @@ class RandomPartition(RandomLayer):
             row_of[p[0]] = r + 1
             table[r] = (p + [p[0]] * self.n_parts)[:self.n_parts]
         self._row_of, self._table = row_of, table.reshape(-1)
-
-    def build(self, input_shape):
-        self.spatial = spatial_shape(input_shape)
-        self.coarse = tuple(max(2, math.ceil(n * self.scale)) for n in self.spatial)
-        super().build(input_shape)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
 
     def get_random_transformation(self, batch_size):
         channels = len(self.partitions) * self.n_parts

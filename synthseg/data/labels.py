@@ -194,6 +194,16 @@ def extra_cerebral_partitions() -> list[list[int]]:
     return [[label, *parts] for label, parts in EXTRA_CEREBRAL_PARTS.items()]
 
 
+def boundary_morphology_rules() -> list[tuple[list[int], list[int]]]:
+    """``(grow, into)`` label groups whose boundary the generator may move by one voxel
+    (the ``morphology_rules`` option, :class:`lab2im.layers.RandomLabelMorphology`): cerebral
+    cortex against CSF (sulcal width, the cortex's outer surface), cerebral cortex against
+    cerebral white matter (cortical thickness from the inside) and lateral ventricles against
+    cerebral white matter (ventricle size), so one label map gives brains of many thicknesses."""
+    cortex, white, ventricles = [3, 42], [2, 41], [4, 43]
+    return [(cortex, [CSF]), (cortex, white), (ventricles, white)]
+
+
 def lr_pairs() -> list[tuple[int, int]]:
     """``(left_id, right_id)`` for each paired structure, in list order (14 pairs)."""
     _, left, right = _ordered(generation=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab2im.errors import InputError
+from synthseg.data.labels import boundary_morphology_rules
 
 #: the repository (``init_weights`` paths are relative to it)
 REPO = Path(__file__).resolve().parents[2]
@@ -178,6 +179,13 @@ RECIPES = {r.name: r for r in [
            "step 3,000 of 4,000), another 1.5 mm cosine cycle from 6e-5 on the public maps and Colin27",
            voxel_mm=1.5, crop=80, unet=_CPU_UNET, init_weights="models/continue/cpu12_avg4_fp16.keras",
            generator=_CPU5B_GENERATOR, training=dict(_CPU5_TRAINING, steps=4_000, learning_rate=6e-5),
+           extra_maps=("synthseg/data/maps/colin27.nii.gz",)),
+    Recipe("cpu14", "issue 12, anatomical variety from the same maps: cpu12 exactly (cpu11's averaged weights, "
+           "cosine from 8e-5, the public maps and Colin27) with the boundaries of cortex/CSF, cortex/white matter "
+           "and ventricles/white matter moved by one voxel in random smooth regions, against cpu12 at equal steps",
+           voxel_mm=1.5, crop=80, unet=_CPU_UNET, init_weights="models/continue/cpu11_avg4_fp16.keras",
+           generator=dict(_CPU5B_GENERATOR, morphology_rules=boundary_morphology_rules()),
+           training=dict(_CPU5_TRAINING, steps=4_000, learning_rate=8e-5),
            extra_maps=("synthseg/data/maps/colin27.nii.gz",)),
     Recipe("synthseg", "the reference configuration (SynthSeg 1.0's network and crop), for a GPU",
            voxel_mm=1.0, crop=160, unet=dict(n_levels=5, base_features=24),

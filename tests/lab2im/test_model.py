@@ -68,6 +68,8 @@ def test_2d_label_map():
 ALL_ON = dict(OPTIONS, generation_labels=[0, 2, 3, 41, 42, 100, 101], segmentation_labels=[0, 2, 0, 41, 0, 0, 0],
               generation_classes=[0, 1, 2, 1, 2, 3, 4], partitions=[[0, 100, 101]], partition_prob=1.0,
               blur_sigma=0.5, bias_prob=1.0, flip_prob=0.5)
+#: ALL_ON with the stage the reference composition predates (boundary moves) switched on too
+EVERY_STAGE = dict(ALL_ON, morphology_rules=[([41], [2]), ([3, 42], [2])])
 
 
 def reference_model(options, input_shape, seed):
@@ -129,7 +131,7 @@ def test_seeds_come_from_stage_names_not_positions():
 def test_generate_with_parameters_explains_and_replays_a_minibatch(blocks_labels):
     from lab2im.model import generate_with_parameters, replay
 
-    options = GeneratorOptions(**ALL_ON)
+    options = GeneratorOptions(**EVERY_STAGE)
     x = blocks_labels[None, ..., None]
     plain = labels_to_image_model(options, blocks_labels.shape, seed=5)
     explained = labels_to_image_model(options, blocks_labels.shape, seed=5)
@@ -137,7 +139,8 @@ def test_generate_with_parameters_explains_and_replays_a_minibatch(blocks_labels
     image2, labels2, params = generate_with_parameters(explained, x)
     np.testing.assert_allclose(image2, np.asarray(image), atol=1e-5)  # the same draw of the stream
     np.testing.assert_array_equal(labels2, np.asarray(labels))
-    assert {"deformation", "flip", "partition", "gmm", "bias_field", "resolution", "blur", "intensity"} <= set(params)
+    assert {"deformation", "flip", "morphology", "partition", "gmm", "bias_field", "resolution", "blur",
+            "intensity"} <= set(params)
     assert all(isinstance(v, np.ndarray) for t in params.values() for v in t.values())
     again, labels3 = replay(explained, x, params)
     np.testing.assert_array_equal(again, image2)
@@ -162,13 +165,13 @@ def _stage_input(stage, shape):
 
 def _stage_layer(stage, ndim, seed):
     shape = (24, 20, 16)[:ndim]
-    options = GeneratorOptions(**{**ALL_ON, "output_shape": (16, 16, 16)[:ndim]})
+    options = GeneratorOptions(**{**EVERY_STAGE, "output_shape": (16, 16, 16)[:ndim]})
     return stage.build(options, seed, StageContext(output_shape=options.output_shape)), shape
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
-@pytest.mark.parametrize("name", ["deformation", "flip", "partition", "gmm", "bias_field", "resolution", "blur",
-                                  "intensity"])
+@pytest.mark.parametrize("name", ["deformation", "flip", "morphology", "partition", "gmm", "bias_field", "resolution",
+                                  "blur", "intensity"])
 def test_every_stage_round_trips_is_seeded_and_replays(name, ndim):
     """One test over every row of the stage table: config round trip, the same seed draws the
     same parameters, parameters replay exactly, in 2D and 3D."""

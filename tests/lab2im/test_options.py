@@ -62,6 +62,10 @@ def test_pickled_npy_is_refused(tmp_path):
     (dict(generation_labels=[0, 1, 2], partitions=[[0, 1], [1, 2]]), "repeat a label"),
     (dict(generation_labels=[0, 1, 2], partitions=[[0, 1]], partition_prob=1.5), "partition_prob must be in"),
     (dict(generation_labels=[0, 1, 2], partitions=[[0, 1]], partition_scale=0), "partition_scale must be > 0"),
+    (dict(generation_labels=[0, 1, 2], morphology_rules=[([1], [7])]), r"not generation labels: \[7\]"),
+    (dict(generation_labels=[0, 1, 2], morphology_rules=[([1], [2])], morphology_prob=-1), "morphology_prob must be in"),
+    (dict(generation_labels=[0, 1, 2], morphology_threshold=(0.9, 0.1)), "morphology_threshold must be"),
+    (dict(generation_labels=[0, 1, 2], morphology_scale=0), "morphology_scale must be > 0"),
 ])
 def test_invalid_options(kwargs, message):
     with pytest.raises(InputError, match=message):
