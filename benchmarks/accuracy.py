@@ -113,6 +113,19 @@ def tissue_dice(truth, predicted) -> dict[str, float]:
     return {name: scores[value] for value, name in enumerate(TISSUES, start=1)}
 
 
+def confusion_ml(truth, predicted, voxel_mm) -> dict[str, dict[str, float]]:
+    """Volumes (mL) of truth tissue ``t`` predicted as ``p``: ``{t: {p: mL}}`` over background
+    and :data:`TISSUES` (tissue maps as :func:`tissue_map`), e.g. how much of the truth's grey
+    matter the prediction calls CSF."""
+    import numpy as np
+
+    names = ("background",) + TISSUES
+    ml = float(np.prod(voxel_mm)) / 1000.0
+    counts = np.bincount(truth.ravel().astype(np.int64) * len(names) + predicted.ravel(),
+                         minlength=len(names) ** 2).reshape(len(names), len(names))
+    return {t: {p: float(counts[i, j] * ml) for j, p in enumerate(names)} for i, t in enumerate(names)}
+
+
 def resolution_ceiling(probabilities, truth, affine, model_voxel_mm) -> dict[str, float] | None:
     """Dice of the ground truth after a round trip through the model's grid (see the module
     docstring); ``None`` when the scan is already at the model's voxel size."""
@@ -167,6 +180,7 @@ def measure(name: str, model, flip: bool, refine: bool | None = None) -> dict:
     return {"case": name, "status": "ok", "shape": list(image.data.shape[:3]), "outside_brain_ml": outside,
             "voxel_mm": [float(v) for v in image.voxel_size],
             "dice": dice, "mean_dice": float(np.mean(list(dice.values()))), "ceiling": ceiling,
+            "confusion_ml": confusion_ml(truth, predicted, image.voxel_size),
             "seconds": seconds, "truth_voxels": {t: int((truth == i).sum()) for i, t in enumerate(TISSUES, 1)},
             "_predicted": predicted, "_truth": truth, "_image": image}
 

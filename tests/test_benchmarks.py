@@ -169,6 +169,18 @@ def test_accuracy_tissue_helpers():
     assert tissue_dice(np.zeros(3), np.zeros(3)) == {"GM": 1.0, "WM": 1.0, "CSF": 1.0}
 
 
+def test_accuracy_confusion_volumes():
+    """benchmarks/accuracy.py: the confusion table counts each voxel once, in mL, rows the truth."""
+    from benchmarks.accuracy import confusion_ml
+
+    truth = np.array([[[0, 1, 1, 3]]])
+    predicted = np.array([[[0, 1, 3, 3]]])
+    table = confusion_ml(truth, predicted, (2.0, 2.0, 2.0))  # 8 uL per voxel
+    assert table["GM"]["CSF"] == pytest.approx(0.008) and table["CSF"]["CSF"] == pytest.approx(0.008)
+    assert table["GM"]["GM"] == pytest.approx(0.008) and table["WM"]["WM"] == 0.0
+    assert sum(v for row in table.values() for v in row.values()) == pytest.approx(4 * 0.008)
+
+
 def test_accuracy_outside_brain_volume():
     """benchmarks/accuracy.py: brain labels farther than 10 mm from the brain mask, in mL, with
     the voxel size taken from the affine."""
