@@ -31,6 +31,9 @@ and a grouped bar plot ``benchmarks/results/accuracy.png``. Targets (issue 4): m
 **Outside the brain** (issue 12): on the whole-head MNI scans, the volume (mL) of voxels given
 any brain label more than 10 mm away from the template's brain mask (face, neck, scalp taken
 for brain); target < 5 mL.
+
+**Where the errors go**: each scan's ``confusion_ml`` in the JSON, the volume (mL) of every
+truth tissue (and background) predicted as each (e.g. truth grey matter called CSF).
 """
 from __future__ import annotations
 

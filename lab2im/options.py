@@ -137,12 +137,11 @@ class GeneratorOptions:
         missing = sorted({v for p in self.lr_pairs for v in p} - set(self.generation_labels))
         if missing:
             raise InputError(f"lr_pairs name labels that are not generation labels: {missing}")
-        self.morphology_rules = [(_int_list(g, "morphology_rules"), _int_list(i, "morphology_rules"))
-                                 for g, i in self.morphology_rules]
+        self.morphology_rules = [_morphology_rule(r) for r in self.morphology_rules]
         missing = sorted({v for g, i in self.morphology_rules for v in g + i} - set(self.generation_labels))
         if missing:
             raise InputError(f"morphology_rules name labels that are not generation labels: {missing}")
-        self.morphology_threshold = tuple(float(v) for v in self.morphology_threshold)
+        self.morphology_threshold = tuple(float(v) for v in np.atleast_1d(self.morphology_threshold))
         self.partitions = [_int_list(p, "partitions") for p in self.partitions]
         if any(len(p) < 2 for p in self.partitions):
             raise InputError(f"each partition must be [label, part_1, ...], got {self.partitions}")
@@ -215,6 +214,7 @@ class GeneratorOptions:
                 v = list(v)
             out[f.name] = v
         out["lr_pairs"] = [list(p) for p in self.lr_pairs]
+        out["morphology_rules"] = [[list(g), list(i)] for g, i in self.morphology_rules]
         return out
 
     @classmethod
@@ -291,6 +291,17 @@ def load_array(path: str | os.PathLike, what: str = "array") -> np.ndarray:
 
 def _path_of(value) -> str | None:
     return os.fspath(value) if isinstance(value, (str, os.PathLike)) else None
+
+
+def _morphology_rule(rule) -> tuple[list[int], list[int]]:
+    """One ``(grow_labels, into_labels)`` rule of ``morphology_rules``, checked."""
+    if (not isinstance(rule, (list, tuple)) or len(rule) != 2
+            or not all(isinstance(group, (list, tuple, np.ndarray)) for group in rule)):
+        raise InputError(f"each of morphology_rules must be a (grow_labels, into_labels) pair, got {rule!r}")
+    grow, into = (_int_list(group, "morphology_rules") for group in rule)
+    if not grow or not into or set(grow) & set(into):
+        raise InputError(f"each of morphology_rules needs two disjoint, non-empty label groups, got {rule!r}")
+    return grow, into
 
 
 def _int_list(value, name: str) -> list[int]:

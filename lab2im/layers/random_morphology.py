@@ -19,10 +19,14 @@ class RandomLabelMorphology(CoarseFieldLayer):
 
     Each rule is a pair of label groups ``(grow, into)``. Per sample and rule a smooth field
     ``f`` is drawn (values uniform in [-1, 1] on a coarse grid, upsampled linearly) with a
-    threshold ``t``. Where ``f > t`` the ``grow`` labels dilate by one voxel (26-neighbourhood) into
-    ``into`` voxels; where ``f < -t`` the ``into`` labels dilate into ``grow`` voxels. A voxel
-    that changes takes the largest label value of the other group among its neighbours. Rules
-    are applied in order, each to the previous rule's output.
+    threshold ``t``. Where ``f > t`` the ``grow`` labels dilate by one voxel (the 26 neighbours
+    in 3D, 8 in 2D) into ``into`` voxels; where ``f < -t`` the ``into`` labels dilate into
+    ``grow`` voxels. A voxel that changes takes the largest label value of the other group
+    among its neighbours, so give left and right structures rules of their own (else the
+    larger label wins where both touch). Rules are applied in order, each to the previous
+    rule's output. Nothing keeps a structure from shrinking away: one voxel thick, it can
+    vanish where its boundary moves inwards (and two voxels thick, where two rules both shrink
+    it).
 
     Args:
         rules: ``[(grow_labels, into_labels), ...]``, each a list of non-negative labels; the
@@ -61,16 +65,16 @@ class RandomLabelMorphology(CoarseFieldLayer):
     def get_random_transformation(self, batch_size):
         n = len(self.rules)
         threshold = self._uniform((batch_size, n), *self.threshold)
-        on = ops.expand_dims(self._bernoulli((batch_size,), self.prob), -1)
-        return {"field": self._uniform((batch_size, *self.coarse, n), -1.0, 1.0),
-                "threshold": ops.where(on, threshold, 2.0)}
+        on = self._bernoulli((batch_size,), self.prob)
+        drawn = {"field": self._uniform((batch_size, *self.coarse, n), -1.0, 1.0), "threshold": threshold}
+        return self.gated(drawn, on)
 
     def gated(self, transformation, on):
-        """Samples where ``on`` is false are left unchanged."""
-        return dict(transformation, threshold=ops.where(ops.expand_dims(on, -1), transformation["threshold"], 2.0))
+        """Samples where ``on`` is false are left unchanged (threshold 2)."""
+        return dict(transformation, threshold=self._where(on, transformation["threshold"], 2.0))
 
     def _largest_neighbour(self, labels, member):
-        """Per voxel, the largest label value among the 3x3x3 neighbours in ``member`` (-1: none)."""
+        """Per voxel, the largest label value among its neighbours (and itself) in ``member`` (-1: none)."""
         values = ops.where(member, ops.cast(labels, "float32") + 1.0, 0.0)
         pooled = ops.max_pool(values, pool_size=3, strides=1, padding="same")
         return ops.cast(pooled, "int32") - 1

@@ -196,12 +196,16 @@ def extra_cerebral_partitions() -> list[list[int]]:
 
 def boundary_morphology_rules() -> list[tuple[list[int], list[int]]]:
     """``(grow, into)`` label groups whose boundary the generator may move by one voxel
-    (the ``morphology_rules`` option, :class:`lab2im.layers.RandomLabelMorphology`): cerebral
-    cortex against CSF (sulcal width, the cortex's outer surface), cerebral cortex against
-    cerebral white matter (cortical thickness from the inside) and lateral ventricles against
-    cerebral white matter (ventricle size), so one label map gives brains of many thicknesses."""
-    cortex, white, ventricles = [3, 42], [2, 41], [4, 43]
-    return [(cortex, [CSF]), (cortex, white), (ventricles, white)]
+    (the ``morphology_rules`` option, :class:`lab2im.layers.RandomLabelMorphology`), one rule
+    per hemisphere: cerebral cortex against CSF (sulcal width, the cortex's outer surface),
+    cerebral cortex against cerebral white matter (cortical thickness from the inside) and
+    lateral ventricle against cerebral white matter (ventricle size), so one label map gives
+    brains of many thicknesses. Left and right never share a rule, so a moved voxel at the
+    midline keeps its own hemisphere's label."""
+    rules = []
+    for cortex, white, ventricle in ((3, 2, 4), (42, 41, 43)):
+        rules += [([cortex], [CSF]), ([cortex], [white]), ([ventricle], [white])]
+    return rules
 
 
 def lr_pairs() -> list[tuple[int, int]]:

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab2im.errors import InputError
-from synthseg.data.labels import boundary_morphology_rules
 
 #: the repository (``init_weights`` paths are relative to it)
 REPO = Path(__file__).resolve().parents[2]
@@ -91,6 +90,9 @@ class Recipe:
 _CPU_UNET = dict(n_levels=5, base_features=16)
 _CPU5_TRAINING = dict(steps_per_checkpoint=250, warmup_steps=0, ce_after_warmup=0.5, ce_weighting="uniform",
                       lr_schedule="cosine", keep_checkpoints=0)
+#: the boundary moves cpu14 trained with: left and right share a rule, so a voxel between them
+#: takes the right label (synthseg.data.labels.boundary_morphology_rules splits them)
+_CPU14_MORPHOLOGY = [([3, 42], [24]), ([3, 42], [2, 41]), ([4, 43], [2, 41])]
 #: cpu5b's milder degradation: half the samples at full resolution, a finer, smaller deformation
 _CPU5B_GENERATOR = dict(resolution_prob=0.5, nonlin_scale=0.08, nonlin_std=3.0)
 
@@ -184,7 +186,7 @@ RECIPES = {r.name: r for r in [
            "cosine from 8e-5, the public maps and Colin27) with the boundaries of cortex/CSF, cortex/white matter "
            "and ventricles/white matter moved by one voxel in random smooth regions, against cpu12 at equal steps",
            voxel_mm=1.5, crop=80, unet=_CPU_UNET, init_weights="models/continue/cpu11_avg4_fp16.keras",
-           generator=dict(_CPU5B_GENERATOR, morphology_rules=boundary_morphology_rules()),
+           generator=dict(_CPU5B_GENERATOR, morphology_rules=_CPU14_MORPHOLOGY),
            training=dict(_CPU5_TRAINING, steps=4_000, learning_rate=8e-5),
            extra_maps=("synthseg/data/maps/colin27.nii.gz",)),
     Recipe("synthseg", "the reference configuration (SynthSeg 1.0's network and crop), for a GPU",

@@ -91,6 +91,21 @@ def test_extra_cerebral_partitions_split_only_generation_labels():
     assert brain_options().partitions == partitions
 
 
+def test_boundary_morphology_rules_keep_each_hemisphere_apart():
+    """Each rule moves one hemisphere's boundary (a voxel takes the largest neighbouring label
+    of a group, so a group holding left and right would push the midline to the right), and
+    the options accept them for the brain generator."""
+    from synthseg import brain_options
+
+    rules = labels.boundary_morphology_rules()
+    left, right = set(SPEC_LEFT), set(SPEC_RIGHT)
+    for grow, into in rules:
+        together = set(grow) | set(into)
+        assert not (together & left and together & right), (grow, into)
+    assert {(3,), (42,)} <= {tuple(g) for g, _ in rules}  # both cortices move
+    assert brain_options(morphology_rules=rules).morphology_rules == [(g, i) for g, i in rules]
+
+
 def test_generation_to_segmentation_covers_every_generation_label():
     mapping = labels.generation_to_segmentation()
     assert set(mapping) == set(labels.generation_labels().tolist())
