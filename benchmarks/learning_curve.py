@@ -163,7 +163,7 @@ def extended(kept: list[dict], new: list[dict]) -> list[dict]:
 def plot(curves: dict[str, list[dict]], path: Path) -> Path:
     from synthseg.evaluation.plots import plt, save_figure
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     for ax in axes:  # more curves than the default ten colours
         ax.set_prop_cycle(color=plt.cm.tab20.colors)
     for name, points in curves.items():
@@ -178,7 +178,9 @@ def plot(curves: dict[str, list[dict]], path: Path) -> Path:
     for ax in axes:
         ax.set_ylabel("mean tissue Dice (development scans)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    # one legend beside the panels, so it hides none of the latest points
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=7,
+               ncols=1 + len(curves) // 16)
     return save_figure(fig, path)
 
 
