@@ -134,26 +134,19 @@ class GeneratorOptions:
                                      _path_of(getattr(self, name)))
                 setattr(self, name, value)
         self.lr_pairs = [(int(a), int(b)) for a, b in self.lr_pairs]
-        missing = sorted({v for p in self.lr_pairs for v in p} - set(self.generation_labels))
-        if missing:
-            raise InputError(f"lr_pairs name labels that are not generation labels: {missing}")
+        self._require_generation_labels("lr_pairs", [v for p in self.lr_pairs for v in p])
         self.morphology_rules = [_morphology_rule(r) for r in self.morphology_rules]
-        missing = sorted({v for g, i in self.morphology_rules for v in g + i} - set(self.generation_labels))
-        if missing:
-            raise InputError(f"morphology_rules name labels that are not generation labels: {missing}")
-        self.morphology_threshold = tuple(float(v) for v in np.atleast_1d(self.morphology_threshold))
+        self._require_generation_labels("morphology_rules", [v for g, i in self.morphology_rules for v in g + i])
         self.partitions = [_int_list(p, "partitions") for p in self.partitions]
         if any(len(p) < 2 for p in self.partitions):
             raise InputError(f"each partition must be [label, part_1, ...], got {self.partitions}")
         every = [v for p in self.partitions for v in p]
         if len(set(every)) != len(every):
             raise InputError(f"partitions repeat a label: {self.partitions}")
-        missing = sorted(set(every) - set(self.generation_labels))
-        if missing:
-            raise InputError(f"partitions name labels that are not generation labels: {missing}")
+        self._require_generation_labels("partitions", every)
         if not float(self.morphology_scale) > 0:
             raise InputError(f"morphology_scale must be > 0, got {self.morphology_scale}")
-        t = self.morphology_threshold
+        self.morphology_threshold = t = tuple(float(v) for v in np.atleast_1d(self.morphology_threshold))
         if len(t) != 2 or not 0 <= t[0] <= t[1]:
             raise InputError(f"morphology_threshold must be (lo, hi) with 0 <= lo <= hi, got {self.morphology_threshold}")
         if not float(self.partition_scale) > 0:
@@ -202,6 +195,13 @@ class GeneratorOptions:
             raise InputError(str(exc), path) from None
 
     # ------------------------------------------------------------------ (de)serialisation
+    def _require_generation_labels(self, name: str, values) -> None:
+        """Raise :class:`InputError` naming the option ``name`` when ``values`` hold labels that are
+        not generation labels."""
+        missing = sorted(set(values) - set(self.generation_labels))
+        if missing:
+            raise InputError(f"{name} name labels that are not generation labels: {missing}")
+
     def to_dict(self) -> dict:
         out = {}
         for f in dataclasses.fields(self):

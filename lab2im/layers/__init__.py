@@ -12,6 +12,6 @@ from lab2im.layers.resolution import RandomBlur, SimulateResolution
 from lab2im.layers.spatial_deformation import RandomSpatialDeformation
 
 __all__ = [
-    "RandomLayer", "RandomSpatialDeformation", "RandomCrop", "RandomFlip", "RandomLabelMorphology", "RandomPartition", "SampleConditionalGMM",
-    "RandomBiasField", "SimulateResolution", "RandomBlur", "IntensityAugmentation", "ConvertLabels", "OneHotLabels",
+    "RandomLayer", "RandomSpatialDeformation", "RandomCrop", "RandomFlip", "RandomLabelMorphology", "RandomPartition",
+    "SampleConditionalGMM", "RandomBiasField", "SimulateResolution", "RandomBlur", "IntensityAugmentation", "ConvertLabels", "OneHotLabels",
 ]
