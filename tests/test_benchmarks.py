@@ -290,3 +290,29 @@ def test_sharp_subjects_benchmark_quick(tmp_path, blocks_labels):
                         "--model", str(tmp_path / "missing"), "--out", str(out), *args],
                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 1 and "error:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sharp_subjects_thick_slices():
+    """benchmarks/sharp_subjects.py --slice-mm: each thick slice is the mean of its 1 mm slices,
+    its truth is the middle one's, the affine puts it there; the remainder is dropped; 1 mm is
+    the subject itself."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.sharp_subjects import thick_slices
+
+    image = np.arange(2 * 2 * 11, dtype=np.float32).reshape(2, 2, 11)
+    truth = np.tile(np.arange(11), (2, 2, 1))
+    thick, labels, affine = thick_slices(image, truth, 5)
+    assert thick.shape == labels.shape == (2, 2, 2)
+    assert thick[0, 0].tolist() == [2.0, 7.0]  # slices 0-4 and 5-9 averaged; slice 10 dropped
+    assert labels[0, 0].tolist() == [2, 7]
+    centre = affine @ np.array([0, 0, 1, 1.0])
+    assert affine[2, 2] == 5.0 and centre[2] == 7.0  # the second thick slice sits on 1 mm slice 7
+    same = thick_slices(image, truth, 1)
+    assert np.array_equal(same[0], image) and np.array_equal(same[1], truth) and np.array_equal(same[2], np.eye(4))
+    thick, labels, affine = thick_slices(image, truth, 2)
+    assert labels[0, 0].tolist() == [0, 2, 4, 6, 8] and affine[2, 3] == 0.5
+    with pytest.raises(ValueError, match="whole number"):
+        thick_slices(image, truth, 0)
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sharp_subjects.py"), "--slice-mm", "0"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--slice-mm must be" in r.stderr and "Traceback" not in r.stderr
