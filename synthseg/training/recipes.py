@@ -189,6 +189,15 @@ RECIPES = {r.name: r for r in [
            generator=dict(_CPU5B_GENERATOR, morphology_rules=_CPU14_MORPHOLOGY),
            training=dict(_CPU5_TRAINING, steps=4_000, learning_rate=8e-5),
            extra_maps=("synthseg/data/maps/colin27.nii.gz",)),
+    Recipe("cpu15", "issue 12, the capacity test: cpu12's averaged weights embedded in a U-Net with 24 features "
+           "at full resolution instead of 16 (synthseg.nn.widen: the same function at step 0, 2.25x the "
+           "parameters), a 1,750-step cosine cycle from 1e-4 (the peak of cpu10/cpu11's level restarts of the "
+           "narrow network) on the public maps and Colin27",
+           voxel_mm=1.5, crop=80, unet=dict(_CPU_UNET, base_features=24),
+           init_weights="models/continue/cpu12_avg4_fp16.keras",
+           generator=_CPU5B_GENERATOR,
+           training=dict(_CPU5_TRAINING, steps=1_750, learning_rate=1e-4, init_widen=True),
+           extra_maps=("synthseg/data/maps/colin27.nii.gz",)),
     Recipe("synthseg", "the reference configuration (SynthSeg 1.0's network and crop), for a GPU",
            voxel_mm=1.0, crop=160, unet=dict(n_levels=5, base_features=24),
            training=dict(steps=300_000, steps_per_checkpoint=1000, learning_rate=1e-4, warmup_steps=1000,

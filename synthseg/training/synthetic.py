@@ -64,11 +64,15 @@ class TrainingOptions(RunOptions):
             float16 weights are fine) whose weights start a new run instead of a random
             initialisation; it must have the run's architecture and labels. The optimiser
             starts afresh. Ignored on resume (the checkpoint holds the weights).
+        init_widen: ``init_weights`` may be a narrower network (fewer feature maps per level,
+            all else the run's): it is embedded in this run's wider U-Net so that both compute
+            the same function at step 0 (:mod:`synthseg.nn.widen`).
     """
 
     mixed_precision: bool = False
     strategy: str | None = None
     init_weights: str | None = None
+    init_widen: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -78,6 +82,8 @@ class TrainingOptions(RunOptions):
             raise InputError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.init_weights is not None:
             self.init_weights = str(self.init_weights)
+        if not isinstance(self.init_widen, bool):
+            raise InputError(f"init_widen must be true or false, got {self.init_widen!r}")
 
 
 @dataclass
@@ -167,9 +173,9 @@ def _strategy(name: str | None):
     return contextlib.nullcontext(), len(devices)
 
 
-def load_initial_weights(unet, path) -> None:
+def load_initial_weights(unet, path, widen: bool = False) -> None:
     """Copy the weights of the U-Net saved in ``path`` (``.keras``) into ``unet``, cast to its
-    dtypes.
+    dtypes; with ``widen``, the saved U-Net may be narrower (:func:`synthseg.nn.widen.widen_weights`).
 
     Raises:
         InputError: unreadable file, or a network of another architecture (the message names
@@ -178,6 +184,14 @@ def load_initial_weights(unet, path) -> None:
     from lab2im.model import load_keras_model
 
     source = load_keras_model(path, "the initial U-Net")
+    if widen:
+        from synthseg.nn.widen import widen_weights
+
+        try:
+            widen_weights(source, unet)
+        except InputError as exc:
+            raise InputError(f"cannot widen the initial U-Net: {exc.problem}", path) from None
+        return
     mine, theirs = unet.weights, source.weights
     if len(mine) != len(theirs):
         raise InputError(f"the initial U-Net has {len(theirs)} weight arrays, this run's U-Net {len(mine)}: "
@@ -185,7 +199,8 @@ def load_initial_weights(unet, path) -> None:
     for a, b in zip(mine, theirs):
         if tuple(a.shape) != tuple(b.shape):
             raise InputError(f"the initial U-Net's weight {b.path} has shape {tuple(b.shape)}, this run needs "
-                             f"{tuple(a.shape)} (another architecture or label list)", path)
+                             f"{tuple(a.shape)} (another architecture or label list; a narrower U-Net starts a "
+                             "wider run with init_widen)", path)
     for a, b in zip(mine, theirs):
         a.assign(ops.cast(b.value, a.dtype))
 
@@ -280,7 +295,7 @@ def training(labels_dir, model_dir, generator: GeneratorOptions | None = None, u
         if resume_from is not None:
             step = int(load_checkpoint(resume_from, model, model.optimizer)["step"])
         elif options.init_weights:
-            load_initial_weights(unet_model, options.init_weights)
+            load_initial_weights(unet_model, options.init_weights, options.init_widen)
     np.save(model_dir / "labels.npy", np.asarray(labels, np.int32))
 
     spc = options.steps_per_checkpoint
