@@ -44,6 +44,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--init-weights", type=Path, default=None,
                         help="start from these U-Net weights (.keras, same architecture and labels; float16 works); "
                              "default: random")
+    parser.add_argument("--init-widen", action="store_true", default=None,
+                        help="--init-weights may be a narrower U-Net (fewer features per level, all else the same): "
+                             "it is embedded in this run's wider one, which starts with its function")
     parser.add_argument("--crop", type=int, default=None,
                         help="training crop, voxels per axis (e.g. 160; default: the label maps' shape)")
     parser.add_argument("--levels", type=int, default=None, help="U-Net levels (default: 5)")
@@ -89,7 +92,7 @@ def settings(args):
                          "training runs whole checkpoint intervals")
     options = (r.training_options if r else _plain_training_options)(  # None: the recipe's, else the default
         **t, mixed_precision=args.mixed_precision or None, seed=args.seed, strategy=args.strategy,
-        init_weights=None if args.init_weights is None else str(args.init_weights))
+        init_weights=None if args.init_weights is None else str(args.init_weights), init_widen=args.init_widen)
     unet = UNetOptions(n_levels=args.levels or base["n_levels"], base_features=args.features or base["base_features"])
     crop = args.crop or (r.crop if r else None)
     labels = args.labels
@@ -178,6 +181,7 @@ def run(args) -> int:
     apply_threads(args.threads)
     if args.resume:
         ignored = [flag for flag, value in (("--options", args.options), ("--init-weights", args.init_weights),
+                                            ("--init-widen", args.init_widen),
                                             ("--crop", args.crop), ("--preset", args.preset),
                                             ("--priors", args.priors)) if value is not None]
         if ignored:

@@ -222,7 +222,7 @@ def test_output_shape_not_a_multiple_of_the_unet_levels(label_dir, tmp_path):
 @pytest.mark.slow
 def test_command_line_training_flags(label_dir, tmp_path, capsys):
     """`synthseg train`: --steps below one interval trains that many steps, --keep-checkpoints,
-    --options, --init-weights; on resume --steps is the new total, and asking for fewer steps
+    --options, --init-weights, --init-widen; on resume --steps is the new total, and asking for fewer steps
     than done is an error in flag names."""
     from lab2im.options import GeneratorOptions
     from synthseg.cli import main
@@ -239,6 +239,10 @@ def test_command_line_training_flags(label_dir, tmp_path, capsys):
     assert len(list((run2 / "checkpoints").glob("step-*.npz"))) == 4  # 0 keeps all
     saved = (run2 / "options.json").read_text()
     assert '"flip_prob": 0.0' in saved and "unet_last.keras" in saved
+    wide = tmp_path / "wide"  # --init-widen: the 4-feature network starts a 6-feature run
+    assert main(["train", str(label_dir), str(wide), "--steps", "1", "--init-weights", str(run / "unet_last.keras"),
+                 "--init-widen", *small, "--features", "6"]) == 0
+    assert '"init_widen": true' in (wide / "options.json").read_text()
     assert main(["train", str(label_dir), str(run2), "--resume", "--steps", "6"]) == 0
     assert len(read_log(run2)) == 6
     capsys.readouterr()
