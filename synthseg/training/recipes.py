@@ -198,6 +198,11 @@ RECIPES = {r.name: r for r in [
            generator=_CPU5B_GENERATOR,
            training=dict(_CPU5_TRAINING, steps=1_750, learning_rate=1e-4, init_widen=True),
            extra_maps=("synthseg/data/maps/colin27.nii.gz",)),
+    Recipe("cpu15n", "issue 12, the control of cpu15: the same start, schedule, maps and seed with the network "
+           "left at 16 features (same samples at every step, so the two training logs compare step by step)",
+           voxel_mm=1.5, crop=80, unet=_CPU_UNET, init_weights="models/continue/cpu12_avg4_fp16.keras",
+           generator=_CPU5B_GENERATOR, training=dict(_CPU5_TRAINING, steps=1_750, learning_rate=1e-4),
+           extra_maps=("synthseg/data/maps/colin27.nii.gz",)),
     Recipe("synthseg", "the reference configuration (SynthSeg 1.0's network and crop), for a GPU",
            voxel_mm=1.0, crop=160, unet=dict(n_levels=5, base_features=24),
            training=dict(steps=300_000, steps_per_checkpoint=1000, learning_rate=1e-4, warmup_steps=1000,
