@@ -38,8 +38,8 @@ DEFAULT_CASES = ("mni2009c_2mm_t1", "mni2009c_2mm_t2", "spm_avg152_pd")
 
 def wall_seconds(run_dir: Path) -> dict[int, float]:
     """``{step: wall seconds of training up to that step}`` from the run's ``training_log.csv``
-    (summed over resumes, see :func:`synthseg.training.synthetic.cumulative_seconds`)."""
-    from synthseg.training.callbacks import cumulative_seconds
+    (summed over resumes, see :func:`synthseg.training.logs.cumulative_seconds`)."""
+    from synthseg.training.logs import cumulative_seconds
 
     with open(Path(run_dir) / "training_log.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))

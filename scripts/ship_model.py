@@ -110,7 +110,7 @@ def card(name: str, run: Path, options: dict, log: list[dict], network: str, par
     brains = ("two label maps of two brains (both MNI templates)" if not names else
               f"{2 + len(names)} label maps of {2 + len(names)} brains (two MNI templates and "
               + ", ".join(n.split(".")[0] for n in names) + ")")
-    from synthseg.training.callbacks import cumulative_seconds
+    from synthseg.training.logs import cumulative_seconds
 
     g, u, t = options["generator"], options["unet"], options["training"]
     steps = int(log[-1]["step"]) if log else 0

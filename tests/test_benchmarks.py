@@ -316,3 +316,46 @@ def test_sharp_subjects_thick_slices():
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sharp_subjects.py"), "--slice-mm", "0"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--slice-mm must be" in r.stderr and "Traceback" not in r.stderr
+
+
+def _paired_run(folder, own_losses, dice, seed=0, spc=3):
+    """A run folder as benchmarks/paired_runs.py reads it: options, a log of running means."""
+    folder.mkdir()
+    (folder / "options.json").write_text(json.dumps({"training": {"seed": seed, "batch_size": 1,
+                                                                  "steps_per_checkpoint": spc},
+                                                     "generator": {"flip_prob": 0.5}}))
+    rows, total = ["step,loss,dice,learning_rate,seconds"], 0.0
+    for step, loss in enumerate(own_losses, start=1):
+        k = (step - 1) % spc + 1
+        total = loss if k == 1 else total + loss
+        rows.append(f"{step},{total / k:.6g},{dice},1e-4,{step}")
+    (folder / "training_log.csv").write_text("\n".join(rows) + "\n")
+    (folder / "dice_per_label.csv").write_text(f"step,Left-Cortex,Right-Cortex\n{spc},{dice},0.5\n")
+
+
+def test_paired_runs(tmp_path):
+    """benchmarks/paired_runs.py: each step's own loss is compared (not the log's running
+    means), B's lower losses count as better, per-label changes are listed; runs that do not
+    draw the same samples, or are not runs, are refused with a clear error."""
+    a = [0.5, 0.3, 0.7, 0.4, 0.6, 0.2]
+    _paired_run(tmp_path / "a", a, 0.70)
+    _paired_run(tmp_path / "b", [x - 0.01 * (i + 1) for i, x in enumerate(a)], 0.75)
+    out = tmp_path / "paired.json"
+    script = str(ROOT / "benchmarks" / "paired_runs.py")
+    r = subprocess.run([sys.executable, script, str(tmp_path / "a"), str(tmp_path / "b"), "--window", "3",
+                        "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    results = json.loads(out.read_text())["results"]
+    first, second = results["windows"]
+    assert first["difference"] == pytest.approx(-0.02, abs=1e-5) and second["difference"] == pytest.approx(-0.05, abs=1e-5)
+    assert first["b_better_share"] == 1.0 and first["ci95"] == pytest.approx(1.96 * 0.01 / 3 ** 0.5, rel=1e-3)
+    assert results["intervals"][0]["difference"] == pytest.approx(0.05)
+    assert results["label_changes"] == pytest.approx({"Left-Cortex": 0.05, "Right-Cortex": 0.0})
+    assert "B lower" in r.stdout and out.with_suffix(".png").is_file()
+    _paired_run(tmp_path / "c", a, 0.70, seed=1)
+    r = subprocess.run([sys.executable, script, str(tmp_path / "a"), str(tmp_path / "c"), "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "training.seed differ" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, script, str(tmp_path / "a"), str(tmp_path / "none"), "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "none/options.json: missing" in r.stderr and "Traceback" not in r.stderr

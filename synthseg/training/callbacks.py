@@ -57,23 +57,12 @@ def save_periodic_checkpoint(run_dir: Path, model, step: int, meta: dict, keep: 
     return periodic
 
 
-def cumulative_seconds(rows) -> list[float]:
-    """Training wall time (s) up to each row of a ``training_log.csv`` (rows of dicts with a
-    ``seconds`` column, in step order). The column restarts at each resume; each step's
-    duration is its ``seconds`` minus the previous row's (a restarted clock counts from 0), so
-    the pause between a stop and the resume is not counted."""
-    out, total, previous = [], 0.0, 0.0
-    for row in rows:
-        seconds = float(row["seconds"])
-        total += seconds - previous if seconds >= previous else seconds
-        previous = seconds
-        out.append(total)
-    return out
-
-
 class StepLog(keras.callbacks.Callback):
     """Append one CSV row per step: ``step, loss, dice, learning_rate, seconds``.
 
+    ``loss`` and ``dice`` are Keras' running values since the start of the checkpoint interval
+    (the loss a running mean, the Dice that of the interval's summed overlaps), so the row at a
+    checkpoint holds the whole interval's; :func:`synthseg.training.logs.step_values` recovers each step's own loss.
     Rows after ``keep_until`` (left by a run killed after its last checkpoint) are dropped
     first, so a resumed run's log has each step once.
     """

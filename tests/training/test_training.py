@@ -384,9 +384,21 @@ def test_stop_on_dead_label_ends_the_run_at_that_checkpoint(tmp_path):
     assert "label 24 (CSF)" in log.stopped and "step 30" in log.stopped
 
 
+def test_step_values_undo_the_running_means():
+    """The log's loss is a running mean since the interval's start; step_values gives each
+    step's own value back, and leaves out a step whose predecessor in the interval is missing."""
+    from synthseg.training.logs import step_values
+
+    own = {1: 4.0, 2: 2.0, 3: 6.0, 4: 1.0, 5: 3.0}
+    running = {1: 4.0, 2: 3.0, 3: 4.0, 4: 1.0, 5: 2.0}  # intervals of 3 steps: 1-3, 4-6
+    assert step_values(running, 3) == pytest.approx(own)
+    del running[4]
+    assert step_values(running, 3) == pytest.approx({1: 4.0, 2: 2.0, 3: 6.0})
+
+
 def test_cumulative_seconds_sums_over_resumes():
     """training_log.csv's seconds restart at each resume; the time between runs is not counted."""
-    from synthseg.training.callbacks import cumulative_seconds
+    from synthseg.training.logs import cumulative_seconds
 
     rows = [{"seconds": s} for s in ("2.0", "4.5", "7.0", "1.5", "3.0")]  # resumed after the 3rd step
     assert cumulative_seconds(rows) == [2.0, 4.5, 7.0, 8.5, 10.0]

@@ -1,0 +1,41 @@
+"""Reading a run's ``training_log.csv`` (written by :class:`synthseg.training.callbacks.StepLog`):
+wall time summed over resumes, and each step's own loss. Plain Python: no Keras import, so
+benchmarks and scripts that only read logs start fast."""
+from __future__ import annotations
+
+
+def cumulative_seconds(rows) -> list[float]:
+    """Training wall time (s) up to each row of a ``training_log.csv`` (rows of dicts with a
+    ``seconds`` column, in step order). The column restarts at each resume; each step's
+    duration is its ``seconds`` minus the previous row's (a restarted clock counts from 0), so
+    the pause between a stop and the resume is not counted."""
+    out, total, previous = [], 0.0, 0.0
+    for row in rows:
+        seconds = float(row["seconds"])
+        total += seconds - previous if seconds >= previous else seconds
+        previous = seconds
+        out.append(total)
+    return out
+
+
+def step_values(running: dict[int, float], steps_per_checkpoint: int) -> dict[int, float]:
+    """Each step's own value from a :class:`StepLog` column of running means (``loss``).
+
+    Keras reports a running mean since the start of the checkpoint interval, so the mean after
+    the ``k``-th step of an interval is ``m_k`` and that step's own value is
+    ``k m_k - (k - 1) m_{k-1}``. Steps whose predecessor in the interval is missing are left
+    out. (The ``dice`` column cannot be undone so: it is the Dice of the interval's summed
+    overlaps, not a mean of per-step Dice.)
+
+    Args:
+        running: ``{step: running mean}``, steps counted from 1.
+        steps_per_checkpoint: the run's checkpoint interval (steps).
+    """
+    out = {}
+    for step, mean in running.items():
+        k = (step - 1) % steps_per_checkpoint + 1
+        if k == 1:
+            out[step] = mean
+        elif step - 1 in running:
+            out[step] = k * mean - (k - 1) * running[step - 1]
+    return out
