@@ -111,14 +111,15 @@ def pairing_problems(a: dict, b: dict) -> list[str]:
 def windows(loss_a: dict[int, float], loss_b: dict[int, float], window: int) -> list[dict]:
     """Per window of ``window`` steps (of the steps both runs logged): each run's mean loss, the
     mean paired difference ``b - a`` with its 95% half-width, and the share of steps where b's
-    loss was lower."""
+    loss was lower. A last window shorter than a quarter of ``window`` is left out (unless it
+    is the only one); windows need at least 2 steps."""
     import numpy as np
 
     steps = sorted(set(loss_a) & set(loss_b))
     rows = []
     for start in range(0, len(steps), window):
         chunk = steps[start:start + window]
-        if len(chunk) < 2:
+        if len(chunk) < max(2, window // 4) and rows:  # a short tail is noise; kept when it is all there is
             continue
         a = np.array([loss_a[s] for s in chunk])
         b = np.array([loss_b[s] for s in chunk])
