@@ -55,7 +55,7 @@ def parse_args(argv=None):
     p.add_argument("--labels", type=Path, default=None,
                    help="folder or file of 1 mm label maps (default: the training label maps)")
     p.add_argument("--slice-mm", type=int, default=1,
-                   help="axial slice thickness in mm (whole 1 mm slices averaged; default 1: the sharp subjects as made)")
+                   help="axial slice thickness in mm (whole 1 mm slices averaged; default 1: the subjects as made)")
     p.add_argument("--quick", action="store_true", help="smoke run: one small subject")
     p.add_argument("--out", type=Path, default=common.RESULTS_DIR / "sharp_subjects.json")
     args = p.parse_args(argv)

@@ -347,7 +347,8 @@ def test_paired_runs(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     results = json.loads(out.read_text())["results"]
     first, second = results["windows"]
-    assert first["difference"] == pytest.approx(-0.02, abs=1e-5) and second["difference"] == pytest.approx(-0.05, abs=1e-5)
+    assert first["difference"] == pytest.approx(-0.02, abs=1e-5)
+    assert second["difference"] == pytest.approx(-0.05, abs=1e-5)
     assert first["b_better_share"] == 1.0 and first["ci95"] == pytest.approx(1.96 * 0.01 / 3 ** 0.5, rel=1e-3)
     assert results["intervals"][0]["difference"] == pytest.approx(0.05)
     assert results["label_changes"] == pytest.approx({"Left-Cortex": 0.05, "Right-Cortex": 0.0})

@@ -62,7 +62,8 @@ class StepLog(keras.callbacks.Callback):
 
     ``loss`` and ``dice`` are Keras' running values since the start of the checkpoint interval
     (the loss a running mean, the Dice that of the interval's summed overlaps), so the row at a
-    checkpoint holds the whole interval's; :func:`synthseg.training.logs.step_values` recovers each step's own loss.
+    checkpoint holds the whole interval's; :func:`synthseg.training.logs.step_values` recovers
+    each step's own loss.
     Rows after ``keep_until`` (left by a run killed after its last checkpoint) are dropped
     first, so a resumed run's log has each step once.
     """

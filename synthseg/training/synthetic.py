@@ -84,6 +84,8 @@ class TrainingOptions(RunOptions):
             self.init_weights = str(self.init_weights)
         if not isinstance(self.init_widen, bool):
             raise InputError(f"init_widen must be true or false, got {self.init_widen!r}")
+        if self.init_widen and self.init_weights is None:
+            raise InputError("init_widen needs init_weights: the narrower U-Net to start from")
 
 
 @dataclass

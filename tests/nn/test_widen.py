@@ -25,7 +25,8 @@ def _trained_like(model, seed: int = 0):
 
 @pytest.mark.parametrize("ndim, narrow, wide", [
     (3, dict(n_levels=3, base_features=4), dict(n_levels=3, base_features=7)),
-    (2, dict(n_levels=3, base_features=4, convs_per_level=1), dict(n_levels=3, base_features=4, convs_per_level=1, feature_multiplier=3)),
+    (2, dict(n_levels=3, base_features=4, convs_per_level=1),
+     dict(n_levels=3, base_features=4, convs_per_level=1, feature_multiplier=3)),
 ])
 def test_the_wider_network_computes_the_same_function(ndim, narrow, wide):
     source = _trained_like(build_unet(5, options=UNetOptions(ndim=ndim, **narrow)))

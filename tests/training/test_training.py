@@ -174,14 +174,16 @@ def test_a_run_starts_from_saved_weights_and_refuses_other_architectures(label_d
                  options=quiet(**later, init_weights=str(weights)), **kw)
     # init_widen: a wider U-Net starts from the narrow one's function (synthseg.nn.widen)
     wide = UNetOptions(n_levels=2, base_features=8)
-    training(label_dir, tmp_path / "wide", unet=wide, options=quiet(**later, init_weights=str(weights), init_widen=True),
-             **kw)
+    training(label_dir, tmp_path / "wide", unet=wide,
+             options=quiet(**later, init_weights=str(weights), init_widen=True), **kw)
     assert read_log(tmp_path / "wide")[0]["loss"] == pytest.approx(init, rel=1e-3)
     with pytest.raises(InputError, match="cannot widen the initial U-Net"):
         training(label_dir, tmp_path / "narrower", unet=UNetOptions(n_levels=2, base_features=2),
                  options=quiet(**later, init_weights=str(weights), init_widen=True), **kw)
     with pytest.raises(InputError, match="init_widen must be true or false"):
-        quiet(**later, init_widen="yes")
+        quiet(**later, init_weights=str(weights), init_widen="yes")
+    with pytest.raises(InputError, match="init_widen needs init_weights"):
+        quiet(**later, init_widen=True)
 
 
 # ---------------------------------------------------------------------------- bad input
