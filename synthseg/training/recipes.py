@@ -203,6 +203,13 @@ RECIPES = {r.name: r for r in [
            voxel_mm=1.5, crop=80, unet=_CPU_UNET, init_weights="models/continue/cpu12_avg4_fp16.keras",
            generator=_CPU5B_GENERATOR, training=dict(_CPU5_TRAINING, steps=1_750, learning_rate=1e-4),
            extra_maps=("synthseg/data/maps/colin27.nii.gz",)),
+    Recipe("cpu16", "issue 12, continue the widened network: cpu15's weights at its step 1,000 (level with its "
+           "control there, ahead by 0.0009 training loss over steps 1,001-1,202), 24 features, a cosine cycle "
+           "from 4e-5 (cpu15's learning rate at step 1,000) on the public maps and Colin27",
+           voxel_mm=1.5, crop=80, unet=dict(_CPU_UNET, base_features=24),
+           init_weights="models/continue/cpu15_step1000_fp16.keras",
+           generator=_CPU5B_GENERATOR, training=dict(_CPU5_TRAINING, steps=3_000, learning_rate=4e-5),
+           extra_maps=("synthseg/data/maps/colin27.nii.gz",)),
     Recipe("synthseg", "the reference configuration (SynthSeg 1.0's network and crop), for a GPU",
            voxel_mm=1.0, crop=160, unet=dict(n_levels=5, base_features=24),
            training=dict(steps=300_000, steps_per_checkpoint=1000, learning_rate=1e-4, warmup_steps=1000,
