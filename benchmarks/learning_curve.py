@@ -25,7 +25,6 @@ and against CPU minutes, one line per run), and prints a table.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -39,10 +38,9 @@ DEFAULT_CASES = ("mni2009c_2mm_t1", "mni2009c_2mm_t2", "spm_avg152_pd")
 def wall_seconds(run_dir: Path) -> dict[int, float]:
     """``{step: wall seconds of training up to that step}`` from the run's ``training_log.csv``
     (summed over resumes, see :func:`synthseg.training.logs.cumulative_seconds`)."""
-    from synthseg.training.logs import cumulative_seconds
+    from synthseg.training.logs import cumulative_seconds, read_step_log
 
-    with open(Path(run_dir) / "training_log.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = read_step_log(Path(run_dir) / "training_log.csv")
     return {int(r["step"]): t for r, t in zip(rows, cumulative_seconds(rows))}
 
 

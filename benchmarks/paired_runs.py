@@ -31,7 +31,6 @@ difference beside it (``.png``).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
@@ -69,7 +68,7 @@ def read_run(folder: Path) -> tuple[dict, dict[int, float], dict[int, float], di
     Raises:
         ValueError: not a training run folder, or an unreadable log (the message names the file).
     """
-    from synthseg.training.logs import step_values
+    from synthseg.training.logs import read_label_dice, read_step_log, step_values
 
     options_path, log_path = folder / "options.json", folder / "training_log.csv"
     for path in (options_path, log_path):
@@ -78,8 +77,7 @@ def read_run(folder: Path) -> tuple[dict, dict[int, float], dict[int, float], di
     try:
         options = json.loads(options_path.read_text())
         spc = int(options["training"]["steps_per_checkpoint"])
-        with open(log_path, newline="") as fh:
-            rows = {int(row["step"]): (float(row["loss"]), float(row["dice"])) for row in csv.DictReader(fh)}
+        rows = {int(row["step"]): (row["loss"], row["dice"]) for row in read_step_log(log_path)}
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{folder}: unreadable options.json or training_log.csv ({exc})") from None
     losses = step_values({step: loss for step, (loss, _) in rows.items()}, spc)
@@ -88,10 +86,7 @@ def read_run(folder: Path) -> tuple[dict, dict[int, float], dict[int, float], di
     label_path = folder / "dice_per_label.csv"
     if label_path.is_file():
         try:
-            with open(label_path, newline="") as fh:
-                for row in csv.DictReader(fh):
-                    step = int(row.pop("step"))
-                    per_label[step] = {k: float(v) for k, v in row.items() if v not in ("", None)}
+            per_label = read_label_dice(label_path)
         except (ValueError, KeyError) as exc:
             raise ValueError(f"{label_path}: unreadable ({exc})") from None
     return options, losses, interval_dice, per_label

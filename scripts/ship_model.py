@@ -20,7 +20,6 @@ training Dice (on synthetic scans) against the step.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from lab2im.io import atomic_output, atomic_write_text, short_error  # noqa: E402
+from synthseg.training.logs import cumulative_seconds, read_label_dice, read_step_log  # noqa: E402
 from synthseg.training.recipes import RECIPES, SHIPPED, recipe  # noqa: E402
 from synthseg.training.run_folder import read_spec  # noqa: E402
 
@@ -56,11 +56,6 @@ EXTRA_MAP_ROWS = {
 
 #: labels under this Dice on their own synthetic crops are listed as weak on the card
 WEAK_DICE = 0.3
-
-
-def read_log(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def curve(log: list[dict], path: Path, title: str) -> None:
@@ -92,12 +87,11 @@ def curve(log: list[dict], path: Path, title: str) -> None:
 def last_dice_per_label(path: Path) -> tuple[int, dict[str, float]] | None:
     if not path.is_file():
         return None
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_label_dice(path)
     if not rows:
         return None
-    last = rows[-1]
-    return int(last.pop("step")), {k: float(v) for k, v in last.items()}
+    step = next(reversed(rows))
+    return step, rows[step]
 
 
 def card(name: str, run: Path, options: dict, log: list[dict], network: str, params: int, n_labels: int,
@@ -110,7 +104,6 @@ def card(name: str, run: Path, options: dict, log: list[dict], network: str, par
     brains = ("two label maps of two brains (both MNI templates)" if not names else
               f"{2 + len(names)} label maps of {2 + len(names)} brains (two MNI templates and "
               + ", ".join(n.split(".")[0] for n in names) + ")")
-    from synthseg.training.logs import cumulative_seconds
 
     g, u, t = options["generator"], options["unet"], options["training"]
     steps = int(log[-1]["step"]) if log else 0
@@ -269,7 +262,7 @@ def main(argv=None) -> int:
     atomic_write_text(dest / "options.json", json.dumps(spec_text, indent=2) + "\n")
     spec = read_spec(args.run).require("synthetic", hint=": the model card describes synthetic training")
     options = spec.sections
-    log = read_log(args.run / "training_log.csv")
+    log = read_step_log(args.run / "training_log.csv")
     if saved:  # the network is the one of the last checkpoint: steps logged after it are not in it
         log = [r for r in log if r["step"] <= saved[-1][0]]
     accuracy = json.loads(args.accuracy.read_text()) if args.accuracy else None

@@ -75,8 +75,9 @@ def widen_weights(source, target) -> list[str]:
                          "convolutions or batch normalisation; only the feature counts may differ")
     widened = []
     for name, layer in tgt.items():
-        old = [np.asarray(w.numpy() if hasattr(w, "numpy") else w, np.float32) for w in src[name].get_weights()]
-        new = [np.asarray(w, np.float32) for w in layer.get_weights()]
+        old = [np.asarray(w, np.float32) for w in src[name].get_weights()]
+        current = layer.get_weights()  # the target's own initialisation, in its dtypes
+        new = [np.asarray(w, np.float32) for w in current]
         if len(old) != len(new):
             raise InputError(f"layer {name!r} has {len(old)} weight arrays in the source and {len(new)} in the target")
         if old[0].ndim >= 3:  # convolution: kernel (*k, C_in, C_out), optional bias (C_out,)
@@ -94,7 +95,6 @@ def widen_weights(source, target) -> list[str]:
             new_rows = np.setdiff1d(np.arange(n_in), rows)
             kernel[..., new_rows, :c_out] = 0.0  # nothing new reaches an old channel
             kernel[..., rows[:, None], np.arange(c_out)[None, :]] = kernel_old
-            new[0] = kernel
             for i in range(1, len(new)):  # the bias
                 new[i][:c_out] = old[i]
         else:  # batch normalisation: gamma, beta, moving mean, moving variance (C,)
@@ -105,5 +105,5 @@ def widen_weights(source, target) -> list[str]:
                 n[:c] = o
         if any(a.shape != b.shape for a, b in zip(old, new)):
             widened.append(name)
-        layer.set_weights([n.astype(w.dtype) for n, w in zip(new, layer.get_weights())])
+        layer.set_weights([n.astype(c.dtype) for n, c in zip(new, current)])
     return widened

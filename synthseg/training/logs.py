@@ -1,7 +1,9 @@
-"""Reading a run's ``training_log.csv`` (written by :class:`synthseg.training.callbacks.StepLog`):
-wall time summed over resumes, and each step's own loss. Plain Python: no Keras import, so
-benchmarks and scripts that only read logs start fast."""
+"""Reading a run's logs, ``training_log.csv`` and ``dice_per_label.csv`` (written by
+:mod:`synthseg.training.callbacks`): their rows, wall time summed over resumes, each step's own
+loss. Plain Python: no Keras import, so benchmarks and scripts that only read logs start fast."""
 from __future__ import annotations
+
+import csv
 
 
 def cumulative_seconds(rows) -> list[float]:
@@ -38,4 +40,30 @@ def step_values(running: dict[int, float], steps_per_checkpoint: int) -> dict[in
             out[step] = mean
         elif step - 1 in running:
             out[step] = k * mean - (k - 1) * running[step - 1]
+    return out
+
+
+def read_step_log(path) -> list[dict[str, float]]:
+    """The rows of a ``training_log.csv`` in file order, every value a float (``step``, ``loss``,
+    ``dice``, ``learning_rate``, ``seconds``; see :class:`~synthseg.training.callbacks.StepLog`).
+
+    Raises:
+        OSError: unreadable file; ValueError: a value that is not a number.
+    """
+    with open(path, newline="") as fh:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def read_label_dice(path) -> dict[int, dict[str, float]]:
+    """A ``dice_per_label.csv`` (:class:`~synthseg.training.callbacks.LabelDiceLog`):
+    ``{checkpoint step: {label name: Dice over the interval before it}}``, in file order.
+
+    Raises:
+        OSError: unreadable file; ValueError: a value that is not a number.
+    """
+    out = {}
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            step = int(row.pop("step"))
+            out[step] = {name: float(value) for name, value in row.items()}
     return out

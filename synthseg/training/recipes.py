@@ -88,6 +88,10 @@ class Recipe:
 #: what the cpu5 family shares: the 2 mm network, Dice + 0.5 voxel-wise cross-entropy from the
 #: start, cosine decay, every checkpoint kept (learning curves, weight averaging)
 _CPU_UNET = dict(n_levels=5, base_features=16)
+#: cpu15's widening of it: 24 features at full resolution (5.9 M -> 13.2 M parameters)
+_WIDE_UNET = dict(_CPU_UNET, base_features=24)
+#: the third training anatomy from cpu11 on (a committed 1 mm map, see docs/data.md)
+_COLIN27 = ("synthseg/data/maps/colin27.nii.gz",)
 _CPU5_TRAINING = dict(steps_per_checkpoint=250, warmup_steps=0, ce_after_warmup=0.5, ce_weighting="uniform",
                       lr_schedule="cosine", keep_checkpoints=0)
 #: the boundary moves cpu14 trained with: left and right share a rule, so a voxel between them
@@ -171,45 +175,45 @@ RECIPES = {r.name: r for r in [
            "at equal steps",
            voxel_mm=1.5, crop=80, unet=_CPU_UNET, init_weights="models/continue/cpu9_avg4_fp16.keras",
            generator=_CPU5B_GENERATOR, training=dict(_CPU5_TRAINING, steps=4_000, learning_rate=1e-4),
-           extra_maps=("synthseg/data/maps/colin27.nii.gz",)),
+           extra_maps=_COLIN27),
     Recipe("cpu12", "issue 12, continue the three-anatomy network: cpu11's averaged weights (it stopped at step "
            "3,250 of 4,000), another 1.5 mm cosine cycle from 8e-5 on the public maps and Colin27",
            voxel_mm=1.5, crop=80, unet=_CPU_UNET, init_weights="models/continue/cpu11_avg4_fp16.keras",
            generator=_CPU5B_GENERATOR, training=dict(_CPU5_TRAINING, steps=4_000, learning_rate=8e-5),
-           extra_maps=("synthseg/data/maps/colin27.nii.gz",)),
+           extra_maps=_COLIN27),
     Recipe("cpu13", "issue 12, continue the three-anatomy network further: cpu12's averaged weights (it stopped at "
            "step 3,000 of 4,000), another 1.5 mm cosine cycle from 6e-5 on the public maps and Colin27",
            voxel_mm=1.5, crop=80, unet=_CPU_UNET, init_weights="models/continue/cpu12_avg4_fp16.keras",
            generator=_CPU5B_GENERATOR, training=dict(_CPU5_TRAINING, steps=4_000, learning_rate=6e-5),
-           extra_maps=("synthseg/data/maps/colin27.nii.gz",)),
+           extra_maps=_COLIN27),
     Recipe("cpu14", "issue 12, anatomical variety from the same maps: cpu12 exactly (cpu11's averaged weights, "
            "cosine from 8e-5, the public maps and Colin27) with the boundaries of cortex/CSF, cortex/white matter "
            "and ventricles/white matter moved by one voxel in random smooth regions, against cpu12 at equal steps",
            voxel_mm=1.5, crop=80, unet=_CPU_UNET, init_weights="models/continue/cpu11_avg4_fp16.keras",
            generator=dict(_CPU5B_GENERATOR, morphology_rules=_CPU14_MORPHOLOGY),
            training=dict(_CPU5_TRAINING, steps=4_000, learning_rate=8e-5),
-           extra_maps=("synthseg/data/maps/colin27.nii.gz",)),
+           extra_maps=_COLIN27),
     Recipe("cpu15", "issue 12, the capacity test: cpu12's averaged weights embedded in a U-Net with 24 features "
            "at full resolution instead of 16 (synthseg.nn.widen: the same function at step 0, 2.25x the "
            "parameters), a 1,750-step cosine cycle from 1e-4 (the peak of cpu10/cpu11's level restarts of the "
            "narrow network) on the public maps and Colin27",
-           voxel_mm=1.5, crop=80, unet=dict(_CPU_UNET, base_features=24),
+           voxel_mm=1.5, crop=80, unet=_WIDE_UNET,
            init_weights="models/continue/cpu12_avg4_fp16.keras",
            generator=_CPU5B_GENERATOR,
            training=dict(_CPU5_TRAINING, steps=1_750, learning_rate=1e-4, init_widen=True),
-           extra_maps=("synthseg/data/maps/colin27.nii.gz",)),
+           extra_maps=_COLIN27),
     Recipe("cpu15n", "issue 12, the control of cpu15: the same start, schedule, maps and seed with the network "
            "left at 16 features (same samples at every step, so the two training logs compare step by step)",
            voxel_mm=1.5, crop=80, unet=_CPU_UNET, init_weights="models/continue/cpu12_avg4_fp16.keras",
            generator=_CPU5B_GENERATOR, training=dict(_CPU5_TRAINING, steps=1_750, learning_rate=1e-4),
-           extra_maps=("synthseg/data/maps/colin27.nii.gz",)),
+           extra_maps=_COLIN27),
     Recipe("cpu16", "issue 12, continue the widened network: cpu15's weights at its step 1,000 (level with its "
            "control there, ahead by 0.0009 training loss over steps 1,001-1,202), 24 features, a cosine cycle "
            "from 4e-5 (cpu15's learning rate at step 1,000) on the public maps and Colin27",
-           voxel_mm=1.5, crop=80, unet=dict(_CPU_UNET, base_features=24),
+           voxel_mm=1.5, crop=80, unet=_WIDE_UNET,
            init_weights="models/continue/cpu15_step1000_fp16.keras",
            generator=_CPU5B_GENERATOR, training=dict(_CPU5_TRAINING, steps=3_000, learning_rate=4e-5),
-           extra_maps=("synthseg/data/maps/colin27.nii.gz",)),
+           extra_maps=_COLIN27),
     Recipe("synthseg", "the reference configuration (SynthSeg 1.0's network and crop), for a GPU",
            voxel_mm=1.0, crop=160, unet=dict(n_levels=5, base_features=24),
            training=dict(steps=300_000, steps_per_checkpoint=1000, learning_rate=1e-4, warmup_steps=1000,
