@@ -91,7 +91,8 @@ def main(argv=None) -> int:
                              "run's own, from RUN_DIR/PRESET)")
     parser.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
     parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None,
+                        help="random seed of samples and initialisation (default: the recipe's, else 0)")
     parser.add_argument("--ce-after-warmup", type=float, default=None,
                         help="share of cross-entropy kept after the warm-up (new runs; the recipes say their own: 0 for "
                              "the first shipped model, 0.5 for cpu5b and cpu8; 0.1 keeps labels from dying under Dice)")

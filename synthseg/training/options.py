@@ -35,7 +35,11 @@ class RunOptions:
             voxel counts the same, as nnU-Net's Dice + cross-entropy: large structures and their
             boundaries, cortex and white matter, weigh by their volume).
         seed: seed of the sample choice, the generation or augmentation, and the weight
-            initialisation.
+            initialisation. Step ``s`` of every run with the same seed draws the same label map
+            and synthetic scan, whatever its network: a run that continues another's weights
+            (``init_weights``) with its seed replays the samples its parent trained on (the
+            ``cpu3``-``cpu15`` lineage did: every run restarted seed 0's stream at its first sample),
+            so give it a new one; paired A/B runs keep theirs on purpose.
         deterministic: ask the backend for deterministic ops (slower; used by the tests).
         tensorboard: write TensorBoard logs.
         progress: show a progress bar with loss and ETA.

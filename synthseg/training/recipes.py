@@ -207,12 +207,13 @@ RECIPES = {r.name: r for r in [
            voxel_mm=1.5, crop=80, unet=_CPU_UNET, init_weights="models/continue/cpu12_avg4_fp16.keras",
            generator=_CPU5B_GENERATOR, training=dict(_CPU5_TRAINING, steps=1_750, learning_rate=1e-4),
            extra_maps=_COLIN27),
-    Recipe("cpu16", "issue 12, continue the widened network: cpu15's weights at its step 1,000 (level with its "
-           "control there, ahead by 0.0009 training loss over steps 1,001-1,202), 24 features, a cosine cycle "
-           "from 4e-5 (cpu15's learning rate at step 1,000) on the public maps and Colin27",
+    Recipe("cpu16", "issue 12, continue the widened network: cpu15's averaged weights (its steps 1,000-1,750, "
+           "ahead of its 16-feature control by 0.0019 training loss over steps 1,501-1,750), 24 features, a "
+           "long 4,000-step cosine cycle from 1e-4 on the public maps and Colin27, with a new seed: its ancestors "
+           "all replayed seed 0's first samples",
            voxel_mm=1.5, crop=80, unet=_WIDE_UNET,
-           init_weights="models/continue/cpu15_step1000_fp16.keras",
-           generator=_CPU5B_GENERATOR, training=dict(_CPU5_TRAINING, steps=3_000, learning_rate=4e-5),
+           init_weights="models/continue/cpu15_avg4_fp16.keras",
+           generator=_CPU5B_GENERATOR, training=dict(_CPU5_TRAINING, steps=4_000, learning_rate=1e-4, seed=16),
            extra_maps=_COLIN27),
     Recipe("synthseg", "the reference configuration (SynthSeg 1.0's network and crop), for a GPU",
            voxel_mm=1.0, crop=160, unet=dict(n_levels=5, base_features=24),

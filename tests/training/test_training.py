@@ -537,3 +537,14 @@ def test_ship_model_averages_the_last_checkpoints_into_a_float32_network(label_d
     r = subprocess.run([sys.executable, str(REPO / "scripts" / "ship_model.py"), str(run), "tiny", "--average", "9",
                         "--models-dir", str(tmp_path / "models")], capture_output=True, text=True, timeout=600)
     assert r.returncode == 1 and "--average 9" in r.stderr
+
+
+def test_a_recipe_continuing_weights_draws_new_samples_unless_told_otherwise():
+    """Step ``s`` of two runs with one seed draws the same sample, so ``cpu16`` (continuing
+    ``cpu15``'s weights) has its own seed; ``--seed`` still wins, and the paired controls share."""
+    from synthseg.training.recipes import recipe
+
+    assert recipe("cpu16").training_options().seed != recipe("cpu15").training_options().seed
+    assert recipe("cpu16").training_options(seed=None).seed == 16  # the script's default: the recipe's
+    assert recipe("cpu16").training_options(seed=3).seed == 3
+    assert recipe("cpu15").training_options().seed == recipe("cpu15n").training_options().seed
