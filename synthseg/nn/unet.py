@@ -233,6 +233,17 @@ def recalibrate_batch_norm(unet, images, multiple: int, max_images: int = 16) ->
     return len(layers)
 
 
+def freeze_batch_norm(unet) -> int:
+    """Freeze every batch-normalisation layer of ``unet`` (nested models included): in Keras 3 a
+    frozen layer normalises by its moving statistics in training too and keeps its scale and
+    offset, so training then optimises the function inference computes. Returns the number of
+    layers frozen (0 without batch norm)."""
+    layers = [layer for layer in _all_layers(unet) if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in layers:
+        layer.trainable = False
+    return len(layers)
+
+
 def _all_layers(model) -> list:
     """The layers of ``model``, those of nested models included."""
     found = []

@@ -215,6 +215,15 @@ RECIPES = {r.name: r for r in [
            init_weights="models/continue/cpu15_avg4_fp16.keras",
            generator=_CPU5B_GENERATOR, training=dict(_CPU5_TRAINING, steps=4_000, learning_rate=1e-4, seed=16),
            extra_maps=_COLIN27),
+    Recipe("cpu17", "issue 12, train what inference computes: cpu16 exactly (cpu15's averaged weights, the same "
+           "samples) with every batch-norm layer frozen (freeze_batch_norm: moving statistics in training too; "
+           "with batch size 1 the free layers normalise each crop by its own statistics, 0.09 of synthetic "
+           "Dice that inference loses)",
+           voxel_mm=1.5, crop=80, unet=_WIDE_UNET,
+           init_weights="models/continue/cpu15_avg4_fp16.keras",
+           generator=_CPU5B_GENERATOR,
+           training=dict(_CPU5_TRAINING, steps=4_000, learning_rate=1e-4, seed=16, freeze_batch_norm=True),
+           extra_maps=_COLIN27),
     Recipe("synthseg", "the reference configuration (SynthSeg 1.0's network and crop), for a GPU",
            voxel_mm=1.0, crop=160, unet=dict(n_levels=5, base_features=24),
            training=dict(steps=300_000, steps_per_checkpoint=1000, learning_rate=1e-4, warmup_steps=1000,

@@ -67,12 +67,19 @@ class TrainingOptions(RunOptions):
         init_widen: ``init_weights`` may be a narrower network (fewer feature maps per level,
             all else the run's): it is embedded in this run's wider U-Net so that both compute
             the same function at step 0 (:mod:`synthseg.nn.widen`).
+        freeze_batch_norm: train with every batch-normalisation layer frozen
+            (:func:`synthseg.nn.unet.freeze_batch_norm`): normalised by its moving statistics and
+            with its scale and offset fixed, as at inference, so the steps optimise the function
+            prediction uses. With batch size 1 the unfrozen layers normalise each crop by its own
+            statistics, which inference cannot do (docs/accuracy.md). Meant for continuing
+            trained weights (``init_weights``), whose moving statistics are meaningful.
     """
 
     mixed_precision: bool = False
     strategy: str | None = None
     init_weights: str | None = None
     init_widen: bool = False
+    freeze_batch_norm: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -86,6 +93,8 @@ class TrainingOptions(RunOptions):
             raise InputError(f"init_widen must be true or false, got {self.init_widen!r}")
         if self.init_widen and self.init_weights is None:
             raise InputError("init_widen needs init_weights: the narrower U-Net to start from")
+        if not isinstance(self.freeze_batch_norm, bool):
+            raise InputError(f"freeze_batch_norm must be true or false, got {self.freeze_batch_norm!r}")
 
 
 @dataclass
@@ -256,7 +265,7 @@ def training(labels_dir, model_dir, generator: GeneratorOptions | None = None, u
             training starts.
     """
     from synthseg.generation.brain_generator import LabelMapSet
-    from synthseg.nn.unet import UNetOptions, required_multiple
+    from synthseg.nn.unet import UNetOptions, freeze_batch_norm, required_multiple
 
     model_dir = Path(model_dir)
     check_not_an_input(model_dir, [labels_dir], "run folder")
@@ -287,6 +296,8 @@ def training(labels_dir, model_dir, generator: GeneratorOptions | None = None, u
     with scope:
         model, unet_model, labels = build_training_model(generator, unet, data.shape, options.seed,
                                                          options.mixed_precision)
+        if options.freeze_batch_norm:
+            freeze_batch_norm(unet_model)
         loss = make_loss(options, len(labels))
         dice = SplitOutputDice(len(labels))
         model.compile(optimizer=make_optimizer(options, options.mixed_precision and mixed_policy() == "mixed_float16"), loss=SplitOutputLoss(loss, len(labels)),

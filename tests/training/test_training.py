@@ -548,3 +548,37 @@ def test_a_recipe_continuing_weights_draws_new_samples_unless_told_otherwise():
     assert recipe("cpu16").training_options(seed=None).seed == 16  # the script's default: the recipe's
     assert recipe("cpu16").training_options(seed=3).seed == 3
     assert recipe("cpu15").training_options().seed == recipe("cpu15n").training_options().seed
+
+
+@pytest.mark.slow
+def test_frozen_batch_norm_trains_the_inference_function_and_keeps_its_statistics(label_dir, tmp_path):
+    """``freeze_batch_norm``: the convolutions learn while every batch-norm layer keeps the
+    initial weights' scale, offset and moving statistics, and the trained network computes the
+    same in training and inference mode; a resumed frozen run continues."""
+    import keras
+
+    from lab2im.model import load_keras_model
+
+    kw = dict(flip_prob=0.0, randomise_resolution=False, generation_labels=[0, 2, 3, 41, 42],
+              lr_pairs=[(2, 41), (3, 42)])
+    opts = dict(steps=20, steps_per_checkpoint=20, learning_rate=3e-3, seed=0)
+    training(label_dir, tmp_path / "first", unet=TINY, options=quiet(**opts), **kw)
+    start = load_keras_model(tmp_path / "first" / "unet_last.keras", "start")
+    frozen = quiet(**dict(opts, steps=4, steps_per_checkpoint=2, seed=1),
+                   init_weights=str(tmp_path / "first" / "unet_last.keras"), freeze_batch_norm=True)
+    training(label_dir, tmp_path / "frozen", unet=TINY, options=frozen, **kw)
+    after = load_keras_model(tmp_path / "frozen" / "unet_last.keras", "after")
+    bn = [layer.name for layer in after.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    convs = [layer.name for layer in after.layers if isinstance(layer, keras.layers.Conv3D)]
+    assert bn and convs
+    for name in bn:
+        for a, b in zip(start.get_layer(name).get_weights(), after.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(start.get_layer(n).get_weights()[0], after.get_layer(n).get_weights()[0])
+               for n in convs)
+    x = np.random.default_rng(0).random((1, 16, 16, 16, 1), np.float32)
+    np.testing.assert_allclose(np.asarray(after(x, training=True)), np.asarray(after(x, training=False)), atol=1e-6)
+    resumed = training(label_dir, tmp_path / "frozen", options=TrainingOptions(steps=6), resume=True)
+    assert resumed.step == 6
+    with pytest.raises(InputError, match="freeze_batch_norm must be true or false"):
+        quiet(freeze_batch_norm=1)
