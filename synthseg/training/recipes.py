@@ -99,6 +99,11 @@ _CPU5_TRAINING = dict(steps_per_checkpoint=250, warmup_steps=0, ce_after_warmup=
 _CPU14_MORPHOLOGY = [([3, 42], [24]), ([3, 42], [2, 41]), ([4, 43], [2, 41])]
 #: cpu5b's milder degradation: half the samples at full resolution, a finer, smaller deformation
 _CPU5B_GENERATOR = dict(resolution_prob=0.5, nonlin_scale=0.08, nonlin_std=3.0)
+#: cpu16 and its frozen-batch-norm twin cpu17: the widened network from cpu15's averaged weights,
+#: a 4,000-step cosine cycle from 1e-4 with a seed of its own (the same samples in both)
+_CPU16 = dict(voxel_mm=1.5, crop=80, unet=_WIDE_UNET, init_weights="models/continue/cpu15_avg4_fp16.keras",
+              generator=_CPU5B_GENERATOR, extra_maps=_COLIN27)
+_CPU16_TRAINING = dict(_CPU5_TRAINING, steps=4_000, learning_rate=1e-4, seed=16)
 
 RECIPES = {r.name: r for r in [
     Recipe("small", "visible progress on 2 CPU cores in minutes (docs/training.md has the measured curve)",
@@ -211,19 +216,12 @@ RECIPES = {r.name: r for r in [
            "ahead of its 16-feature control by 0.0019 training loss over steps 1,501-1,750), 24 features, a "
            "long 4,000-step cosine cycle from 1e-4 on the public maps and Colin27, with a new seed: its ancestors "
            "all replayed seed 0's first samples",
-           voxel_mm=1.5, crop=80, unet=_WIDE_UNET,
-           init_weights="models/continue/cpu15_avg4_fp16.keras",
-           generator=_CPU5B_GENERATOR, training=dict(_CPU5_TRAINING, steps=4_000, learning_rate=1e-4, seed=16),
-           extra_maps=_COLIN27),
+           **_CPU16, training=_CPU16_TRAINING),
     Recipe("cpu17", "issue 12, train what inference computes: cpu16 exactly (cpu15's averaged weights, the same "
            "samples) with every batch-norm layer frozen (freeze_batch_norm: moving statistics in training too; "
            "with batch size 1 the free layers normalise each crop by its own statistics, 0.09 of synthetic "
            "Dice that inference loses)",
-           voxel_mm=1.5, crop=80, unet=_WIDE_UNET,
-           init_weights="models/continue/cpu15_avg4_fp16.keras",
-           generator=_CPU5B_GENERATOR,
-           training=dict(_CPU5_TRAINING, steps=4_000, learning_rate=1e-4, seed=16, freeze_batch_norm=True),
-           extra_maps=_COLIN27),
+           **_CPU16, training=dict(_CPU16_TRAINING, freeze_batch_norm=True)),
     Recipe("synthseg", "the reference configuration (SynthSeg 1.0's network and crop), for a GPU",
            voxel_mm=1.0, crop=160, unet=dict(n_levels=5, base_features=24),
            training=dict(steps=300_000, steps_per_checkpoint=1000, learning_rate=1e-4, warmup_steps=1000,
