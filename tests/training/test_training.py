@@ -15,10 +15,14 @@ import pytest
 
 from lab2im.errors import InputError
 from synthseg.nn.unet import UNetOptions
+from synthseg.training.logs import read_step_log
 from synthseg.training.synthetic import TrainingOptions, training
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = UNetOptions(n_levels=2, base_features=4)
+#: generator fields of the short runs: the blocks' labels, no flip, no resolution loss
+PLAIN_GENERATOR = dict(flip_prob=0.0, randomise_resolution=False, generation_labels=[0, 2, 3, 41, 42],
+                       lr_pairs=[(2, 41), (3, 42)])
 
 
 def quiet(**kw):
@@ -35,8 +39,7 @@ def label_dir(tmp_path, blocks_labels):
 
 
 def read_log(model_dir):
-    with open(Path(model_dir) / "training_log.csv") as fh:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    return read_step_log(Path(model_dir) / "training_log.csv")
 
 
 def worker(*args, env=None, wait=True):
@@ -103,8 +106,7 @@ def test_a_time_budget_stops_at_a_checkpoint_and_the_run_resumes(label_dir, tmp_
     once. A budget of 0 minutes is refused."""
     from synthseg.training.callbacks import TimeBudget
 
-    kw = dict(flip_prob=0.0, randomise_resolution=False, generation_labels=[0, 2, 3, 41, 42],
-              lr_pairs=[(2, 41), (3, 42)])
+    kw = PLAIN_GENERATOR
     budget = TimeBudget(1e-6)
     result = training(label_dir, tmp_path / "run", unet=TINY, callbacks=[budget],
                       options=quiet(steps=6, steps_per_checkpoint=2, keep_checkpoints=0), **kw)
@@ -143,8 +145,7 @@ def test_a_run_starts_from_saved_weights_and_refuses_other_architectures(label_d
     """init_weights: a new run starts from a saved U-Net (here a first run's), so its first loss
     is that network's, not a random one's; a missing file or another architecture is refused
     before any run folder is made."""
-    kw = dict(flip_prob=0.0, randomise_resolution=False, generation_labels=[0, 2, 3, 41, 42],
-              lr_pairs=[(2, 41), (3, 42)])
+    kw = PLAIN_GENERATOR
     opts = dict(steps=40, steps_per_checkpoint=40, learning_rate=3e-3, seed=0)
     training(label_dir, tmp_path / "first", unet=TINY, options=quiet(**opts), **kw)
     weights = tmp_path / "first" / "unet_last.keras"
@@ -493,8 +494,7 @@ def test_ship_model_averages_the_last_checkpoints_into_a_float32_network(label_d
     from lab2im.model import load_keras_model
     from synthseg.training.checkpoints import load_network_weights
 
-    kw = dict(flip_prob=0.0, randomise_resolution=False, generation_labels=[0, 2, 3, 41, 42],
-              lr_pairs=[(2, 41), (3, 42)])
+    kw = PLAIN_GENERATOR
     run = tmp_path / "run"
     training(label_dir, run, unet=TINY, options=quiet(steps=6, steps_per_checkpoint=2, mixed_precision=True,
                                                         keep_checkpoints=0, learning_rate=1e-2), **kw)
@@ -559,8 +559,7 @@ def test_frozen_batch_norm_trains_the_inference_function_and_keeps_its_statistic
 
     from lab2im.model import load_keras_model
 
-    kw = dict(flip_prob=0.0, randomise_resolution=False, generation_labels=[0, 2, 3, 41, 42],
-              lr_pairs=[(2, 41), (3, 42)])
+    kw = PLAIN_GENERATOR
     opts = dict(steps=20, steps_per_checkpoint=20, learning_rate=3e-3, seed=0)
     training(label_dir, tmp_path / "first", unet=TINY, options=quiet(**opts), **kw)
     start = load_keras_model(tmp_path / "first" / "unet_last.keras", "start")
