@@ -360,3 +360,79 @@ def test_paired_runs(tmp_path):
     r = subprocess.run([sys.executable, script, str(tmp_path / "a"), str(tmp_path / "none"), "--out", str(out)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "none/options.json: missing" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_normalisation_gap_helpers():
+    """benchmarks/normalisation_gap.py: blur smooths and rescales to [0, 1] (0 gives the crop
+    back), the score ignores background and labels absent from the truth, and the summary pairs
+    modes and blurs crop by crop."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.normalisation_gap import blurred, mean_label_dice, summarise
+
+    image = np.random.default_rng(0).random((16, 16, 16)).astype(np.float32)
+    assert np.array_equal(blurred(image, 0), image)
+    smooth = blurred(image, 2.0)
+    assert smooth.min() >= 0 and smooth.max() <= 1 and smooth.max() == 1.0
+    assert np.abs(np.diff(smooth, axis=0)).mean() < 0.5 * np.abs(np.diff(image, axis=0)).mean()
+
+    truth = np.array([0, 0, 2, 2, 3, 3])
+    assert mean_label_dice(truth, np.array([5, 5, 2, 2, 3, 3])) == 1.0  # background wrong: not scored
+    assert mean_label_dice(truth, np.array([0, 0, 2, 3, 3, 3])) == pytest.approx((2 / 3 + 0.8) / 2)
+    assert mean_label_dice(np.zeros(4, int), np.ones(4, int)) == 1.0
+
+    scores = {"0": {"moving": [0.6, 0.7, 0.8], "per-crop": [0.7, 0.7, 0.9]},
+              "2": {"moving": [0.5, 0.6, 0.6], "per-crop": [0.6, 0.7, 0.8]}}
+    rows = summarise(scores)
+    assert rows[0]["gap"] == pytest.approx(0.2 / 3) and rows[0]["gap_better"] == 2
+    assert "blur_cost_moving" not in rows[0]
+    assert rows[1]["blur_cost_moving"] == pytest.approx(-0.4 / 3) and rows[1]["blur_cost_per-crop"] == pytest.approx(-0.2 / 3)
+    assert rows[1]["gap_95"] > 0
+
+
+@pytest.mark.slow
+def test_normalisation_gap_benchmark_quick(tmp_path, blocks_labels):
+    """``benchmarks/normalisation_gap.py --quick`` scores the shipped model on small crops of a
+    label map in both modes and at every blur (the same model twice scores the same), and refuses
+    a missing model cleanly."""
+    labels = np.kron(blocks_labels, np.ones((2, 2, 2), np.int32))  # (48, 56, 40) at 1.5 mm
+    nib.save(nib.Nifti1Image(labels, np.diag([1.5, 1.5, 1.5, 1.0])), str(tmp_path / "labels.nii.gz"))
+    from synthseg.inference.model import default_model_path
+
+    shipped = str(default_model_path())
+    out = tmp_path / "gap.json"
+    script = str(ROOT / "benchmarks" / "normalisation_gap.py")
+    args = ["--quick", "--shape", "32", "32", "32", "--labels", str(tmp_path / "labels.nii.gz"), "--out", str(out)]
+    r = subprocess.run([sys.executable, script, *args, "--model", shipped, "--model", shipped],
+                       capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    first, second = json.loads(out.read_text())["results"]
+    assert [row["blur_voxels"] for row in first["rows"]] == [0.0, 1.0, 2.0]
+    for row in first["rows"]:
+        assert 0 <= row["moving"] <= 1 and 0 <= row["per-crop"] <= 1 and 0 <= row["gap_better"] <= 2
+    assert first["per_crop_scores"] == second["per_crop_scores"]
+    assert "per-crop - moving" in r.stdout
+    r = subprocess.run([sys.executable, script, *args, "--model", str(tmp_path / "missing")],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 1 and "error:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_normalisation_gap_per_crop_mode_restores_moving_statistics():
+    """Segmenting with a crop's own statistics (training mode) leaves every batch-normalisation
+    layer's moving statistics as they were, so the next crop's ``moving`` score is unaffected."""
+    sys.path.insert(0, str(ROOT))
+    import keras
+
+    from benchmarks.normalisation_gap import segment
+    from synthseg.nn.unet import UNetOptions, build_unet
+
+    network = build_unet(3, 1, UNetOptions(n_levels=2, base_features=4))
+    before = [v.numpy().copy() for layer in network.layers if isinstance(layer, keras.layers.BatchNormalization)
+              for v in layer.non_trainable_variables]
+    image = np.random.default_rng(1).random((8, 8, 8)).astype(np.float32) * 5 + 3  # far from the initial stats
+    moving = segment(network, np.array([0, 2, 3]), image, per_crop=False)
+    per_crop = segment(network, np.array([0, 2, 3]), image, per_crop=True)
+    after = [v.numpy() for layer in network.layers if isinstance(layer, keras.layers.BatchNormalization)
+             for v in layer.non_trainable_variables]
+    assert before and all(np.array_equal(a, b) for a, b in zip(before, after))
+    assert moving.shape == per_crop.shape == (8, 8, 8) and set(np.unique(per_crop)) <= {0, 2, 3}
+    assert np.array_equal(segment(network, np.array([0, 2, 3]), image, per_crop=False), moving)

@@ -223,6 +223,12 @@ RECIPES = {r.name: r for r in [
            "Dice that inference loses); measured: better on synthetic crops after 250 steps (+0.043 Dice), far "
            "worse on the development scans (0.278 against 0.635)",
            **_CPU16, training=dict(_CPU16_TRAINING, freeze_batch_norm=True)),
+    Recipe("cpu18", "issue 12, the blur test: cpu16 exactly (the same start, schedule and seed) with more isotropically "
+           "blurred samples (prob_isotropic 0.1 -> 0.4 of the degraded half, max_res_iso 4 -> 5 mm, blur up to "
+           "2.5 voxels): cpu15's averaged weights lose 0.12 Dice on their own synthetic crops blurred by 2 voxels "
+           "(benchmarks/normalisation_gap.py), and the development templates are that smooth",
+           **dict(_CPU16, generator=dict(_CPU5B_GENERATOR, prob_isotropic=0.4, max_res_iso=5.0)),
+           training=_CPU16_TRAINING),
     Recipe("synthseg", "the reference configuration (SynthSeg 1.0's network and crop), for a GPU",
            voxel_mm=1.0, crop=160, unet=dict(n_levels=5, base_features=24),
            training=dict(steps=300_000, steps_per_checkpoint=1000, learning_rate=1e-4, warmup_steps=1000,
