@@ -217,6 +217,12 @@ RECIPES = {r.name: r for r in [
            "long 4,000-step cosine cycle from 1e-4 on the public maps and Colin27, with a new seed: its ancestors "
            "all replayed seed 0's first samples",
            **_CPU16, training=_CPU16_TRAINING),
+    Recipe("cpu16b", "issue 12, cpu16 continued on a fresh machine: its step-1,250 weights (three-scan curve 0.656, "
+           "the lineage's best; 0.620 / 0.638 / 0.649 at steps 500-1,000) and the rest of its cycle, a cosine over "
+           "the remaining 2,750 steps from cpu16's rate at step 1,250 (7.78e-5; Adam's moments start again), with "
+           "a seed of its own",
+           **dict(_CPU16, init_weights="models/continue/cpu16_step1250_fp16.keras"),
+           training=dict(_CPU16_TRAINING, steps=2_750, learning_rate=7.78e-5, seed=161)),
     Recipe("cpu17", "issue 12, train what inference computes: cpu16 exactly (cpu15's averaged weights, the same "
            "samples) with every batch-norm layer frozen (freeze_batch_norm: moving statistics in training too; "
            "with batch size 1 the free layers normalise each crop by its own statistics, 0.09 of synthetic "
