@@ -15,7 +15,9 @@ training maps at the model's voxel size) and segments each twice: with the movin
 does; the moving statistics are restored after every call). Each crop is also blurred by a
 Gaussian of ``--blur`` standard deviations (voxels, isotropic) and rescaled to [0, 1] between its
 0.5th and 99.5th percentiles, as templates and thick-slice scans are smoother than most training
-crops.
+crops. Models saved with the same generator options and voxel size score the same crops, so their
+scores pair crop by crop (the per-crop scores are in the JSON); models with other options draw
+other crops.
 
 Score: per crop, the mean Dice over the labels present in its truth (background excluded) of the
 most likely label; the table gives the mean over crops and paired differences (``per-crop -
