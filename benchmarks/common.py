@@ -115,6 +115,15 @@ def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int | Mappin
     return out
 
 
+def mean_and_ci95(values) -> tuple[float, float]:
+    """Mean of ``values`` and the half-width of its 95% interval (normal approximation; at least
+    two values)."""
+    import numpy as np
+
+    v = np.asarray(values, np.float64)
+    return float(v.mean()), float(1.96 * v.std(ddof=1) / np.sqrt(len(v)))
+
+
 def error_reason(exc: BaseException, max_len: int = 400) -> str:
     """``"Type: message"`` on one line, without colour codes; Keras' "Exception encountered when
     calling ..." wrapper keeps the message it wraps."""

@@ -82,34 +82,27 @@ def mean_label_dice(truth, predicted) -> float:
     """Mean Dice over the labels present in ``truth`` other than 0 (1.0 when there are none)."""
     import numpy as np
 
-    scores = [2.0 * np.sum((truth == v) & (predicted == v)) / (np.sum(truth == v) + np.sum(predicted == v))
-              for v in np.unique(truth) if v != 0]
-    return float(np.mean(scores)) if scores else 1.0
+    from synthseg.evaluation.metrics import dice
+
+    present = [int(v) for v in np.unique(truth) if v != 0]
+    return float(np.mean(list(dice(truth, predicted, present).values()))) if present else 1.0
 
 
 def segment(network, labels, image, per_crop: bool):
     """Most likely label of every voxel of ``image`` ``(X, Y, Z)``: ``(X, Y, Z)`` int labels.
     ``per_crop`` normalises by the crop's own statistics (training mode) and restores every
     batch-normalisation layer's moving statistics afterwards."""
-    import keras
     import numpy as np
 
-    saved = [(v, v.numpy()) for layer in network.layers if isinstance(layer, keras.layers.BatchNormalization)
-             for v in layer.non_trainable_variables]
+    from synthseg.nn.unet import batch_norm_layers
+
+    saved = [(v, v.numpy()) for layer in batch_norm_layers(network) for v in layer.non_trainable_variables]
     try:
         out = network(image[None, ..., None], training=per_crop)
     finally:
         for variable, value in saved:
             variable.assign(value)
     return np.asarray(labels)[np.argmax(np.asarray(out)[0], axis=-1)]
-
-
-def interval(values) -> tuple[float, float]:
-    """Mean of ``values`` and the half-width of its 95% interval (normal approximation)."""
-    import numpy as np
-
-    v = np.asarray(values, np.float64)
-    return float(v.mean()), float(1.96 * v.std(ddof=1) / np.sqrt(len(v)))
 
 
 def measure(model, crops, blurs) -> dict:
@@ -132,11 +125,11 @@ def summarise(scores) -> list[dict]:
     rows = []
     for blur, by_mode in scores.items():
         row = {"blur_voxels": float(blur), **{m: float(np.mean(by_mode[m])) for m in MODES}}
-        row["gap"], row["gap_95"] = interval(np.subtract(by_mode["per-crop"], by_mode["moving"]))
+        row["gap"], row["gap_95"] = common.mean_and_ci95(np.subtract(by_mode["per-crop"], by_mode["moving"]))
         row["gap_better"] = int(np.sum(np.greater(by_mode["per-crop"], by_mode["moving"])))
         if sharp is not None and blur != "0":
             for m in MODES:
-                row[f"blur_cost_{m}"], row[f"blur_cost_{m}_95"] = interval(np.subtract(by_mode[m], sharp[m]))
+                row[f"blur_cost_{m}"], row[f"blur_cost_{m}_95"] = common.mean_and_ci95(np.subtract(by_mode[m], sharp[m]))
         rows.append(row)
     return rows
 

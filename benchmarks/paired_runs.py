@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -119,10 +118,10 @@ def windows(loss_a: dict[int, float], loss_b: dict[int, float], window: int) -> 
         a = np.array([loss_a[s] for s in chunk])
         b = np.array([loss_b[s] for s in chunk])
         d = b - a
+        difference, ci95 = common.mean_and_ci95(d)
         rows.append({"first_step": chunk[0], "last_step": chunk[-1], "steps": len(chunk),
-                     "loss_a": float(a.mean()), "loss_b": float(b.mean()), "difference": float(d.mean()),
-                     "ci95": float(1.96 * d.std(ddof=1) / math.sqrt(len(d))),
-                     "b_better_share": float(np.mean(d < 0))})
+                     "loss_a": float(a.mean()), "loss_b": float(b.mean()), "difference": difference,
+                     "ci95": ci95, "b_better_share": float(np.mean(d < 0))})
     return rows
 
 

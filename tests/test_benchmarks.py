@@ -420,19 +420,15 @@ def test_normalisation_gap_per_crop_mode_restores_moving_statistics():
     """Segmenting with a crop's own statistics (training mode) leaves every batch-normalisation
     layer's moving statistics as they were, so the next crop's ``moving`` score is unaffected."""
     sys.path.insert(0, str(ROOT))
-    import keras
-
     from benchmarks.normalisation_gap import segment
-    from synthseg.nn.unet import UNetOptions, build_unet
+    from synthseg.nn.unet import UNetOptions, batch_norm_layers, build_unet
 
     network = build_unet(3, 1, UNetOptions(n_levels=2, base_features=4))
-    before = [v.numpy().copy() for layer in network.layers if isinstance(layer, keras.layers.BatchNormalization)
-              for v in layer.non_trainable_variables]
+    before = [v.numpy().copy() for layer in batch_norm_layers(network) for v in layer.non_trainable_variables]
     image = np.random.default_rng(1).random((8, 8, 8)).astype(np.float32) * 5 + 3  # far from the initial stats
     moving = segment(network, np.array([0, 2, 3]), image, per_crop=False)
     per_crop = segment(network, np.array([0, 2, 3]), image, per_crop=True)
-    after = [v.numpy() for layer in network.layers if isinstance(layer, keras.layers.BatchNormalization)
-             for v in layer.non_trainable_variables]
+    after = [v.numpy() for layer in batch_norm_layers(network) for v in layer.non_trainable_variables]
     assert before and all(np.array_equal(a, b) for a, b in zip(before, after))
     assert moving.shape == per_crop.shape == (8, 8, 8) and set(np.unique(per_crop)) <= {0, 2, 3}
     assert np.array_equal(segment(network, np.array([0, 2, 3]), image, per_crop=False), moving)

@@ -215,7 +215,7 @@ def recalibrate_batch_norm(unet, images, multiple: int, max_images: int = 16) ->
     """
     from lab2im.volumes import pad_to_multiple
 
-    layers = [layer for layer in _batch_norm_layers(unet) if layer.trainable]
+    layers = [layer for layer in batch_norm_layers(unet) if layer.trainable]
     images = list(images)[:max_images]
     if not layers or not images:
         return 0
@@ -237,13 +237,13 @@ def freeze_batch_norm(unet) -> int:
     frozen layer normalises by its moving statistics in training too and keeps its scale and
     offset, so training then optimises the function inference computes. Returns the number of
     layers frozen (0 without batch norm)."""
-    layers = _batch_norm_layers(unet)
+    layers = batch_norm_layers(unet)
     for layer in layers:
         layer.trainable = False
     return len(layers)
 
 
-def _batch_norm_layers(model) -> list:
+def batch_norm_layers(model) -> list:
     """The batch-normalisation layers of ``model``, those of nested models included."""
     return [layer for layer in _all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
 
