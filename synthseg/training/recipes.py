@@ -223,6 +223,13 @@ RECIPES = {r.name: r for r in [
            "a seed of its own",
            **dict(_CPU16, init_weights="models/continue/cpu16_step1250_fp16.keras"),
            training=dict(_CPU16_TRAINING, steps=2_750, learning_rate=7.78e-5, seed=161)),
+    Recipe("cpu16c", "issue 12, the rest of cpu16's cycle from the shipped network (cpu16's checkpoints "
+           "1,750-2,500 averaged, shipped 2026-12-07): a cosine over the remaining 1,500 steps from cpu16's rate "
+           "at step 2,500 (3.09e-5; Adam's moments start again), with a seed of its own. When that network is "
+           "replaced in models/, it moves to models/continue/ (scripts/save_continue_weights.py) and this path "
+           "with it",
+           **dict(_CPU16, init_weights="models/synthseg_1.5mm/unet_last.keras"),
+           training=dict(_CPU16_TRAINING, steps=1_500, learning_rate=3.09e-5, seed=162)),
     Recipe("cpu17", "issue 12, train what inference computes: cpu16 exactly (cpu15's averaged weights, the same "
            "samples) with every batch-norm layer frozen (freeze_batch_norm: moving statistics in training too; "
            "with batch size 1 the free layers normalise each crop by its own statistics, 0.09 of synthetic "
@@ -243,7 +250,7 @@ RECIPES = {r.name: r for r in [
                          lr_schedule="constant")),
 ]}
 #: the recipe of the model shipped in ``models/synthseg_1.5mm``
-SHIPPED = "cpu11"
+SHIPPED = "cpu16"
 
 
 def recipe(name: str) -> Recipe:
