@@ -230,44 +230,58 @@ def argmax_on_grid(scores: np.ndarray, source_affine: np.ndarray, target_shape, 
 
     Equal to ``np.argmax(resample_to_grid(scores, ..., order=1), axis=-1)`` (with ``fill`` outside
     the source grid's extent), without holding the resampled ``(X, Y, Z, C)`` array: the target
-    is done in slabs of ``slab`` voxels along its first axis. When the two grids' axes are
-    parallel (``inv(source_affine) @ target_affine`` is diagonal, e.g. a canonical grid and
-    its resampled version) the interpolation is separable and done with two taps per axis,
-    which is much faster than a general affine resampling of every channel.
+    is done in slabs (:func:`interpolated_slabs`, whose two taps per axis, when the grids' axes
+    are parallel, are much faster than a general affine resampling of every channel).
 
     Args:
-        scores: ``(X, Y, Z, C)`` array on the source grid (e.g. posteriors).
-        source_affine, target_affine: ``(4, 4)`` voxel-to-world affines (mm).
-        target_shape: spatial shape of the target grid (voxels).
+        scores, source_affine, target_shape, target_affine, slab: as in :func:`interpolated_slabs`.
         fill: channel index given to target voxels outside the source grid.
-        slab: target voxels per slab along the first axis (memory: about
-            ``slab * Y * Z * C * 8`` bytes).
 
     Returns:
         ``target_shape`` int32 array of channel indices.
+    """
+    out = np.empty(tuple(int(s) for s in target_shape[:3]), np.int32)
+    for sl, part, inside in interpolated_slabs(scores, source_affine, target_shape, target_affine, slab):
+        channels = np.argmax(part, axis=-1).astype(np.int32)
+        channels[~inside] = fill
+        out[sl] = channels
+    return out
+
+
+def interpolated_slabs(scores: np.ndarray, source_affine: np.ndarray, target_shape, target_affine: np.ndarray,
+                       slab: int = 16):
+    """``scores`` interpolated linearly on the target grid, one slab of ``slab`` voxels along its
+    first axis at a time (memory: about ``slab * Y * Z * C * 8`` bytes), for passes that need
+    every channel of every target voxel once (:func:`argmax_on_grid`).
+
+    The grids' axes parallel (``inv(source_affine) @ target_affine`` diagonal): two taps per
+    axis, separably; otherwise :func:`resample_to_grid` on each slab.
+
+    Args:
+        scores: ``(X, Y, Z, C)`` array on the source grid.
+        source_affine, target_affine: ``(4, 4)`` voxel-to-world affines (mm).
+        target_shape: spatial shape of the target grid (voxels).
+
+    Yields:
+        ``(slice, values, inside)``: the slab's slice of the target's first axis, its ``(n, Y,
+        Z, C)`` float values, and bool ``(n, Y, Z)``: the voxels inside the source grid's
+        extent (the values elsewhere are meaningless).
     """
     scores = np.asarray(scores)
     if scores.ndim != 4:
         raise ValueError(f"expected an (X, Y, Z, C) array, got shape {scores.shape}")
     target_shape = tuple(int(s) for s in target_shape[:3])
     t2s = np.linalg.solve(np.asarray(source_affine, np.float64), np.asarray(target_affine, np.float64))
-    out = np.empty(target_shape, np.int32)
-    diagonal = np.allclose(t2s[:3, :3], np.diag(np.diag(t2s[:3, :3])), rtol=0, atol=1e-9)
-    if not diagonal:  # general case: resample every channel, one slab at a time
-        for start in range(0, target_shape[0], slab):
-            stop = min(start + slab, target_shape[0])
-            shift = np.eye(4)
-            shift[0, 3] = start
-            part = resample_to_grid(scores, source_affine, (stop - start,) + target_shape[1:],
-                                    np.asarray(target_affine, np.float64) @ shift, order=1, fill=0)
-            inside = _inside_mask(t2s @ shift, part.shape[:3], scores.shape[:3])
-            out[start:stop] = np.where(inside, np.argmax(part, axis=-1), fill)
-        return out
-    for sl, part, inside in _separable_slabs(scores, t2s, target_shape, slab):
-        channels = np.argmax(part, axis=-1).astype(np.int32)
-        channels[~inside] = fill
-        out[sl] = channels
-    return out
+    if np.allclose(t2s[:3, :3], np.diag(np.diag(t2s[:3, :3])), rtol=0, atol=1e-9):
+        yield from _separable_slabs(scores, t2s, target_shape, slab)
+        return
+    for start in range(0, target_shape[0], slab):  # general case: resample every channel, one slab at a time
+        stop = min(start + slab, target_shape[0])
+        shift = np.eye(4)
+        shift[0, 3] = start
+        part = resample_to_grid(scores, source_affine, (stop - start,) + target_shape[1:],
+                                np.asarray(target_affine, np.float64) @ shift, order=1, fill=0)
+        yield slice(start, stop), part, _inside_mask(t2s @ shift, part.shape[:3], scores.shape[:3])
 
 
 def _separable_slabs(scores, t2s, target_shape, slab: int):
@@ -286,42 +300,6 @@ def _separable_slabs(scores, t2s, target_shape, slab: int):
         part = part[:, y0] * (1 - wy) + part[:, y1] * wy
         part = part[:, :, z0] * (1 - wz) + part[:, :, z1] * wz
         yield sl, part, inx[sl, None, None] & inside_yz[None]
-
-
-def interpolate_at(scores: np.ndarray, source_affine: np.ndarray, target_affine: np.ndarray, mask: np.ndarray,
-                   slab: int = 16) -> np.ndarray:
-    """``scores`` interpolated linearly at the target voxels where ``mask`` is true.
-
-    Equal to ``resample_to_grid(scores, source_affine, mask.shape, target_affine, order=1)[mask]``
-    without the whole resampled ``(X, Y, Z, C)`` array (slabs, and the separable two-tap path of
-    :func:`argmax_on_grid` when the grids' axes are parallel).
-
-    Args:
-        scores: ``(X, Y, Z, C)`` on the grid of ``source_affine``.
-        mask: bool array of the target grid's shape (the grid of ``target_affine``).
-
-    Returns:
-        ``(M, C)`` values of the ``M`` masked voxels, in ``np.argwhere(mask)`` order.
-    """
-    scores = np.asarray(scores)
-    mask = np.asarray(mask, bool)
-    if not mask.any():
-        return np.zeros((0, scores.shape[-1]), scores.dtype)
-    # only the mask's bounding box (same raster order of the masked voxels)
-    lo = [int(np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != d)))[0]) for d in range(3)]
-    hi = [int(np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != d)))[-1]) + 1 for d in range(3)]
-    mask = mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-    shift = np.eye(4)
-    shift[:3, 3] = lo
-    target_affine = np.asarray(target_affine, np.float64) @ shift
-    t2s = np.linalg.solve(np.asarray(source_affine, np.float64), target_affine)
-    if not np.allclose(t2s[:3, :3], np.diag(np.diag(t2s[:3, :3])), rtol=0, atol=1e-9):
-        return resample_to_grid(scores, source_affine, mask.shape, target_affine, order=1, fill=0)[mask]
-    parts = []
-    for sl, part, inside in _separable_slabs(scores, t2s, mask.shape, slab):
-        part[~inside] = 0
-        parts.append(part[mask[sl]])
-    return np.concatenate(parts, axis=0) if parts else np.zeros((0, scores.shape[-1]), scores.dtype)
 
 
 def _linear_taps(n: int, coords: np.ndarray):

@@ -50,7 +50,8 @@ CHUNK = 250_000
 
 
 def refine_posteriors(image, posteriors, background_channel: int, prior_floor: float = PRIOR_FLOOR,
-                      iterations: int = ITERATIONS, min_voxels: float = MIN_VOXELS, region=None) -> np.ndarray:
+                      iterations: int = ITERATIONS, min_voxels: float = MIN_VOXELS, region=None,
+                      in_place: bool = False) -> np.ndarray:
     """Posteriors refined by a Gaussian mixture of the scan's intensities (module docstring).
 
     Args:
@@ -59,25 +60,30 @@ def refine_posteriors(image, posteriors, background_channel: int, prior_floor: f
         background_channel: the channel of label 0; its posterior is never changed.
         prior_floor, iterations, min_voxels: see the module docstring.
         region: bool ``(X, Y, Z)``: only its voxels are refined (and fit the mixture); ``None``: all.
+        in_place: refine a float32 ``posteriors`` itself instead of a copy (a 1 mm head's
+            posteriors are about 0.4 GB).
 
     Returns:
-        A new ``(X, Y, Z, K)`` float32 array: outside the refined voxels equal to
+        A new ``(X, Y, Z, K)`` float32 array (``posteriors`` itself with ``in_place``): outside the refined voxels equal to
         ``posteriors``; inside, the background posterior unchanged and the brain structures'
         share redistributed (rows still sum to 1). Its argmax is background exactly where
         ``posteriors``' is.
     """
-    post = np.array(posteriors, dtype=np.float32, copy=True)
+    in_place = in_place and isinstance(posteriors, np.ndarray) and posteriors.dtype == np.float32
+    post = posteriors if in_place else np.array(posteriors, dtype=np.float32, copy=True)
     image = np.asarray(image, dtype=np.float32)
     if image.shape != post.shape[:-1]:
         raise ValueError(f"image {image.shape} and posteriors {post.shape} are not on one grid")
     brain = [k for k in range(post.shape[-1]) if k != background_channel]
-    mask = brain_argmax(post[..., brain], post[..., background_channel])
+    # a brain structure is the most likely label exactly where the largest posterior of all
+    # beats the background's (brain_argmax without copying the brain channels out)
+    mask = post.max(axis=-1) > post[..., background_channel]
     if region is not None:
         mask &= np.asarray(region, bool)
     if not mask.any():
         return post
     inside = post[mask]
-    found = inside[:, brain].sum(axis=0) >= min_voxels
+    found = np.delete(inside.sum(axis=0), background_channel) >= min_voxels
     if found.sum() < 2:
         return post
     kept = [k for k, f in zip(brain, found) if f]
@@ -122,16 +128,23 @@ def refine_mixture(intensity, prior, prior_floor: float = PRIOR_FLOOR, iteration
     intensity = np.asarray(intensity, dtype=np.float64)
     prior = np.asarray(prior, dtype=np.float32)
 
-    def log_prior(rows):
-        p = rows.astype(np.float64)
+    def log_prior(rows, dtype=np.float64):
+        p = rows.astype(dtype)
         p /= np.maximum(p.sum(axis=1, keepdims=True), 1e-12)
-        return np.log((p + prior_floor) / (1.0 + p.shape[1] * prior_floor))
+        p += prior_floor
+        np.log(p, out=p)
+        p -= np.log1p(p.shape[1] * prior_floor)
+        return p
 
     def responsibilities(values, log_p, mean, var):
-        log_q = log_p - 0.5 * np.log(var) - 0.5 * (values[:, None] - mean) ** 2 / var
+        log_q = values[:, None] - mean
+        log_q *= log_q
+        log_q *= -0.5 / var
+        log_q += log_p - 0.5 * np.log(var)
         log_q -= log_q.max(axis=1, keepdims=True)
-        q = np.exp(log_q)
-        return q / q.sum(axis=1, keepdims=True)
+        q = np.exp(log_q, out=log_q)
+        q /= q.sum(axis=1, keepdims=True)
+        return q
 
     step = max(1, -(-len(intensity) // int(fit_voxels)))
     fit_values, fit_log_prior = intensity[::step], log_prior(prior[::step])
@@ -145,10 +158,32 @@ def refine_mixture(intensity, prior, prior_floor: float = PRIOR_FLOOR, iteration
         q = responsibilities(fit_values, fit_log_prior, mean, var)
     if step == 1:
         return q.astype(np.float32)
+    # the pass over all voxels in float32 (the fit above is in float64): half the memory
+    # traffic; the responsibilities differ by float32 rounding
     out = np.empty(prior.shape, np.float32)
+    mean, var = mean.astype(np.float32), var.astype(np.float32)
+    values = intensity.astype(np.float32)
     for i in range(0, len(intensity), CHUNK):
-        out[i:i + CHUNK] = responsibilities(intensity[i:i + CHUNK], log_prior(prior[i:i + CHUNK]), mean, var)
+        out[i:i + CHUNK] = responsibilities(values[i:i + CHUNK], log_prior(prior[i:i + CHUNK], np.float32), mean, var)
     return out
+
+
+def _finer_box(coarse_mask, affine, fine_shape, fine_affine):
+    """Slices of the fine grid (``fine_shape``, ``fine_affine``) that hold every fine voxel whose
+    linear interpolation from the coarse grid (``affine``) involves a voxel of ``coarse_mask``
+    (with a voxel's margin); ``None`` when the mask is empty or the box misses the fine grid."""
+    nz = np.nonzero(coarse_mask)
+    if nz[0].size == 0:
+        return None
+    lo = np.array([i.min() for i in nz], np.float64) - 2.0
+    hi = np.array([i.max() for i in nz], np.float64) + 2.0
+    corners = np.array([[(lo, hi)[(n >> d) & 1][d] for d in range(3)] + [1.0] for n in range(8)]).T
+    fine = np.linalg.solve(np.asarray(fine_affine, np.float64), np.asarray(affine, np.float64) @ corners)[:3]
+    start = np.clip(np.floor(fine.min(axis=1)).astype(int), 0, fine_shape)
+    stop = np.clip(np.ceil(fine.max(axis=1)).astype(int) + 1, 0, fine_shape)
+    if np.any(stop <= start):
+        return None
+    return tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
 
 
 def refine_on_finer_grid(posteriors, affine, background_channel: int, image, image_affine,
@@ -178,8 +213,17 @@ def refine_on_finer_grid(posteriors, affine, background_channel: int, image, ima
 
 
 def refined_rows_on_finer_grid(posteriors, affine, background_channel: int, image, image_affine,
-                               min_voxels: float = MIN_VOXELS, **settings):
+                               min_voxels: float = MIN_VOXELS, argmax_out=None, **settings):
     """:func:`refine_on_finer_grid`'s refined posteriors themselves.
+
+    The posteriors are interpolated once, slab by slab (:func:`lab2im.geometry.interpolated_slabs`);
+    only the voxels where the background's interpolated posterior is under one half (the only
+    ones where a brain structure can be the most likely label) are kept.
+
+    Args:
+        argmax_out: int32 array of ``image``'s shape, or ``None``: filled, in the same pass, with
+            the most likely channel of the interpolated posteriors at every voxel (the
+            background's outside the posteriors' grid), i.e. :func:`lab2im.geometry.argmax_on_grid`.
 
     Returns:
         ``(mask, channels, rows)``: the refined voxels of ``image``'s grid (bool ``(x, y, z)``), the
@@ -187,24 +231,46 @@ def refined_rows_on_finer_grid(posteriors, affine, background_channel: int, imag
         row sums to the voxel's interpolated brain probability, the rest being background);
         ``None`` when there is nothing to refine.
     """
-    from lab2im.geometry import interpolate_at, resample_to_grid
+    from lab2im.geometry import interpolated_slabs
 
     post = np.asarray(posteriors, dtype=np.float32)
-    background = resample_to_grid(post[..., background_channel], affine, image.shape, image_affine, order=1, fill=1.0)
-    mask = background < 0.5  # a brain structure can be the most likely label only here
+    brain = [k for k in range(post.shape[-1]) if k != background_channel]
+    mask = np.zeros(image.shape, bool)  # a brain structure can be the most likely label only here
+    if argmax_out is not None:
+        argmax_out[...] = background_channel
+    # only there can the interpolated background fall under one half (outside, both answers are
+    # the background): the box of the network voxels where it does, mapped onto image's grid
+    box = _finer_box(post[..., background_channel] < 0.5, affine, image.shape, image_affine)
+    if box is None:
+        return None
+    shift = np.eye(4)
+    shift[:3, 3] = [s.start for s in box]
+    backgrounds, samples = [], []
+    for sl, part, inside in interpolated_slabs(post, affine, tuple(s.stop - s.start for s in box),
+                                               np.asarray(image_affine, np.float64) @ shift):
+        where = (slice(box[0].start + sl.start, box[0].start + sl.stop),) + box[1:]
+        if argmax_out is not None:
+            channels = np.argmax(part, axis=-1).astype(np.int32)
+            channels[~inside] = background_channel
+            argmax_out[where] = channels
+        background = np.where(inside, part[..., background_channel], 1.0)
+        candidates = background < 0.5
+        mask[where] = candidates
+        backgrounds.append(background[candidates])
+        samples.append(part[candidates][:, brain])
     if not mask.any():
         return None
-    brain = [k for k in range(post.shape[-1]) if k != background_channel]
-    sampled = interpolate_at(post[..., brain], affine, image_affine, mask)
-    argmax_brain = brain_argmax(sampled, background[mask])
+    background, sampled = np.concatenate(backgrounds), np.concatenate(samples)
+    del backgrounds, samples
+    argmax_brain = brain_argmax(sampled, background)
     mask[mask] = argmax_brain
-    sampled = sampled[argmax_brain]
+    sampled, background = sampled[argmax_brain], background[argmax_brain]
     found = sampled.sum(axis=0) >= min_voxels
     if found.sum() < 2:  # also when no voxel's most likely label is a brain structure
         return None
     q = refine_mixture(np.asarray(image, np.float32)[mask], sampled[:, found], **settings)
-    q *= np.clip(1.0 - background[mask], 0.0, 1.0)[:, None]
-    stays = brain_argmax(q, background[mask])  # else the interpolated network posteriors stay
+    q *= np.clip(1.0 - background, 0.0, 1.0)[:, None]
+    stays = brain_argmax(q, background)  # else the interpolated network posteriors stay
     mask[mask] = stays
     if not mask.any():
         return None

@@ -28,6 +28,7 @@ from synthseg.inference.tiling import (
 #: voxels (network grid) by which the refinement may grow the network's cleaned brain (:func:`refine_and_clean`)
 REFINED_GROWTH = 1
 NATIVE_SLAB = 16  # voxels per slab along the first axis when mapping posteriors back (memory)
+MARGIN_CHUNK = 8192  # voxels per chunk of posterior_margin (they stay in the CPU's cache)
 
 #: overall quality scores below this are likely failures, for a model that names no threshold
 #: of its own (:attr:`SegmentationModel.qc_threshold`; benchmarks/qc.py chooses one per network)
@@ -104,9 +105,13 @@ class Segmentation:
             return self.segmentation
         if self._canonical is None:
             reo = prep.reorientation
-            channels = argmax_on_grid(self.posteriors, prep.affine, reo.canonical_shape, reo.canonical_affine,
-                                      fill=self.background_channel, slab=NATIVE_SLAB)
-            found = self._native_refinement()
+            if self.native_refined and self._native_rows is None:  # one interpolation pass for both
+                channels = np.empty(reo.canonical_shape, np.int32)
+                found = self._native_refinement(argmax_out=channels)
+            else:
+                channels = argmax_on_grid(self.posteriors, prep.affine, reo.canonical_shape, reo.canonical_affine,
+                                          fill=self.background_channel, slab=NATIVE_SLAB)
+                found = self._native_refinement()
             if found is not None:
                 mask, refined, rows = found
                 channels[mask] = refined[np.argmax(rows, axis=1)]
@@ -150,10 +155,11 @@ class Segmentation:
             out[mask] = inside
         return reo.undo(out)
 
-    def _native_refinement(self):
+    def _native_refinement(self, argmax_out=None):
         """The refinement at the scan's resolution, computed once for the labels and the
         posteriors: ``(mask, channels, rows)`` of :func:`refined_rows_on_finer_grid` on the
-        canonical grid, or ``None`` (not :attr:`native_refined`, or nothing to refine)."""
+        canonical grid, or ``None`` (not :attr:`native_refined`, or nothing to refine);
+        ``argmax_out`` is filled as there when the refinement is computed by this call."""
         if not self.native_refined:
             return None
         if self._native_rows is None:
@@ -162,7 +168,7 @@ class Segmentation:
             prep = self.prepared
             image = normalise_intensities(np.asarray(prep.canonical_image, np.float32))
             found = refined_rows_on_finer_grid(self.posteriors, prep.affine, self.background_channel, image,
-                                               prep.reorientation.canonical_affine)
+                                               prep.reorientation.canonical_affine, argmax_out=argmax_out)
             self._native_rows = (found,)
         return self._native_rows[0]
 
@@ -307,7 +313,7 @@ def refine_and_clean(image, post, background: int, refine: bool, cleanup: bool):
         if cleanup:
             network_brain = clean_posteriors(post.copy(), background) != background
             network_brain = ndimage.binary_dilation(network_brain, iterations=REFINED_GROWTH)  # across faces
-        post = refine_posteriors(image, post, background, region=network_brain)
+        post = refine_posteriors(image, post, background, region=network_brain, in_place=True)
     argmax = np.argmax(post, axis=-1).astype(np.int32)
     raw = np.bincount(argmax.ravel(), minlength=post.shape[-1])
     if not cleanup:
@@ -321,6 +327,21 @@ def refine_and_clean(image, post, background: int, refine: bool, cleanup: bool):
 
 
 def posterior_margin(posteriors) -> np.ndarray:
-    """``(X, Y, Z)`` float32: the highest minus the second-highest of ``(X, Y, Z, K)`` posteriors."""
-    top2 = np.partition(np.asarray(posteriors), posteriors.shape[-1] - 2, axis=-1)[..., -2:]
-    return (top2[..., 1] - top2[..., 0]).astype(np.float32)
+    """``(X, Y, Z)`` float32: the highest minus the second-highest of ``(X, Y, Z, K)`` posteriors
+    (0 where the highest is shared).
+
+    A running top two over the channels, a few thousand voxels at a time (they stay in the
+    CPU's cache): exact, and about ten times faster than ``np.partition`` along the last axis."""
+    posteriors = np.asarray(posteriors)
+    flat = posteriors.reshape(-1, posteriors.shape[-1])
+    out = np.empty(flat.shape[0], np.float32)
+    for start in range(0, flat.shape[0], MARGIN_CHUNK):
+        part = flat[start:start + MARGIN_CHUNK]
+        first = part[:, 0].astype(np.float32)
+        second = np.full_like(first, -np.inf)
+        for c in range(1, part.shape[1]):
+            value = part[:, c]
+            np.maximum(second, np.minimum(first, value), out=second)
+            np.maximum(first, value, out=first)
+        out[start:start + MARGIN_CHUNK] = first - second if part.shape[1] > 1 else first
+    return out.reshape(posteriors.shape[:-1])

@@ -87,11 +87,12 @@ def tiled_posteriors(model: SegmentationModel, image: np.ndarray, window: CropPa
                 del p
                 if flip:
                     x = np.ascontiguousarray(x[:, ::-1])
-                    p = model._predict(x)[0][::-1][part]  # back to the input's orientation (a view)
-                    target = acc[dst]
-                    for c, source in enumerate(perm):  # left and right channels swapped
-                        target[..., c] += p[..., source] * w
-                    del p, target
+                    # back to the input's orientation, left and right channels swapped: one
+                    # gather (a channel at a time would stride through the tile K times)
+                    p = np.take(model._predict(x)[0][::-1][part], perm, axis=-1)
+                    p *= w[..., None]
+                    acc[dst] += p
+                    del p
     for axis, inside in enumerate(covered):  # cropped away: background
         if not inside.all():
             index = [slice(None)] * 3

@@ -162,6 +162,11 @@ def test_a_finer_scans_native_posteriors_are_refined_like_its_labels():
     plain = seg._to_native(seg.posteriors, order=1)
     np.testing.assert_allclose(post[brain, 0], plain[brain, 0], atol=1e-4)
     assert np.abs(post[brain, 1:] - plain[brain, 1:]).max(-1).mean() > 0.05
+    # the same whichever output is asked for first (the labels' interpolation pass also
+    # computes the refinement; the posteriors' does not give the labels)
+    again = segment_volume(Volume(data, affine), model, flip=False, cleanup=False)
+    np.testing.assert_allclose(again.native_posteriors(), post, atol=1e-6)
+    np.testing.assert_array_equal(again.native_segmentation(), labels)
 
 
 def edge_of_the_head(seed: int = 3):
@@ -269,3 +274,30 @@ def test_the_refinement_relabels_the_network_brain_but_never_grows_it():
     plain = refine_and_clean(image, post.copy(), 0, refine=False, cleanup=True)
     np.testing.assert_array_equal(plain[1], network)
     assert plain[3] is None
+
+
+@pytest.mark.parametrize("rotated", [False, True])
+def test_the_finer_grids_refinement_gives_the_interpolated_argmax_in_the_same_pass(rotated):
+    """``argmax_out`` is :func:`lab2im.geometry.argmax_on_grid` at every fine voxel, though only
+    the box around the network's brain is interpolated; with no brain, all background."""
+    from lab2im.geometry import argmax_on_grid
+    from synthseg.inference.refinement import refined_rows_on_finer_grid
+
+    rng = np.random.default_rng(5)
+    post = np.zeros((12, 14, 10, 3), np.float32)
+    post[..., 0] = 1.0
+    blob = rng.random((5, 6, 4, 3)).astype(np.float32)
+    post[4:9, 3:9, 3:7] = blob / blob.sum(-1, keepdims=True)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    fine_affine = np.array([[0, 1.0, 0, 0.5], [1.0, 0, 0, -1.0], [0, 0, 1, 0.5], [0, 0, 0, 1]]) if rotated \
+        else np.array([[1.0, 0, 0, -1.5], [0, 1, 0, 0.5], [0, 0, 1, 0.5], [0, 0, 0, 1]])
+    shape = (30, 26, 21)
+    image = rng.normal(0, 1, shape).astype(np.float32)
+    out = np.full(shape, -1, np.int32)
+    refined_rows_on_finer_grid(post, affine, 0, image, fine_affine, argmax_out=out)
+    expected = argmax_on_grid(post, affine, shape, fine_affine, fill=0)
+    assert (expected != 0).sum() > 200 and (expected == 0).sum() > 2000
+    np.testing.assert_array_equal(out, expected)
+    post[..., 0], post[..., 1:] = 1.0, 0.0
+    assert refined_rows_on_finer_grid(post, affine, 0, image, fine_affine, argmax_out=out) is None
+    assert (out == 0).all()

@@ -195,10 +195,11 @@ def test_canonical_affine_is_the_affine_of_the_reoriented_volume():
 
 
 @pytest.mark.parametrize("parallel", [True, False])
-def test_interpolate_at_equals_resampling_then_masking(parallel):
-    """``interpolate_at``: the masked voxels of the linear resampling, without the whole array
-    (separable path for parallel axes, general resampling otherwise)."""
-    from lab2im.geometry import interpolate_at, resample_to_grid
+def test_interpolated_slabs_cover_the_grid_with_the_linear_resampling(parallel):
+    """``interpolated_slabs``: consecutive slabs that tile the target's first axis, each the
+    linear resampling's values where it flags the voxels inside the source grid, and those
+    flags are the source grid's extent (separable path for parallel axes, general otherwise)."""
+    from lab2im.geometry import interpolated_slabs, resample_to_grid
 
     rng = np.random.default_rng(3)
     scores = rng.random((10, 12, 9, 3)).astype(np.float32)
@@ -206,10 +207,18 @@ def test_interpolate_at_equals_resampling_then_masking(parallel):
     source[:3, 3] = [1, -2, 3]
     target = np.diag([1.0, 1.0, 1.0, 1.0]) if parallel else \
         np.array([[0, 1.0, 0, 0], [1.0, 0, 0, 0], [0, 0, 1.5, 0], [0, 0, 0, 1]])
-    mask = rng.random((20, 24, 14)) > 0.6
-    mask[:3] = False  # the bounding box is not the grid
-    got = interpolate_at(scores, source, target, mask)
-    want = resample_to_grid(scores, source, mask.shape, target, order=1, fill=0)[mask]
-    assert got.shape == (mask.sum(), 3)
-    np.testing.assert_allclose(got, want, atol=1e-6)
-    assert interpolate_at(scores, source, target, np.zeros_like(mask)).shape == (0, 3)
+    target[:3, 3] += [-3, -2, -1]  # part of the target lies outside the source grid
+    shape = (26, 28, 14)
+    want = resample_to_grid(scores, source, shape, target, order=1, fill=0)
+    extent = resample_to_grid(np.ones(scores.shape[:3], np.float32), source, shape, target, order=1, fill=0) > 0
+    assert 0.3 < extent.mean() < 0.95
+    got, inside, covered = np.zeros(shape + (3,), np.float32), np.zeros(shape, bool), []
+    for sl, part, flags in interpolated_slabs(scores, source, shape, target, slab=5):
+        assert part.shape == (sl.stop - sl.start,) + shape[1:] + (3,) and flags.shape == part.shape[:3]
+        got[sl], inside[sl] = part, flags
+        covered.extend(range(sl.start, sl.stop))
+    assert covered == list(range(shape[0]))
+    np.testing.assert_array_equal(inside, extent)
+    np.testing.assert_allclose(got[inside], want[inside], atol=1e-6)
+    with pytest.raises(ValueError, match="expected an"):
+        next(interpolated_slabs(scores[..., 0], source, shape, target))
