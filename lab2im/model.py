@@ -287,3 +287,19 @@ def load_keras_model(path, what: str = "the network") -> keras.Model:
     if not isinstance(model, keras.Model):
         raise InputError(f"the file does not hold a Keras model ({what})", path)
     return model
+
+
+def network_in_dtype(model, dtype: str):
+    """A copy of the Keras ``model`` whose every layer computes and stores its weights in
+    ``dtype`` (e.g. ``"float32"`` for a network trained under ``mixed_bfloat16``, which CPUs
+    without bfloat16 units would run slowly; ``"float16"`` to halve a file's size)."""
+    def cast(layer):
+        config = layer.get_config()
+        if not isinstance(layer, keras.layers.InputLayer):
+            config["dtype"] = dtype
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=cast)
+    for target, value in zip(copy.weights, model.get_weights()):
+        target.assign(np.asarray(value).astype(dtype))
+    return copy

@@ -8,7 +8,8 @@ folder out first, e.g. into float16 continue weights with ``scripts/save_continu
 
 What is copied is exactly what :func:`synthseg.inference.model.load_model` reads from a run folder
 (``unet_best.keras`` or else ``unet_last.keras``, ``labels.npy``, ``options.json``), so the
-shipped folder is itself a valid ``--model``; with ``--average K`` the network's weights are the
+shipped folder is itself a valid ``--model``; the network is stored in float16 (half the file; it
+is computed in float32); with ``--average K`` the network's weights are the
 mean of the run's last K checkpoints instead (stochastic weight averaging: consecutive
 checkpoints of a run with batch size 1 differ by a few hundredths of Dice, and their mean is
 chosen without looking at any test scan, unlike the best of them). ``MODEL_CARD.md`` is written from the run's own
@@ -114,7 +115,8 @@ def card(name: str, run: Path, options: dict, log: list[dict], network: str, par
     voxel = g.get("voxel_size", 1.0)
     lines = [f"# Model card: `{name}`", "",
              f"A contrast-agnostic brain segmentation U-Net trained with `synthseg.training.synthetic()` "
-             f"(run folder `{run.name}`), shipped as `{network}` ({params:,} parameters).", "",
+             f"(run folder `{run.name}`), shipped as `{network}` ({params:,} parameters, stored in float16 "
+             "and computed in float32).", "",
              "## What it segments", "",
              f"- {n_labels} labels of the SynthSeg protocol "
              "(FreeSurfer IDs, `labels.npy` in channel order; background 0); the names are in "
@@ -238,16 +240,14 @@ def main(argv=None) -> int:
             return 1
     dest = args.models_dir / args.name
     dest.mkdir(parents=True, exist_ok=True)
-    if averaged or any(layer.dtype_policy.name != "float32" for layer in model.network.layers):
-        from synthseg.training.checkpoints import network_in_dtype
+    from lab2im.model import network_in_dtype
 
-        # float32: a network trained in mixed bfloat16 would run slowly on CPUs without bfloat16 units
-        network = dest / "unet_last.keras"
-        with atomic_output(network, ".keras") as tmp:
-            network_in_dtype(model.network, "float32").save(tmp)
-    else:
-        with atomic_output(dest / network.name, ".keras") as tmp:
-            shutil.copyfile(network, tmp)
+    # stored in float16: half the file (and of the repository's growth per ship); prediction
+    # computes in float32 (load_model), so CPUs without float16 or bfloat16 units run it fast
+    shipped = dest / ("unet_last.keras" if averaged else network.name)
+    with atomic_output(shipped, ".keras") as tmp:
+        network_in_dtype(model.network, "float16").save(tmp)
+    network = shipped
     for stale in dest.glob("unet_*.keras"):  # the model folder never lacks a network, even if this fails
         if stale.name != network.name:
             stale.unlink()

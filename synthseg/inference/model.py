@@ -203,13 +203,14 @@ def load_model(path=None) -> SegmentationModel:
     ``voxel_size`` or, for supervised runs, the median voxel size of the training scans
     (``data.voxel_size``; 1 mm when unknown, as for runs made before it was recorded); the required multiple from the U-Net options (else
     from the network's pooling layers). Keras loads the network with ``safe_mode=True`` (no
-    arbitrary code).
+    arbitrary code). A network stored in float16 (half the file, as shipped models are) is
+    computed in float32.
 
     Raises:
         InputError: missing or corrupt files, a network file holding Python code (refused, see
             :func:`lab2im.model.load_keras_model`), or a network whose outputs do not match the labels.
     """
-    from lab2im.model import load_keras_model
+    from lab2im.model import load_keras_model, network_in_dtype
 
     p = default_model_path() if path is None else Path(path)
     if not p.exists():
@@ -228,6 +229,9 @@ def load_model(path=None) -> SegmentationModel:
     options = _read_run_options(folder / "options.json")
     qc_threshold = _qc_threshold(options, network_file)
     network = load_keras_model(network_file, "the network")  # safe mode: no code in the file is run
+    if any(layer.dtype_policy.name == "float16" for layer in network.layers):
+        # stored in float16 (half the file): computed in float32, as CPUs have no float16 arithmetic
+        network = network_in_dtype(network, "float32")
     in_shape, out_shape = network.input_shape, network.output_shape
     slices = options.get("slices")  # a 2D network trained on slices (synthseg.training.slices)
     rank, channels = (4, slices["k"]) if slices else (5, 1)

@@ -194,29 +194,9 @@ def save_float16_copy(source, out) -> Path:
     Raises:
         InputError: an unreadable ``source``.
     """
-    import keras
-
-    from lab2im.model import load_keras_model
+    from lab2im.model import load_keras_model, network_in_dtype
 
     copy = network_in_dtype(load_keras_model(source, "the U-Net to copy"), "float16")
     with atomic_output(out, suffix=".keras") as tmp:
         copy.save(tmp)
     return Path(out)
-
-
-def network_in_dtype(model, dtype: str):
-    """A copy of the Keras ``model`` whose every layer computes and stores its weights in
-    ``dtype`` (e.g. ``"float32"`` for a network trained under ``mixed_bfloat16``, which CPUs
-    without bfloat16 units would run slowly; ``"float16"`` to halve a file's size)."""
-    import keras
-
-    def cast(layer):
-        config = layer.get_config()
-        if not isinstance(layer, keras.layers.InputLayer):
-            config["dtype"] = dtype
-        return layer.__class__.from_config(config)
-
-    copy = keras.models.clone_model(model, clone_function=cast)
-    for target, value in zip(copy.weights, model.get_weights()):
-        target.assign(np.asarray(value).astype(dtype))
-    return copy
