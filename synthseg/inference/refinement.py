@@ -64,10 +64,10 @@ def refine_posteriors(image, posteriors, background_channel: int, prior_floor: f
             posteriors are about 0.4 GB).
 
     Returns:
-        A new ``(X, Y, Z, K)`` float32 array (``posteriors`` itself with ``in_place``): outside the refined voxels equal to
-        ``posteriors``; inside, the background posterior unchanged and the brain structures'
-        share redistributed (rows still sum to 1). Its argmax is background exactly where
-        ``posteriors``' is.
+        A new ``(X, Y, Z, K)`` float32 array (``posteriors`` itself with ``in_place``): outside the
+        refined voxels equal to ``posteriors``; inside, the background posterior unchanged and
+        the brain structures' share redistributed (rows still sum to 1). Its argmax is
+        background exactly where ``posteriors``' is.
     """
     in_place = in_place and isinstance(posteriors, np.ndarray) and posteriors.dtype == np.float32
     post = posteriors if in_place else np.array(posteriors, dtype=np.float32, copy=True)
@@ -238,8 +238,10 @@ def refined_rows_on_finer_grid(posteriors, affine, background_channel: int, imag
     mask = np.zeros(image.shape, bool)  # a brain structure can be the most likely label only here
     if argmax_out is not None:
         argmax_out[...] = background_channel
-    # only there can the interpolated background fall under one half (outside, both answers are
-    # the background): the box of the network voxels where it does, mapped onto image's grid
+    # the interpolated background can fall under one half (and, the posteriors summing to one,
+    # a brain structure be the most likely label) only next to network voxels where it does:
+    # only their box, mapped onto image's grid, is interpolated; outside it both answers are
+    # the background
     box = _finer_box(post[..., background_channel] < 0.5, affine, image.shape, image_affine)
     if box is None:
         return None

@@ -331,6 +331,22 @@ def test_qc_of_a_refined_segmentation_is_the_networks_confidence():
     assert not np.allclose(seg.posteriors, plain.posteriors, atol=0.05)  # the refinement changed them
 
 
+def test_posterior_margin_is_the_gap_between_the_two_highest_posteriors(monkeypatch):
+    """Exact against a sort, across chunk boundaries, 0 where the highest value is shared."""
+    import synthseg.inference.segmentation as S
+
+    monkeypatch.setattr(S, "MARGIN_CHUNK", 7)
+    rng = np.random.default_rng(1)
+    post = rng.random((5, 4, 3, 6)).astype(np.float32)
+    post[0, 0, 0] = [0.3, 0.1, 0.3, 0.2, 0.0, 0.1]  # a shared maximum
+    top = np.sort(post, axis=-1)
+    got = S.posterior_margin(post)
+    assert got.shape == (5, 4, 3) and got.dtype == np.float32
+    np.testing.assert_array_equal(got, top[..., -1] - top[..., -2])
+    assert got[0, 0, 0] == 0.0
+    np.testing.assert_array_equal(S.posterior_margin(post[..., :2]), np.abs(post[..., 0] - post[..., 1]))
+
+
 def test_native_labels_are_one_piece_per_structure():
     from lab2im.volumes import merge_stray_components
 
