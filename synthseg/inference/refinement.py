@@ -172,11 +172,14 @@ def _finer_box(coarse_mask, affine, fine_shape, fine_affine):
     """Slices of the fine grid (``fine_shape``, ``fine_affine``) that hold every fine voxel whose
     linear interpolation from the coarse grid (``affine``) involves a voxel of ``coarse_mask``
     (with a voxel's margin); ``None`` when the mask is empty or the box misses the fine grid."""
-    nz = np.nonzero(coarse_mask)
-    if nz[0].size == 0:
+    from lab2im.volumes import bounding_box
+
+    box = bounding_box(coarse_mask)
+    if box is None:
         return None
-    lo = np.array([i.min() for i in nz], np.float64) - 2.0
-    hi = np.array([i.max() for i in nz], np.float64) + 2.0
+    # unclipped margins: fine voxels up to half a coarse voxel beyond the coarse grid interpolate
+    lo = np.array([s.start for s in box], np.float64) - 2.0
+    hi = np.array([s.stop - 1 for s in box], np.float64) + 2.0
     corners = np.array([[(lo, hi)[(n >> d) & 1][d] for d in range(3)] + [1.0] for n in range(8)]).T
     fine = np.linalg.solve(np.asarray(fine_affine, np.float64), np.asarray(affine, np.float64) @ corners)[:3]
     start = np.clip(np.floor(fine.min(axis=1)).astype(int), 0, fine_shape)
