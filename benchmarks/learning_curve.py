@@ -9,9 +9,10 @@
 Recipes are compared at equal budget: each run's checkpoints (``step-*.npz``) are restored and
 scored on development scans with the accuracy benchmark's measure (whole prediction pipeline,
 tissue Dice GM/WM/CSF, brain labels far outside the brain mask; see ``benchmarks/accuracy.py``),
-and the training time to reach each checkpoint is read from the run's ``training_log.csv``
-(wall seconds between steps, summed over resumes) times the CPU cores the run used
-(``--cores``). ``--init`` scores the weights a run started from as its step 0. ``--keep``
+and the training time to reach each checkpoint is read from the run's ``training_log.csv``:
+the process's CPU time, summed over resumes (a paused or starved run gains none), or, for steps
+logged before that column existed, the wall seconds between steps times the CPU cores the run
+used (``--cores``). ``--init`` scores the weights a run started from as its step 0. ``--keep``
 keeps the curves already in the output file for runs not scored now (their folders may be
 gone), and ``--after NAME:STEP`` places the runs scored now after step STEP of the kept curve
 NAME (they started from its weights there): their steps and CPU minutes are counted from it.
@@ -35,13 +36,14 @@ from benchmarks.common import RESULTS_DIR, format_table, write_results  # noqa: 
 DEFAULT_CASES = ("mni2009c_2mm_t1", "mni2009c_2mm_t2", "spm_avg152_pd")
 
 
-def wall_seconds(run_dir: Path) -> dict[int, float]:
-    """``{step: wall seconds of training up to that step}`` from the run's ``training_log.csv``
-    (summed over resumes, see :func:`synthseg.training.logs.cumulative_seconds`)."""
-    from synthseg.training.logs import cumulative_seconds, read_step_log
+def cpu_seconds(run_dir: Path, cores: float) -> dict[int, float]:
+    """``{step: CPU seconds of training up to that step}`` from the run's ``training_log.csv``
+    (process CPU time summed over resumes; wall time x ``cores`` for steps logged without it;
+    see :func:`synthseg.training.logs.cumulative_cpu_seconds`)."""
+    from synthseg.training.logs import cumulative_cpu_seconds, read_step_log
 
     rows = read_step_log(Path(run_dir) / "training_log.csv")
-    return {int(r["step"]): t for r, t in zip(rows, cumulative_seconds(rows))}
+    return {int(r["step"]): t for r, t in zip(rows, cumulative_cpu_seconds(rows, cores))}
 
 
 def parse_run(text: str) -> tuple[Path, Path]:
@@ -52,7 +54,7 @@ def parse_run(text: str) -> tuple[Path, Path]:
 
 def scored_checkpoints(kept: Path, every: int, seconds: dict) -> list[tuple[int, Path]]:
     """``[(step, path)]`` of the ``step-*.npz`` in ``kept`` every ``every`` steps that the
-    training log times (``seconds``, see :func:`wall_seconds`), in step order."""
+    training log times (``seconds``, see :func:`cpu_seconds`), in step order."""
     from synthseg.evaluation.validate import STEP_FILE
 
     found = sorted((int(STEP_FILE.search(p.name).group(1)), p) for p in kept.glob("step-*.npz"))
@@ -81,7 +83,7 @@ def curve(run_dir: Path, kept: Path, cases, every: int, cores: int, flip: bool, 
 
     seg_model = network_for_run(run_dir)
     seg_model.refine = refine
-    seconds = wall_seconds(run_dir)
+    seconds = cpu_seconds(run_dir, cores)
     points = []
     if init:
         load_initial_weights(seg_model.network, init)
@@ -89,7 +91,7 @@ def curve(run_dir: Path, kept: Path, cases, every: int, cores: int, flip: bool, 
         print(f"{run_dir.name} step 0 (init): {points[-1]['mean_dice']:.3f}", flush=True)
     for step, path in scored_checkpoints(kept, every, seconds):
         load_network_weights(path, seg_model.network)
-        points.append({"step": step, "cpu_minutes": seconds[step] * cores / 60.0,
+        points.append({"step": step, "cpu_minutes": seconds[step] / 60.0,
                        **score(seg_model, cases, flip)})
         print(f"{run_dir.name} step {step}: {points[-1]['mean_dice']:.3f}", flush=True)
     return points
@@ -106,7 +108,7 @@ def averaged_points(run_dir: Path, kept: Path, cases, every: int, cores: int, fl
 
     seg_model = network_for_run(run_dir)
     seg_model.refine = refine
-    seconds = wall_seconds(run_dir)
+    seconds = cpu_seconds(run_dir, cores)
     found = scored_checkpoints(kept, every, seconds)
     points = []
     for count in counts:
@@ -114,7 +116,7 @@ def averaged_points(run_dir: Path, kept: Path, cases, every: int, cores: int, fl
         if len(chosen) < 2:
             continue
         steps = average_network_weights([p for _, p in chosen], seg_model.network)
-        points.append({"step": steps[-1], "cpu_minutes": seconds[steps[-1]] * cores / 60.0,
+        points.append({"step": steps[-1], "cpu_minutes": seconds[steps[-1]] / 60.0,
                        "averaged_steps": steps, **score(seg_model, cases, flip)})
         print(f"{run_dir.name} mean of steps {steps[0]}..{steps[-1]} ({len(steps)}): "
               f"{points[-1]['mean_dice']:.3f}", flush=True)
@@ -172,7 +174,7 @@ def plot(curves: dict[str, list[dict]], path: Path) -> Path:
             else:
                 ax.plot(*xy, marker="o", label=name)
     axes[0].set_xlabel("training step")
-    axes[1].set_xlabel("CPU minutes (wall time x cores)")
+    axes[1].set_xlabel("CPU minutes (process CPU time, or wall time x cores where not logged)")
     for ax in axes:
         ax.set_ylabel("mean tissue Dice (development scans)")
         ax.grid(alpha=0.3)
@@ -187,7 +189,7 @@ def main(argv=None) -> int:
     parser.add_argument("runs", nargs="+", help="run folders, each RUN or RUN=FOLDER_OF_CHECKPOINTS")
     parser.add_argument("--cases", nargs="+", default=list(DEFAULT_CASES), help="development scans")
     parser.add_argument("--every", type=int, default=100, help="score checkpoints every this many steps")
-    parser.add_argument("--cores", type=int, default=1, help="CPU cores each run trained on")
+    parser.add_argument("--cores", type=int, default=1, help="CPU cores each run trained on (for steps logged without CPU time)")
     parser.add_argument("--init", default=None, help="U-Net .keras the runs started from (scored as step 0)")
     parser.add_argument("--flip", action="store_true", help="left/right flip averaging (twice the time)")
     parser.add_argument("--refine", action="store_true",

@@ -146,6 +146,18 @@ def test_learning_curve_extend_keeps_earlier_points(tmp_path):
     assert main([str(tmp_path / "run"), "--extend", "--out", str(tmp_path / "lc.json")]) == 1
 
 
+def test_learning_curve_counts_cpu_time_and_wall_time_times_cores_where_not_logged(tmp_path):
+    """benchmarks/learning_curve.py: a checkpoint's CPU minutes are the run's process CPU time
+    to that step; steps logged before that column existed count wall time x --cores."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.learning_curve import cpu_seconds
+
+    (tmp_path / "training_log.csv").write_text("step,loss,dice,learning_rate,seconds,cpu_seconds\n"
+                                               "1,0.9,0.1,1e-4,3.0,\n2,0.8,0.2,1e-4,6.0,\n"
+                                               "3,0.7,0.3,1e-4,60.0,5.0\n")  # step 3: paused 50 s
+    assert cpu_seconds(tmp_path, cores=2) == {1: 6.0, 2: 12.0, 3: 17.0}
+
+
 def test_accuracy_tissue_helpers():
     """benchmarks/accuracy.py: ground truth = most likely class above 0.5; structures merge into
     GM/WM/CSF as synthseg.data.labels.tissue_groups says; Dice per tissue from hand-made maps."""

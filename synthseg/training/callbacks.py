@@ -18,17 +18,21 @@ DEAD_DICE = 0.01
 DEAD_CHECKPOINTS = 3
 
 
-def restart_csv_log(path: Path, fields, keep_until: int) -> None:
+def restart_csv_log(path: Path, fields, keep_until: int) -> list[list[str]]:
     """(Re)write the CSV log ``path`` with header ``fields`` and its rows up to step
     ``keep_until``: the rows a run killed after its last checkpoint wrote are dropped, so a
-    resumed run logs each step once. Rows are matched on their first column, the step."""
+    resumed run logs each step once. Rows are matched on their first column, the step. Rows
+    shorter than ``fields`` (written before a column was added) are padded with empty values.
+    Returns the rows kept (lists of strings, header excluded)."""
     path = Path(path)
     rows = []
     if path.exists():
         with open(path, newline="") as fh:
-            rows = [r for r in list(csv.reader(fh))[1:] if r and r[0].isdigit() and int(r[0]) <= keep_until]
+            rows = [r + [""] * (len(fields) - len(r)) for r in list(csv.reader(fh))[1:]
+                    if r and r[0].isdigit() and int(r[0]) <= keep_until]
     with open(path, "w", newline="") as fh:
         csv.writer(fh).writerows([list(fields)] + rows)
+    return rows
 
 
 def save_network(run_dir: Path, network, name: str) -> Path:
@@ -58,7 +62,14 @@ def save_periodic_checkpoint(run_dir: Path, model, step: int, meta: dict, keep: 
 
 
 class StepLog(keras.callbacks.Callback):
-    """Append one CSV row per step: ``step, loss, dice, learning_rate, seconds``.
+    """Append one CSV row per step: ``step, loss, dice, learning_rate, seconds, cpu_seconds``.
+
+    ``seconds`` is wall time and ``cpu_seconds`` the process's CPU time (all its threads, as
+    :func:`time.process_time`) of training: a paused or starved process gains wall seconds but no
+    CPU seconds, so training compute is read from the second. A resumed run counts both on from
+    the last row it keeps, so the time between a stop and the resume is in neither. (Logs
+    written before this restarted both clocks at 0 at each resume, and had no ``cpu_seconds``;
+    :mod:`synthseg.training.logs` reads both kinds.)
 
     ``loss`` and ``dice`` are Keras' running values since the start of the checkpoint interval
     (the loss a running mean, the Dice that of the interval's summed overlaps), so the row at a
@@ -68,15 +79,17 @@ class StepLog(keras.callbacks.Callback):
     first, so a resumed run's log has each step once.
     """
 
-    FIELDS = ("step", "loss", "dice", "learning_rate", "seconds")
+    FIELDS = ("step", "loss", "dice", "learning_rate", "seconds", "cpu_seconds")
 
     def __init__(self, path: Path, keep_until: int):
         super().__init__()
         self.path = Path(path)
         self.last_loss = None
-        restart_csv_log(self.path, self.FIELDS, keep_until)
+        kept = restart_csv_log(self.path, self.FIELDS, keep_until)
+        last = dict(zip(self.FIELDS, kept[-1])) if kept else {}
         self._fh = None
-        self._t0 = time.time()
+        self._t0 = time.time() - float(last.get("seconds") or 0.0)
+        self._c0 = time.process_time() - float(last.get("cpu_seconds") or 0.0)
 
     def on_train_begin(self, logs=None):
         self._fh = open(self.path, "a", newline="")
@@ -89,7 +102,8 @@ class StepLog(keras.callbacks.Callback):
         lr = float(np.asarray(opt.learning_rate))
         self.last_loss = float(logs.get("loss", np.nan))
         self._writer.writerow([step, f"{self.last_loss:.6g}", f"{float(logs.get('dice', np.nan)):.6g}",
-                               f"{lr:.6g}", f"{time.time() - self._t0:.3f}"])
+                               f"{lr:.6g}", f"{time.time() - self._t0:.3f}",
+                               f"{time.process_time() - self._c0:.3f}"])
         self._fh.flush()
 
     def on_train_end(self, logs=None):

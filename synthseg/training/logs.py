@@ -1,21 +1,46 @@
 """Reading a run's logs, ``training_log.csv`` and ``dice_per_label.csv`` (written by
-:mod:`synthseg.training.callbacks`): their rows, wall time summed over resumes, each step's own
-loss. Plain Python: no Keras import, so benchmarks and scripts that only read logs start fast."""
+:mod:`synthseg.training.callbacks`): their rows, wall and CPU time summed over resumes, each
+step's own loss. Plain Python: no Keras import, so benchmarks and scripts that only read logs start fast."""
 from __future__ import annotations
 
 import csv
+import math
 
 
 def cumulative_seconds(rows) -> list[float]:
     """Training wall time (s) up to each row of a ``training_log.csv`` (rows of dicts with a
-    ``seconds`` column, in step order). The column restarts at each resume; each step's
-    duration is its ``seconds`` minus the previous row's (a restarted clock counts from 0), so
-    the pause between a stop and the resume is not counted."""
+    ``seconds`` column, in step order). Each step's duration is its ``seconds`` minus the
+    previous row's; a clock that went back was restarted by a resume (logs written before
+    resumes counted on) and counts from 0. The pause between a stop and the resume is never
+    counted."""
     out, total, previous = [], 0.0, 0.0
     for row in rows:
         seconds = float(row["seconds"])
         total += seconds - previous if seconds >= previous else seconds
         previous = seconds
+        out.append(total)
+    return out
+
+
+def cumulative_cpu_seconds(rows, cores: float) -> list[float]:
+    """Training CPU time (s, all cores together) up to each row of a ``training_log.csv``.
+
+    A step's CPU time is the increase of its ``cpu_seconds`` (the process's CPU time, which a
+    paused process does not gain) over the previous row's; after a row without it, or where
+    the clock went back (see :func:`cumulative_seconds`), it counts from 0. Rows without
+    ``cpu_seconds`` (logs written before the column existed, read as NaN) count their wall
+    seconds (as :func:`cumulative_seconds`) times ``cores``.
+    """
+    out, total, previous_wall, previous_cpu = [], 0.0, 0.0, math.nan
+    for row in rows:
+        wall = float(row["seconds"])
+        cpu = row.get("cpu_seconds")
+        cpu = math.nan if cpu in (None, "") else float(cpu)
+        if not math.isnan(cpu):
+            total += cpu - previous_cpu if cpu >= previous_cpu else cpu  # False after a NaN
+        else:
+            total += (wall - previous_wall if wall >= previous_wall else wall) * cores
+        previous_wall, previous_cpu = wall, cpu
         out.append(total)
     return out
 
@@ -45,13 +70,16 @@ def step_values(running: dict[int, float], steps_per_checkpoint: int) -> dict[in
 
 def read_step_log(path) -> list[dict[str, float]]:
     """The rows of a ``training_log.csv`` in file order, every value a float (``step``, ``loss``,
-    ``dice``, ``learning_rate``, ``seconds``; see :class:`~synthseg.training.callbacks.StepLog`).
+    ``dice``, ``learning_rate``, ``seconds``, ``cpu_seconds``; see
+    :class:`~synthseg.training.callbacks.StepLog`). A value the row lacks (a column added after
+    it was written) is NaN.
 
     Raises:
         OSError: unreadable file; ValueError: a value that is not a number.
     """
     with open(path, newline="") as fh:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+        return [{k: float(v) if v not in ("", None) else float("nan") for k, v in row.items()}
+                for row in csv.DictReader(fh)]
 
 
 def read_label_dice(path) -> dict[int, dict[str, float]]:

@@ -18,7 +18,7 @@ The run folder is laid out as :mod:`synthseg.training.synthetic`'s, plus the val
         unet_last.keras       the U-Net alone, latest
         best.npz              checkpoint with the best validation Dice (with validation data)
         unet_best.keras       the U-Net alone, best validation Dice
-        training_log.csv      step, loss, dice, learning rate, seconds
+        training_log.csv      step, loss, dice, learning rate, wall and CPU seconds
         validation_log.csv    step, mean Dice, best so far, seconds, Dice of each label
         tensorboard/          TensorBoard logs
 

@@ -10,7 +10,7 @@ segmentation. The run lives in one folder::
         last.npz              latest checkpoint (exact resume: weights, optimiser, random streams)
         checkpoints/step-*.npz  periodic checkpoints (the newest ``keep_checkpoints``)
         unet_last.keras       the U-Net alone, for prediction
-        training_log.csv      step, loss, dice, learning rate, seconds
+        training_log.csv      step, loss, dice, learning rate, wall and CPU seconds
         dice_per_label.csv    Dice of each label over each checkpoint interval
         tensorboard/          TensorBoard logs
 

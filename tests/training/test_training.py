@@ -119,7 +119,15 @@ def test_a_time_budget_stops_at_a_checkpoint_and_the_run_resumes(label_dir, tmp_
     budget = TimeBudget(1e-6)
     result = training(label_dir, tmp_path / "run", resume=True, callbacks=[budget])
     assert result.step == 6 and not budget.stopped
-    assert [r["step"] for r in read_log(tmp_path / "run")] == list(range(1, 7))
+    log = read_log(tmp_path / "run")
+    assert [r["step"] for r in log] == list(range(1, 7))
+    # wall and process CPU time count on across resumes, so the logged values are the totals
+    from synthseg.training.logs import cumulative_cpu_seconds, cumulative_seconds
+
+    cpu, wall = [r["cpu_seconds"] for r in log], [r["seconds"] for r in log]
+    assert cpu[0] > 0 and all(b > a for a, b in zip(cpu, cpu[1:])) and all(b > a for a, b in zip(wall, wall[1:]))
+    assert cumulative_cpu_seconds(log, cores=2) == pytest.approx(cpu)
+    assert cumulative_seconds(log) == pytest.approx(wall)
     with pytest.raises(InputError, match="> 0 minutes"):
         TimeBudget(0)
 
@@ -406,6 +414,34 @@ def test_cumulative_seconds_sums_over_resumes():
     rows = [{"seconds": s} for s in ("2.0", "4.5", "7.0", "1.5", "3.0")]  # resumed after the 3rd step
     assert cumulative_seconds(rows) == [2.0, 4.5, 7.0, 8.5, 10.0]
     assert cumulative_seconds([]) == []
+
+
+def test_cpu_time_is_read_from_the_log_and_older_rows_count_wall_time_times_cores(tmp_path):
+    """A log written before ``cpu_seconds`` existed keeps its rows when a run resumes (padded,
+    read back as NaN); those steps count wall seconds x cores, the new ones their CPU time, so
+    a pause (wall time without CPU time) costs nothing."""
+    import math
+
+    from synthseg.training.callbacks import StepLog, restart_csv_log
+    from synthseg.training.logs import cumulative_cpu_seconds, read_step_log
+
+    path = tmp_path / "training_log.csv"
+    path.write_text("step,loss,dice,learning_rate,seconds\n1,0.9,0.1,1e-4,2.0\n2,0.8,0.2,1e-4,4.0\n"
+                    "3,0.7,0.3,1e-4,6.0\n")
+    log = StepLog(path, keep_until=2)  # a resume from step 2's checkpoint counts on from its row
+    assert 4.0 <= time.time() - log._t0 < 5.0 and 0.0 <= time.process_time() - log._c0 < 1.0
+    # the resumed run's rows: 10 s of wall time (the process was paused), 3 s of CPU time for step 3
+    with open(path, "a") as fh:
+        fh.write("3,0.7,0.3,1e-4,14.0,3.0\n4,0.6,0.4,1e-4,16.0,7.0\n")
+    rows = read_step_log(path)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert math.isnan(rows[0]["cpu_seconds"]) and rows[3]["cpu_seconds"] == 7.0
+    assert cumulative_cpu_seconds(rows, cores=2) == [4.0, 8.0, 11.0, 15.0]
+    assert cumulative_cpu_seconds(rows, cores=1) == [2.0, 4.0, 7.0, 11.0]
+    assert cumulative_cpu_seconds([], cores=2) == []
+    # an older log restarted both clocks at each resume: a clock going back starts a new run
+    rows = [{"seconds": w, "cpu_seconds": c} for w, c in ((2.0, 4.0), (4.0, 8.0), (1.0, 1.5), (3.0, 5.0))]
+    assert cumulative_cpu_seconds(rows, cores=2) == [4.0, 8.0, 9.5, 13.0]
 
 
 @pytest.mark.slow
