@@ -304,6 +304,56 @@ def test_sharp_subjects_benchmark_quick(tmp_path, blocks_labels):
     assert r.returncode == 1 and "error:" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_real_subject_contrasts_dice_and_ceiling():
+    """benchmarks/real_subject.py: the inverted scan reverses the T1's order inside the head and
+    is 0 outside; the PD-like one is bright for grey matter and CSF, dark for white matter;
+    cortex Dice counts both cortex labels against both ribbons and each side against its own;
+    a ribbon survives a round trip through 1 mm voxels unchanged and loses Dice through 3 mm."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.real_subject import CASES, ceiling, contrasts, cortex_dice
+
+    t1 = np.zeros((40, 40, 40), np.float32)
+    t1[5:35, 5:35, 5:35] = 30.0  # CSF
+    t1[10:30, 10:30, 10:30] = 70.0  # GM
+    t1[15:25, 15:25, 15:25] = 110.0  # WM
+    scans = contrasts(t1)
+    inverted, pd = scans[CASES[1]], scans[CASES[2]]
+    assert inverted[20, 20, 20] < inverted[12, 12, 12] < inverted[7, 7, 7] and inverted[0, 0, 0] == 0
+    assert pd[20, 20, 20] < pd[12, 12, 12] and pd[12, 12, 12] == pytest.approx(pd[7, 7, 7], abs=0.15)
+    assert pd[0, 0, 0] == 0 and scans[CASES[0]] is t1
+
+    lh = np.zeros((8, 8, 8), bool)
+    rh = lh.copy()
+    lh[:4, :4] = True
+    rh[4:, 4:] = True
+    seg = np.zeros((8, 8, 8), np.int32)
+    seg[lh] = 42  # right label on the left ribbon
+    seg[rh] = 42
+    d = cortex_dice({"lh": lh, "rh": rh}, seg)
+    assert d["cortex"] == 1.0 and d["lh"] == 0.0 and d["rh"] == pytest.approx(2 * 128 / (128 + 256))
+
+    ribbon = np.zeros((40, 40, 40), bool)
+    ribbon[8:32, 8:32, 18:21] = True  # a 3 mm sheet
+    assert ceiling({"lh": ribbon, "rh": np.zeros_like(ribbon)}, np.eye(4), 1.0) == 1.0
+    assert ceiling({"lh": ribbon, "rh": np.zeros_like(ribbon)}, np.eye(4), 3.0) < 0.95
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_real_subject_benchmark_quick(tmp_path):
+    """``benchmarks/real_subject.py --quick`` fetches S1 (pycortex's sdist), builds its ribbons
+    from its surfaces (about 270 mL per hemisphere) and scores the shipped network on its T1."""
+    out = tmp_path / "real.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "real_subject.py"), "--quick", "--out", str(out)],
+                       capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert all(200 < ml < 350 for ml in data["settings"]["ribbon_ml"].values())
+    (result,) = data["results"]
+    assert list(result["per_case"]) == ["T1"] and 0.5 < result["per_case"]["T1"]["cortex"] < result["ceiling_cortex"]
+    assert 0.9 < result["ceiling_cortex"] < 1.0
+
+
 def test_sharp_subjects_thick_slices():
     """benchmarks/sharp_subjects.py --slice-mm: each thick slice is the mean of its 1 mm slices,
     its truth is the middle one's, the affine puts it there; the remainder is dropped; 1 mm is

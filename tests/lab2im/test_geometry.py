@@ -222,3 +222,64 @@ def test_interpolated_slabs_cover_the_grid_with_the_linear_resampling(parallel):
     np.testing.assert_allclose(got[inside], want[inside], atol=1e-6)
     with pytest.raises(ValueError, match="expected an"):
         next(interpolated_slabs(scores[..., 0], source, shape, target))
+
+
+def _box_mesh(lo, hi):
+    """A closed axis-aligned box (12 triangles) from corner ``lo`` to corner ``hi`` (mm)."""
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])], float)
+    quads = [(0, 1, 3, 2), (4, 6, 7, 5), (0, 4, 5, 1), (2, 3, 7, 6), (0, 2, 6, 4), (1, 5, 7, 3)]
+    faces = [f for a, b, c, d in quads for f in ((a, b, c), (a, c, d))]
+    return corners, np.array(faces)
+
+
+def _sphere_mesh(centre, radius, n=48):
+    """A closed UV sphere: ``n`` rings of ``2n`` vertices and the two poles."""
+    theta = np.linspace(0, np.pi, n + 2)[1:-1]
+    phi = np.linspace(0, 2 * np.pi, 2 * n, endpoint=False)
+    t, p = np.meshgrid(theta, phi, indexing="ij")
+    ring = np.stack([np.sin(t) * np.cos(p), np.sin(t) * np.sin(p), np.cos(t)], -1).reshape(-1, 3)
+    verts = np.concatenate([[[0, 0, 1]], ring, [[0, 0, -1]]]) * radius + centre
+    m, last = 2 * n, len(verts) - 1
+    faces = [(0, 1 + j, 1 + (j + 1) % m) for j in range(m)]
+    for i in range(n - 1):
+        for j in range(m):
+            a, b = 1 + i * m + j, 1 + i * m + (j + 1) % m
+            faces += [(a, a + m, b), (b, a + m, b + m)]
+    faces += [(last, 1 + (n - 1) * m + (j + 1) % m, 1 + (n - 1) * m + j) for j in range(m)]
+    return verts, np.array(faces)
+
+
+def test_mesh_interior_is_exact_for_a_box_on_any_grid():
+    """Voxel centres strictly inside a box are in, every other centre is out, also on a grid
+    with 0.5 mm voxels, flipped axes and an offset."""
+    from lab2im.geometry import mesh_interior
+
+    verts, faces = _box_mesh((2.3, 3.7, 1.2), (10.6, 8.1, 7.9))
+    inside = mesh_interior(verts, faces, (14, 14, 14), np.eye(4))
+    i, j, k = np.meshgrid(*[np.arange(14)] * 3, indexing="ij")
+    want = (i > 2.3) & (i < 10.6) & (j > 3.7) & (j < 8.1) & (k > 1.2) & (k < 7.9)
+    np.testing.assert_array_equal(inside, want)
+    affine = np.diag([-0.5, 0.5, 0.5, 1.0])
+    affine[:3, 3] = (12.0, -1.0, 0.0)
+    inside = mesh_interior(verts, faces, (30, 24, 20), affine)
+    world = (np.stack(np.meshgrid(*[np.arange(s) for s in (30, 24, 20)], indexing="ij"), -1)
+             @ affine[:3, :3].T + affine[:3, 3])
+    want = np.all((world > (2.3, 3.7, 1.2)) & (world < (10.6, 8.1, 7.9)), axis=-1)
+    np.testing.assert_array_equal(inside, want)
+
+
+def test_mesh_interior_of_a_sphere_and_of_a_shell():
+    """A sphere's interior matches the centres within its radius (up to the faceting), and the
+    interior of a mesh made of two nested spheres is the shell between them (parity)."""
+    from lab2im.geometry import mesh_interior
+
+    centre = np.array([20.2, 19.7, 20.4])
+    outer, faces = _sphere_mesh(centre, 15.0)
+    inner, inner_faces = _sphere_mesh(centre, 9.0)
+    grid = np.stack(np.meshgrid(*[np.arange(41)] * 3, indexing="ij"), -1)
+    r = np.linalg.norm(grid - centre, axis=-1)
+    ball = mesh_interior(outer, faces, (41, 41, 41), np.eye(4))
+    assert np.all(ball[r < 14.9]) and not np.any(ball[r > 15.0])
+    shell = mesh_interior(np.concatenate([outer, inner]), np.concatenate([faces, inner_faces + len(outer)]),
+                          (41, 41, 41), np.eye(4))
+    assert np.all(shell[(r > 9.0) & (r < 14.9)]) and not np.any(shell[(r < 8.9) | (r > 15.0)])
