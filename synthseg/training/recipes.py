@@ -244,6 +244,12 @@ RECIPES = {r.name: r for r in [
            "cortex Dice on sharp 1 mm subjects (better on 1 of 6): not kept",
            **dict(_CPU16, generator=dict(_CPU5B_GENERATOR, prob_isotropic=0.4, max_res_iso=5.0)),
            training=_CPU16_TRAINING),
+    Recipe("cpu20", "issue 12, the third anatomy at 2 mm: cpu5b's averaged weights (the 2 mm network shipped until "
+           "2026-12-06, the best development mean of the lineage, 0.678) with Colin27 beside the public maps, a "
+           "4,000-step cosine cycle from 1e-4 (as cpu11 added it at 1.5 mm), seed 20",
+           voxel_mm=2.0, crop=64, unet=_CPU_UNET, init_weights="models/continue/cpu5b_avg4_fp16.keras",
+           generator=_CPU5B_GENERATOR, training=dict(_CPU5_TRAINING, steps=4_000, learning_rate=1e-4, seed=20),
+           extra_maps=_COLIN27),
     Recipe("synthseg", "the reference configuration (SynthSeg 1.0's network and crop), for a GPU",
            voxel_mm=1.0, crop=160, unet=dict(n_levels=5, base_features=24),
            training=dict(steps=300_000, steps_per_checkpoint=1000, learning_rate=1e-4, warmup_steps=1000,
