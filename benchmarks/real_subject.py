@@ -50,7 +50,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", default=None,
-                   help="model folder (repeat for several; the first is the reference; default: the shipped model)")
+                   help="model folder (repeat for several; default: the shipped model)")
     p.add_argument("--no-refine", action="store_true", help="the network alone (no refinement by the scan)")
     p.add_argument("--quick", action="store_true", help="smoke run: the T1 only, network alone, no flip")
     p.add_argument("--cache-dir", type=Path, default=None, help="data cache (default: ~/.cache/synthseg)")
@@ -113,13 +113,16 @@ def cortex_dice(ribbons, segmentation) -> dict:
     """Dice of the predicted cortex with the ribbons: both hemispheres, and each with its label."""
     import numpy as np
 
-    def dice(a, b):
-        total = a.sum() + b.sum()
-        return float(2 * np.logical_and(a, b).sum() / total) if total else 1.0
-
-    out = {"cortex": dice(ribbons["lh"] | ribbons["rh"], np.isin(segmentation, list(CORTEX.values())))}
-    out.update({h: dice(ribbons[h], segmentation == label) for h, label in CORTEX.items()})
+    out = {"cortex": mask_dice(ribbons["lh"] | ribbons["rh"], np.isin(segmentation, list(CORTEX.values())))}
+    out.update({h: mask_dice(ribbons[h], segmentation == label) for h, label in CORTEX.items()})
     return out
+
+
+def mask_dice(a, b) -> float:
+    """Dice of two boolean masks (1.0 when both are empty; :func:`synthseg.evaluation.metrics.dice`)."""
+    from synthseg.evaluation.metrics import dice
+
+    return dice(a.view("uint8"), b.view("uint8"), [1])[1]
 
 
 def ceiling(ribbons, affine, voxel_mm: float) -> float:
@@ -133,8 +136,7 @@ def ceiling(ribbons, affine, voxel_mm: float) -> float:
     truth = (ribbons["lh"] | ribbons["rh"]).astype(np.float32)
     coarse = resample_volume(Volume(truth, affine), voxel_mm, order=1, anti_alias=True)
     back = resample_to_grid(np.asarray(coarse.data), coarse.affine, truth.shape, affine, order=1) > 0.5
-    truth = truth > 0.5
-    return float(2 * np.logical_and(truth, back).sum() / (truth.sum() + back.sum()))
+    return mask_dice(truth > 0.5, back)
 
 
 def measure(model, scans, ribbons, affine, refine: bool, flip: bool) -> dict:
@@ -151,7 +153,7 @@ def measure(model, scans, ribbons, affine, refine: bool, flip: bool) -> dict:
         t0 = time.perf_counter()
         if case == CASES[3]:
             lh = ribbons["lh"].astype(np.uint8) + 2 * ribbons["rh"].astype(np.uint8)
-            image, truth, slice_affine = thick_slices(scans[CASES[0]], lh, 5)
+            image, truth, slice_affine = thick_slices(scans[case], lh, 5)
             truth_ribbons = {"lh": truth == 1, "rh": truth == 2}
             volume = Volume(image, affine @ slice_affine)
         else:
@@ -183,16 +185,17 @@ def main(argv=None) -> int:
     else:
         scans[CASES[3]] = t1
     refine, flip = not (args.no_refine or args.quick), not args.quick
-    results, rows, first = [], [], None
+    results, rows, ceilings = [], [], {}
     for path, model in models:
         voxel = float(np.mean(model.voxel_size))
         print(f"{path}:", flush=True)
         per_case = measure(model, scans, ribbons, affine, refine, flip)
+        if voxel not in ceilings:  # the truth's round trip depends on the voxel size only
+            ceilings[voxel] = ceiling(ribbons, affine, voxel)
         r = {"model": str(path), "voxel_mm": voxel, "refined": refine, "flip": flip, "per_case": per_case,
              "mean_cortex": float(np.mean([c["cortex"] for c in per_case.values()])),
              "spread_cortex": float(np.ptp([c["cortex"] for c in per_case.values()])),
-             "ceiling_cortex": ceiling(ribbons, affine, voxel)}
-        first = first or r
+             "ceiling_cortex": ceilings[voxel]}
         results.append(r)
         rows.append([Path(path).name, voxel, *(round(per_case[c]["cortex"], 3) for c in scans),
                      round(r["mean_cortex"], 3), round(r["spread_cortex"], 3), round(r["ceiling_cortex"], 3),

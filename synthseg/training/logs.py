@@ -4,7 +4,19 @@ step's own loss. Plain Python: no Keras import, so benchmarks and scripts that o
 from __future__ import annotations
 
 import csv
+import itertools
 import math
+
+
+def _increments(values) -> list[float]:
+    """Each value's increase over the previous one; a value below the previous (a clock
+    restarted by a resume, in logs written before resumes counted on) or after a NaN counts
+    from 0; a NaN value gives NaN."""
+    out, previous = [], 0.0
+    for value in values:
+        out.append(value - previous if value >= previous else value)  # False after or at a NaN
+        previous = value
+    return out
 
 
 def cumulative_seconds(rows) -> list[float]:
@@ -13,13 +25,7 @@ def cumulative_seconds(rows) -> list[float]:
     previous row's; a clock that went back was restarted by a resume (logs written before
     resumes counted on) and counts from 0. The pause between a stop and the resume is never
     counted."""
-    out, total, previous = [], 0.0, 0.0
-    for row in rows:
-        seconds = float(row["seconds"])
-        total += seconds - previous if seconds >= previous else seconds
-        previous = seconds
-        out.append(total)
-    return out
+    return list(itertools.accumulate(_increments([float(row["seconds"]) for row in rows])))
 
 
 def cumulative_cpu_seconds(rows, cores: float) -> list[float]:
@@ -31,18 +37,10 @@ def cumulative_cpu_seconds(rows, cores: float) -> list[float]:
     ``cpu_seconds`` (logs written before the column existed, read as NaN) count their wall
     seconds (as :func:`cumulative_seconds`) times ``cores``.
     """
-    out, total, previous_wall, previous_cpu = [], 0.0, 0.0, math.nan
-    for row in rows:
-        wall = float(row["seconds"])
-        cpu = row.get("cpu_seconds")
-        cpu = math.nan if cpu in (None, "") else float(cpu)
-        if not math.isnan(cpu):
-            total += cpu - previous_cpu if cpu >= previous_cpu else cpu  # False after a NaN
-        else:
-            total += (wall - previous_wall if wall >= previous_wall else wall) * cores
-        previous_wall, previous_cpu = wall, cpu
-        out.append(total)
-    return out
+    cpu = [math.nan if row.get("cpu_seconds") in (None, "") else float(row["cpu_seconds"]) for row in rows]
+    wall = _increments([float(row["seconds"]) for row in rows])
+    return list(itertools.accumulate(c if not math.isnan(c) else w * cores
+                                     for c, w in zip(_increments(cpu), wall)))
 
 
 def step_values(running: dict[int, float], steps_per_checkpoint: int) -> dict[int, float]:
