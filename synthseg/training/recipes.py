@@ -250,6 +250,12 @@ RECIPES = {r.name: r for r in [
            voxel_mm=2.0, crop=64, unet=_CPU_UNET, init_weights="models/continue/cpu5b_avg4_fp16.keras",
            generator=_CPU5B_GENERATOR, training=dict(_CPU5_TRAINING, steps=4_000, learning_rate=1e-4, seed=20),
            extra_maps=_COLIN27),
+    Recipe("cpu20b", "issue 12, the rest of cpu20's cycle on a fresh machine: its checkpoints 1,500-2,250 averaged "
+           "(development mean 0.677, level with cpu5b's 0.678), a cosine over the remaining 1,750 steps from cpu20's "
+           "rate at step 2,250 (4.0e-5; Adam's moments start again), with a seed of its own",
+           voxel_mm=2.0, crop=64, unet=_CPU_UNET, init_weights="models/continue/cpu20_avg4_fp16.keras",
+           generator=_CPU5B_GENERATOR, training=dict(_CPU5_TRAINING, steps=1_750, learning_rate=4.0e-5, seed=201),
+           extra_maps=_COLIN27),
     Recipe("synthseg", "the reference configuration (SynthSeg 1.0's network and crop), for a GPU",
            voxel_mm=1.0, crop=160, unet=dict(n_levels=5, base_features=24),
            training=dict(steps=300_000, steps_per_checkpoint=1000, learning_rate=1e-4, warmup_steps=1000,
